@@ -1,0 +1,261 @@
+"""One routine per IRP major function (the RxCommon* routines).
+
+Each takes the RxContext the device built and returns the final NTSTATUS; outputs go
+into the IRP (see :class:`rxfs.rdbss.irp.Irp`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from ._objects import Fobx, SrvOpen, SrvOpenFlags, normalize_path
+from ._readwrite import common_read, common_write, rx_low_io_submit
+from ._rxcontext import LowIoOp, RxContext
+from .irp import (
+    AccessMask,
+    CreateOptions,
+    CreateParameters,
+    FileBasicInformation,
+    FileDispositionInformation,
+    FileEndOfFileInformation,
+    FileLinkInformation,
+    FileRenameInformation,
+    FsControlCode,
+    FsControlParameters,
+    IrpMj,
+    SetInformationParameters,
+)
+from .ntstatus import NtStatus, nt_success
+
+__all__ = ["DISPATCH_TABLE", "IRP_MN_FLUSH_NO_SYNC"]
+
+log = logging.getLogger(__name__)
+
+# Flush minor function: close(2) flushes data to the server without asking the server to
+# sync it (IRP_MN_FLUSH_NO_SYNC); fsync(2) sends minor 0, a full flush.
+IRP_MN_FLUSH_NO_SYNC = 2
+
+
+async def common_create(rx_context: RxContext) -> NtStatus:
+    """IRP_MJ_CREATE: open or create ``irp.file_name``; on success ``irp.file_object``
+    is a new Fobx on a new SrvOpen of the file's Fcb."""
+    irp = rx_context.irp
+    params = irp.parameters
+    if not isinstance(params, CreateParameters) or irp.file_name is None:
+        return NtStatus.STATUS_INVALID_PARAMETER
+    net_root = rx_context.device.net_root
+    fcb = net_root.get_fcb(normalize_path(irp.file_name))
+    flags = SrvOpenFlags(0)
+    if params.desired_access & AccessMask.FILE_APPEND_DATA and not (
+        params.desired_access & AccessMask.FILE_WRITE_DATA
+    ):
+        flags |= SrvOpenFlags.SRVOPEN_FLAG_APPEND
+    if params.options & (
+        CreateOptions.FILE_WRITE_THROUGH | CreateOptions.FILE_NO_INTERMEDIATE_BUFFERING
+    ):
+        flags |= SrvOpenFlags.SRVOPEN_FLAG_DONTUSE_WRITE_CACHING
+    srv_open = SrvOpen(fcb, params.desired_access, flags)
+    rx_context.fcb, rx_context.srv_open = fcb, srv_open
+    try:
+        status = await rx_context.device.minirdr.create(rx_context)
+    except BaseException:
+        fcb.dereference()
+        raise
+    if not nt_success(status):
+        fcb.dereference()
+        return status
+    if irp.attributes is not None:
+        fcb.attributes = irp.attributes
+    fobx = Fobx(srv_open)
+    srv_open.fobxs.append(fobx)
+    fcb.srv_opens.append(srv_open)
+    irp.file_object = fobx
+    return status
+
+
+async def common_cleanup(rx_context: RxContext) -> NtStatus:
+    """IRP_MJ_CLEANUP: the last descriptor of the Fobx is gone."""
+    if rx_context.fobx is None or rx_context.srv_open is None:
+        return NtStatus.STATUS_INVALID_HANDLE
+    return await rx_context.device.minirdr.cleanup_fobx(rx_context)
+
+
+async def common_close(rx_context: RxContext) -> NtStatus:
+    """IRP_MJ_CLOSE: close the SrvOpen once its last Fobx goes, drop the Fcb reference."""
+    fobx, srv_open, fcb = rx_context.fobx, rx_context.srv_open, rx_context.fcb
+    if fobx is None or srv_open is None or fcb is None:
+        return NtStatus.STATUS_INVALID_HANDLE
+    if fobx in srv_open.fobxs:
+        srv_open.fobxs.remove(fobx)
+    fobx.srv_open = None
+    if srv_open.fobxs or srv_open.closed:
+        return NtStatus.STATUS_SUCCESS
+    try:
+        status = await rx_context.device.minirdr.close_srv_open(rx_context)
+    finally:
+        srv_open.flags |= SrvOpenFlags.SRVOPEN_FLAG_CLOSED
+        if srv_open in fcb.srv_opens:
+            fcb.srv_opens.remove(srv_open)
+        fcb.dereference()
+    return status
+
+
+async def common_flush(rx_context: RxContext) -> NtStatus:
+    """IRP_MJ_FLUSH_BUFFERS: report what did not land, then (fsync) sync remotely.
+
+    Every close(2) arrives here with IRP_MN_FLUSH_NO_SYNC; an error latched on the
+    descriptor or the Fcb is returned once and then cleared.
+    """
+    fobx, fcb = rx_context.fobx, rx_context.fcb
+    if fobx is None or fcb is None or rx_context.srv_open is None:
+        return NtStatus.STATUS_FILE_CLOSED
+    latched = fobx.latched_error or fcb.write_error
+    if latched is not None:
+        fobx.latched_error = None
+        fcb.write_error = None
+        return latched
+    if rx_context.irp.minor_function == IRP_MN_FLUSH_NO_SYNC:
+        return NtStatus.STATUS_SUCCESS
+    status = await rx_context.device.minirdr.flush(rx_context)
+    if status == NtStatus.STATUS_NOT_IMPLEMENTED:
+        # Nothing is buffered in the core yet, so all written bytes are at the server;
+        # a backend without a remote sync has nothing more to do.
+        return NtStatus.STATUS_SUCCESS
+    return status
+
+
+def _fcb_for_name(rx_context: RxContext) -> NtStatus:
+    """Path-addressed requests: attach the Fcb of ``irp.file_name`` (referenced)."""
+    if rx_context.fcb is not None:
+        rx_context.fcb.reference()
+        return NtStatus.STATUS_SUCCESS
+    if rx_context.irp.file_name is None:
+        return NtStatus.STATUS_INVALID_PARAMETER
+    path = normalize_path(rx_context.irp.file_name)
+    rx_context.fcb = rx_context.device.net_root.get_fcb(path)
+    return NtStatus.STATUS_SUCCESS
+
+
+async def common_query_information(rx_context: RxContext) -> NtStatus:
+    """IRP_MJ_QUERY_INFORMATION (FileStatInformation) by Fobx or by name."""
+    status = _fcb_for_name(rx_context)
+    if not nt_success(status):
+        return status
+    fcb = rx_context.fcb
+    assert fcb is not None
+    try:
+        status = await rx_context.device.minirdr.query_file_info(rx_context)
+        if nt_success(status) and rx_context.irp.attributes is not None:
+            fcb.attributes = rx_context.irp.attributes
+    finally:
+        fcb.dereference()
+    return status
+
+
+async def common_set_information(rx_context: RxContext) -> NtStatus:
+    """IRP_MJ_SET_INFORMATION: basic info, end of file, rename, link, disposition.
+
+    Departs from RDBSS for disposition: POSIX unlink removes the name at once, not at
+    the last close, so the backend deletes now and the Fcb is orphaned (its opens keep
+    working on their handles).
+    """
+    params = rx_context.irp.parameters
+    if not isinstance(params, SetInformationParameters):
+        return NtStatus.STATUS_INVALID_PARAMETER
+    status = _fcb_for_name(rx_context)
+    if not nt_success(status):
+        return status
+    fcb = rx_context.fcb
+    assert fcb is not None
+    owner = rx_context.low_io.resource_thread_id
+    buffer = params.buffer
+    size_change = isinstance(buffer, FileEndOfFileInformation)
+    if size_change:
+        await fcb.resource.acquire_exclusive(owner)
+    try:
+        if isinstance(buffer, FileRenameInformation | FileLinkInformation):
+            buffer.new_name = normalize_path(buffer.new_name)
+        status = await rx_context.device.minirdr.set_file_info(rx_context)
+        if nt_success(status):
+            _after_set_information(rx_context, buffer)
+    finally:
+        if size_change:
+            fcb.resource.release_for_owner(owner)
+        fcb.dereference()
+    return status
+
+
+def _after_set_information(rx_context: RxContext, buffer: object) -> None:
+    fcb = rx_context.fcb
+    assert fcb is not None
+    net_root = rx_context.device.net_root
+    if isinstance(buffer, FileEndOfFileInformation):
+        fcb.file_size = buffer.end_of_file
+    elif isinstance(buffer, FileRenameInformation):
+        net_root.rename_fcbs(fcb.path, buffer.new_name)
+    elif isinstance(buffer, FileDispositionInformation) and buffer.delete_file:
+        net_root.orphan_fcb(fcb.path)
+    elif (
+        isinstance(buffer, FileBasicInformation)
+        and fcb.attributes is not None
+        and buffer.mode is not None
+    ):
+        fcb.attributes.mode = (fcb.attributes.mode & ~0o7777) | (buffer.mode & 0o7777)
+    if rx_context.irp.attributes is not None:
+        fcb.attributes = rx_context.irp.attributes
+
+
+async def common_directory_control(rx_context: RxContext) -> NtStatus:
+    """IRP_MJ_DIRECTORY_CONTROL (query directory): the whole listing in ``irp.entries``."""
+    status = _fcb_for_name(rx_context)
+    if not nt_success(status):
+        return status
+    fcb = rx_context.fcb
+    assert fcb is not None
+    try:
+        return await rx_context.device.minirdr.query_directory(rx_context)
+    finally:
+        fcb.dereference()
+
+
+async def common_query_volume_information(rx_context: RxContext) -> NtStatus:
+    return await rx_context.device.minirdr.query_volume_info(rx_context)
+
+
+async def common_file_system_control(rx_context: RxContext) -> NtStatus:
+    """IRP_MJ_FILE_SYSTEM_CONTROL: reparse points (symlinks), through LOWIO_OP_FSCTL."""
+    params = rx_context.irp.parameters
+    if not isinstance(params, FsControlParameters):
+        return NtStatus.STATUS_INVALID_PARAMETER
+    if params.fs_control_code not in FsControlCode.__members__.values():
+        return NtStatus.STATUS_INVALID_DEVICE_REQUEST
+    status = _fcb_for_name(rx_context)
+    if not nt_success(status):
+        return status
+    fcb = rx_context.fcb
+    assert fcb is not None
+    try:
+        rx_context.low_io.operation = LowIoOp.LOWIO_OP_FSCTL
+        rx_context.low_io.fsctl.fs_control_code = params.fs_control_code
+        rx_context.low_io.fsctl.target = params.target
+        return await rx_low_io_submit(rx_context)
+    finally:
+        fcb.dereference()
+
+
+Routine = Callable[[RxContext], Awaitable[NtStatus]]
+
+DISPATCH_TABLE: dict[IrpMj, Routine] = {
+    IrpMj.IRP_MJ_CREATE: common_create,
+    IrpMj.IRP_MJ_CLEANUP: common_cleanup,
+    IrpMj.IRP_MJ_CLOSE: common_close,
+    IrpMj.IRP_MJ_READ: common_read,
+    IrpMj.IRP_MJ_WRITE: common_write,
+    IrpMj.IRP_MJ_FLUSH_BUFFERS: common_flush,
+    IrpMj.IRP_MJ_QUERY_INFORMATION: common_query_information,
+    IrpMj.IRP_MJ_SET_INFORMATION: common_set_information,
+    IrpMj.IRP_MJ_DIRECTORY_CONTROL: common_directory_control,
+    IrpMj.IRP_MJ_QUERY_VOLUME_INFORMATION: common_query_volume_information,
+    IrpMj.IRP_MJ_FILE_SYSTEM_CONTROL: common_file_system_control,
+}

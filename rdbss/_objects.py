@@ -1,0 +1,250 @@
+"""The RDBSS object tree: SrvCall / NetRoot / VNetRoot / Fcb / SrvOpen / Fobx.
+
+Each object is reference counted the way RDBSS counts NodeReferenceCount: the front end
+and in-flight requests hold references, and an object is finalized (dropped from its
+parent's table) when the last one goes. Backends hang their own state on ``context``.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import posixpath
+import stat
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import SplitResult
+
+from ._resource import FcbResource
+from .irp import AccessMask, FileAttributes
+from .ntstatus import NtStatus
+
+if TYPE_CHECKING:
+    from rxfs.minirdr import MiniRdrDispatch
+
+__all__ = [
+    "Fcb",
+    "FcbState",
+    "Fobx",
+    "NetRoot",
+    "NodeType",
+    "SrvCall",
+    "SrvOpen",
+    "SrvOpenFlags",
+    "VNetRoot",
+    "normalize_path",
+]
+
+
+class NodeType(enum.IntEnum):
+    """RDBSS node type codes (rxtypes.h)."""
+
+    RDBSS_NTC_SRVCALL = 0xEB10
+    RDBSS_NTC_NETROOT = 0xEB11
+    RDBSS_NTC_V_NETROOT = 0xEB12
+    RDBSS_NTC_SRVOPEN = 0xEB1C
+    RDBSS_NTC_FOBX = 0xEB1D
+    RDBSS_NTC_FCB = 0xEB60
+
+
+class FcbState(enum.IntFlag):
+    FCB_STATE_WRITECACHING_ENABLED = 0x1
+    FCB_STATE_READCACHING_ENABLED = 0x2
+    FCB_STATE_DELETE_ON_CLOSE = 0x4
+    FCB_STATE_ORPHANED = 0x8
+
+
+class SrvOpenFlags(enum.IntFlag):
+    """Buffering a backend grants or withholds for one open (SRVOPEN_FLAG_*)."""
+
+    SRVOPEN_FLAG_DONTUSE_READ_CACHING = 0x1
+    SRVOPEN_FLAG_DONTUSE_WRITE_CACHING = 0x2
+    SRVOPEN_FLAG_CLOSED = 0x4
+    SRVOPEN_FLAG_FILE_RENAMED = 0x8
+    SRVOPEN_FLAG_FILE_DELETED = 0x10
+    SRVOPEN_FLAG_APPEND = 0x20
+
+
+def normalize_path(path: str) -> str:
+    """Remote paths in the core are absolute below the share root: '/', '/a/b'."""
+    norm = posixpath.normpath("/" + path.lstrip("/"))
+    return "/" if norm in ("/", "//") else norm
+
+
+class _RefCounted:
+    node_type: NodeType
+
+    def __init__(self) -> None:
+        self.node_reference_count = 0
+
+    def reference(self) -> None:
+        self.node_reference_count += 1
+
+    def dereference(self) -> None:
+        if self.node_reference_count <= 0:
+            raise RuntimeError(f"{self!r} dereferenced below zero")
+        self.node_reference_count -= 1
+        if self.node_reference_count == 0:
+            self._finalize()
+
+    def _finalize(self) -> None:
+        """Called when the last reference goes."""
+
+
+class SrvCall(_RefCounted):
+    """One server (host, port, user): the backend keeps its connections in context."""
+
+    node_type = NodeType.RDBSS_NTC_SRVCALL
+
+    def __init__(self, url: SplitResult, minirdr: MiniRdrDispatch) -> None:
+        super().__init__()
+        self.url = url
+        self.minirdr = minirdr
+        self.context: Any = None
+        self.status = NtStatus.STATUS_PENDING
+        # A one-line reason for a failed create_srv_call (host key, auth, ...).
+        self.status_message = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.url.scheme}://{self.url.netloc}"
+
+
+class NetRoot(_RefCounted):
+    """A remote root directory and the table of its Fcbs by path."""
+
+    node_type = NodeType.RDBSS_NTC_NETROOT
+
+    def __init__(self, srv_call: SrvCall, root: str) -> None:
+        super().__init__()
+        self.srv_call = srv_call
+        self.root = root
+        self.fcb_table: dict[str, Fcb] = {}
+        srv_call.reference()
+
+    def find_fcb(self, path: str) -> Fcb | None:
+        return self.fcb_table.get(path)
+
+    def get_fcb(self, path: str) -> Fcb:
+        """The Fcb for ``path``, created on first use. The caller owns one reference."""
+        fcb = self.fcb_table.get(path)
+        if fcb is None:
+            fcb = Fcb(self, path)
+            self.fcb_table[path] = fcb
+        fcb.reference()
+        return fcb
+
+    def rename_fcbs(self, old: str, new: str) -> None:
+        """Re-key ``old`` and everything below it after a rename; an Fcb already at the
+        new name (a replaced target) is orphaned: its opens keep their handles."""
+        prefix = old.rstrip("/") + "/"
+        moved = [p for p in self.fcb_table if p == old or p.startswith(prefix)]
+        for path in moved:
+            fcb = self.fcb_table.pop(path)
+            fcb.path = new + path[len(old) :]
+            replaced = self.fcb_table.pop(fcb.path, None)
+            if replaced is not None:
+                replaced.orphan()
+            self.fcb_table[fcb.path] = fcb
+
+    def orphan_fcb(self, path: str) -> None:
+        fcb = self.fcb_table.pop(path, None)
+        if fcb is not None:
+            fcb.orphan()
+
+
+class VNetRoot(_RefCounted):
+    """A mount: a user's view of a NetRoot with its options."""
+
+    node_type = NodeType.RDBSS_NTC_V_NETROOT
+
+    def __init__(self, net_root: NetRoot, options: dict[str, str]) -> None:
+        super().__init__()
+        self.net_root = net_root
+        self.options = options
+        self.context: Any = None
+        net_root.reference()
+
+
+class Fcb(_RefCounted):
+    """One remote file: sizes, attributes, the resource, buffering state, latched error."""
+
+    node_type = NodeType.RDBSS_NTC_FCB
+
+    def __init__(self, net_root: NetRoot, path: str) -> None:
+        super().__init__()
+        self.net_root = net_root
+        self.path = path
+        self.resource = FcbResource()
+        self.attributes: FileAttributes | None = None
+        self.state = FcbState(0)
+        self.srv_opens: list[SrvOpen] = []
+        self.context: Any = None
+        # A write error that no fsync/close has reported yet (DESIGN §4).
+        self.write_error: NtStatus | None = None
+
+    @property
+    def file_size(self) -> int:
+        return self.attributes.size if self.attributes is not None else 0
+
+    @file_size.setter
+    def file_size(self, size: int) -> None:
+        if self.attributes is not None:
+            self.attributes.size = size
+
+    @property
+    def is_directory(self) -> bool:
+        return self.attributes is not None and stat.S_ISDIR(self.attributes.mode)
+
+    @property
+    def orphaned(self) -> bool:
+        return bool(self.state & FcbState.FCB_STATE_ORPHANED)
+
+    def orphan(self) -> None:
+        self.state |= FcbState.FCB_STATE_ORPHANED
+
+    def _finalize(self) -> None:
+        if self.net_root.fcb_table.get(self.path) is self:
+            del self.net_root.fcb_table[self.path]
+
+
+_fobx_keys = itertools.count(1)
+
+
+@dataclass(eq=False)
+class SrvOpen:
+    """One remote handle; ``context`` is the backend's handle object."""
+
+    fcb: Fcb
+    desired_access: AccessMask
+    flags: SrvOpenFlags = SrvOpenFlags(0)  # noqa: RUF009 - immutable
+    context: Any = None
+    fobxs: list[Fobx] = field(default_factory=list)
+    node_type: NodeType = NodeType.RDBSS_NTC_SRVOPEN
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.flags & SrvOpenFlags.SRVOPEN_FLAG_CLOSED)
+
+    @property
+    def append(self) -> bool:
+        return bool(self.flags & SrvOpenFlags.SRVOPEN_FLAG_APPEND)
+
+    @property
+    def may_cache_writes(self) -> bool:
+        return not self.flags & SrvOpenFlags.SRVOPEN_FLAG_DONTUSE_WRITE_CACHING
+
+
+@dataclass(eq=False)
+class Fobx:
+    """One open file description (a FUSE file handle)."""
+
+    srv_open: SrvOpen | None
+    key: int = field(default_factory=lambda: next(_fobx_keys))
+    # An error for this descriptor that flush/close has not reported yet.
+    latched_error: NtStatus | None = None
+    node_type: NodeType = NodeType.RDBSS_NTC_FOBX
+
+    @property
+    def fcb(self) -> Fcb | None:
+        return self.srv_open.fcb if self.srv_open is not None else None

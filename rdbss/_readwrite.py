@@ -1,0 +1,167 @@
+"""The common read and write routines and RxLowIoSubmit.
+
+The write routine is shaped for the write-behind cache of DESIGN §3 step 3: the checks
+and the Fcb resource come first, then one decision point (:func:`_may_cache`) picks the
+cached path or low I/O. Until the lazy writer exists, no open is granted write caching,
+so every write goes straight to ``MRxLowIOSubmit[LOWIO_OP_WRITE]``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ._rxcontext import LowIoOp, LowIoReadWriteFlags, RxContext, RxContextFlags
+from .irp import ReadParameters, WriteParameters
+from .ntstatus import NtStatus, nt_success
+
+__all__ = ["MAX_FILE_SIZE", "common_read", "common_write", "rx_low_io_submit"]
+
+log = logging.getLogger(__name__)
+
+# The largest offset + length a write may reach (off_t's limit).
+MAX_FILE_SIZE = (1 << 63) - 1
+
+
+async def rx_low_io_submit(rx_context: RxContext) -> NtStatus:
+    """Hand the LowIoContext to the backend and see the request through to completion.
+
+    A synchronous answer is completed here; STATUS_PENDING is waited for when the
+    context says WAIT, and otherwise returned so the caller can go on (the completion
+    routine still runs when the backend completes).
+    """
+    minirdr = rx_context.device.minirdr
+    rx_context.completion_routine = _low_io_completion
+    op = rx_context.low_io.operation
+    try:
+        status = await minirdr.lowio_submit[op](rx_context)
+    except BaseException:
+        if not rx_context.completed:
+            rx_context._complete(NtStatus.STATUS_UNSUCCESSFUL, 0)
+        raise
+    if status != NtStatus.STATUS_PENDING:
+        rx_context._complete(status, rx_context.io_status.information)
+        return rx_context.io_status.status
+    if rx_context.flags & RxContextFlags.RX_CONTEXT_FLAG_WAIT:
+        return await rx_context.wait()
+    return NtStatus.STATUS_PENDING
+
+
+def _low_io_completion(rx_context: RxContext) -> None:
+    """RxLowIoCompletion: update sizes, then release the Fcb resource for its owner
+    (RxReleaseFcbResourceForThreadInMRx) whichever task or thread completed."""
+    fcb = rx_context.fcb
+    low_io = rx_context.low_io
+    status = rx_context.io_status.status
+    if fcb is None:
+        return
+    if low_io.operation == LowIoOp.LOWIO_OP_WRITE and nt_success(status):
+        rw = low_io.read_write
+        written = rx_context.io_status.information
+        if rx_context.srv_open is not None and rx_context.srv_open.append:
+            end = fcb.file_size + written
+        else:
+            end = rw.byte_offset + written
+        fcb.file_size = max(fcb.file_size, end)
+    if low_io.holds_fcb_resource:
+        low_io.holds_fcb_resource = False
+        fcb.resource.release_for_owner(low_io.resource_thread_id)
+
+
+def _check_open(rx_context: RxContext) -> NtStatus:
+    fobx = rx_context.fobx
+    srv_open = rx_context.srv_open
+    if fobx is None or srv_open is None or srv_open.closed or rx_context.fcb is None:
+        return NtStatus.STATUS_FILE_CLOSED
+    if rx_context.fcb.is_directory:
+        return NtStatus.STATUS_INVALID_DEVICE_REQUEST
+    return NtStatus.STATUS_SUCCESS
+
+
+def _may_cache(rx_context: RxContext) -> bool:
+    """Cached or not (DESIGN §3 step 3). No write-behind buffer exists yet, so no
+    write is cached; this is where the lazy writer's buffer attaches."""
+    return False
+
+
+async def common_write(rx_context: RxContext) -> NtStatus:
+    """IRP_MJ_WRITE: check, take the Fcb resource, then cache or submit low I/O."""
+    status = _check_open(rx_context)
+    if not nt_success(status):
+        return status
+    params = rx_context.irp.parameters
+    if not isinstance(params, WriteParameters):
+        return NtStatus.STATUS_INVALID_PARAMETER
+    buffer = rx_context.irp.buffer
+    if (
+        params.byte_offset < 0
+        or params.length < 0
+        or params.length != len(buffer)
+        or params.byte_offset + params.length > MAX_FILE_SIZE
+    ):
+        return NtStatus.STATUS_INVALID_PARAMETER
+    if params.length == 0:
+        rx_context.io_status.information = 0
+        return NtStatus.STATUS_SUCCESS
+
+    fcb = rx_context.fcb
+    assert fcb is not None
+    low_io = rx_context.low_io
+    extending = params.byte_offset + params.length > fcb.file_size
+    owner = low_io.resource_thread_id
+    # Extending writes change the file size: take the resource exclusively so that
+    # size updates are ordered; writes inside the file share it.
+    if extending:
+        await fcb.resource.acquire_exclusive(owner)
+    else:
+        await fcb.resource.acquire_shared(owner)
+    low_io.holds_fcb_resource = True
+    try:
+        low_io.operation = LowIoOp.LOWIO_OP_WRITE
+        rw = low_io.read_write
+        rw.byte_offset = params.byte_offset
+        rw.byte_count = params.length
+        rw.key = params.key
+        rw.buffer = buffer
+        rw.flags = LowIoReadWriteFlags(0)
+        if extending:
+            rw.flags |= LowIoReadWriteFlags.LOWIO_READWRITEFLAG_EXTENDING_FILESIZE
+        if _may_cache(rx_context):  # pragma: no cover - write-behind attaches here
+            raise NotImplementedError
+        return await rx_low_io_submit(rx_context)
+    finally:
+        if low_io.holds_fcb_resource and rx_context.completed:
+            low_io.holds_fcb_resource = False
+            fcb.resource.release_for_owner(owner)
+
+
+async def common_read(rx_context: RxContext) -> NtStatus:
+    """IRP_MJ_READ: fill ``irp.buffer`` with up to Length bytes from ByteOffset."""
+    status = _check_open(rx_context)
+    if not nt_success(status):
+        return status
+    params = rx_context.irp.parameters
+    if not isinstance(params, ReadParameters) or params.byte_offset < 0 or params.length < 0:
+        return NtStatus.STATUS_INVALID_PARAMETER
+    fcb = rx_context.fcb
+    assert fcb is not None
+    low_io = rx_context.low_io
+    await fcb.resource.acquire_shared(low_io.resource_thread_id)
+    low_io.holds_fcb_resource = True
+    try:
+        low_io.operation = LowIoOp.LOWIO_OP_READ
+        rw = low_io.read_write
+        rw.byte_offset = params.byte_offset
+        rw.byte_count = params.length
+        rw.key = params.key
+        status = await rx_low_io_submit(rx_context)
+    finally:
+        if low_io.holds_fcb_resource and rx_context.completed:
+            low_io.holds_fcb_resource = False
+            fcb.resource.release_for_owner(low_io.resource_thread_id)
+    if status == NtStatus.STATUS_END_OF_FILE:
+        rw.buffer = b""
+        rx_context.io_status.information = 0
+        status = NtStatus.STATUS_SUCCESS
+    if nt_success(status):
+        rx_context.irp.buffer = rw.buffer[: rx_context.io_status.information]
+    return status
