@@ -1,0 +1,191 @@
+"""LoopbackSshd: the throwaway server the sftp tests and the quick start rely on."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+
+import paramiko
+import pytest
+from rxfs.minirdr.sftp import loopback
+from rxfs.minirdr.sftp.loopback import LoopbackSshd, SshdError, SshdNotFoundError
+
+
+def _ssh_run(server: LoopbackSshd, command: str) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` through the real OpenSSH client with strict host key checking."""
+    return subprocess.run(
+        [
+            "ssh",
+            "-i",
+            str(server.client_key_path),
+            "-o",
+            f"UserKnownHostsFile={server.known_hosts_path}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-p",
+            str(server.port),
+            f"{server.user}@{server.host}",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_openssh_client_logs_in_with_the_throwaway_key_and_trusts_the_host(
+    sshd: LoopbackSshd,
+) -> None:
+    result = _ssh_run(sshd, "echo hello")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello\n"
+
+
+def test_host_key_fingerprint_matches_ssh_keygen(sshd: LoopbackSshd) -> None:
+    listing = subprocess.run(
+        ["ssh-keygen", "-l", "-f", str(sshd.known_hosts_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert sshd.host_key_fingerprint.startswith("SHA256:")
+    assert sshd.host_key_fingerprint in listing.stdout
+    assert f"[127.0.0.1]:{sshd.port}" in listing.stdout
+
+
+def test_url_and_mount_options_point_at_the_served_root(sshd: LoopbackSshd) -> None:
+    assert sshd.host == "127.0.0.1"
+    assert sshd.url() == f"sftp://{sshd.user}@127.0.0.1:{sshd.port}{sshd.root}"
+    assert sshd.url("/a/b") == f"sftp://{sshd.user}@127.0.0.1:{sshd.port}{sshd.root}/a/b"
+    assert sshd.mount_options() == {
+        "IdentityFile": str(sshd.client_key_path),
+        "UserKnownHostsFile": str(sshd.known_hosts_path),
+    }
+    assert sshd.mount_option_args() == [
+        "-o",
+        f"IdentityFile={sshd.client_key_path},UserKnownHostsFile={sshd.known_hosts_path}",
+    ]
+
+
+def test_sftp_subsystem_serves_the_root_directory(sshd: LoopbackSshd) -> None:
+    (sshd.root / "seen-by-sftp").write_bytes(b"payload")
+    with paramiko.SSHClient() as client:
+        client.load_host_keys(str(sshd.known_hosts_path))
+        client.connect(
+            sshd.host,
+            sshd.port,
+            sshd.user,
+            key_filename=str(sshd.client_key_path),
+            allow_agent=False,
+            look_for_keys=False,
+            timeout=10,
+        )
+        with client.open_sftp() as sftp, sftp.open(f"{sshd.root}/seen-by-sftp") as f:
+            assert f.read() == b"payload"
+
+
+def test_non_root_account_logs_in_by_key_and_owns_its_root(sshd_user: LoopbackSshd) -> None:
+    result = _ssh_run(sshd_user, "id -un && touch " + str(sshd_user.root / "made-by-user"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{sshd_user.user}\n"
+    assert (sshd_user.root / "made-by-user").stat().st_uid == sshd_user.root.stat().st_uid
+    assert sshd_user.root.stat().st_uid != 0
+
+
+def test_non_root_account_logs_in_by_password(sshd_user: LoopbackSshd) -> None:
+    assert sshd_user.password is not None
+    with paramiko.SSHClient() as client:
+        client.load_host_keys(str(sshd_user.known_hosts_path))
+        client.connect(
+            sshd_user.host,
+            sshd_user.port,
+            sshd_user.user,
+            password=sshd_user.password,
+            allow_agent=False,
+            look_for_keys=False,
+            timeout=10,
+        )
+        assert client.get_transport() is not None
+        with pytest.raises(paramiko.AuthenticationException), paramiko.SSHClient() as other:
+            other.load_host_keys(str(sshd_user.known_hosts_path))
+            other.connect(
+                sshd_user.host,
+                sshd_user.port,
+                sshd_user.user,
+                password=sshd_user.password + "-wrong",
+                allow_agent=False,
+                look_for_keys=False,
+                timeout=10,
+            )
+
+
+def test_root_password_login_is_refused_by_the_default_server(sshd: LoopbackSshd) -> None:
+    with paramiko.Transport((sshd.host, sshd.port)) as transport:
+        transport.start_client(timeout=10)
+        with pytest.raises(paramiko.BadAuthenticationType) as refused:
+            transport.auth_password(sshd.user, "anything")
+    assert "password" not in refused.value.allowed_types
+
+
+def test_drop_connections_cuts_sessions_but_keeps_listening(sshd: LoopbackSshd) -> None:
+    with paramiko.SSHClient() as client:
+        client.load_host_keys(str(sshd.known_hosts_path))
+        client.connect(
+            sshd.host,
+            sshd.port,
+            sshd.user,
+            key_filename=str(sshd.client_key_path),
+            allow_agent=False,
+            look_for_keys=False,
+            timeout=10,
+        )
+        transport = client.get_transport()
+        assert transport is not None
+        assert sshd.drop_connections() >= 1
+        transport.join(timeout=10)
+        assert not transport.is_active()
+    assert _ssh_run(sshd, "true").returncode == 0
+
+
+def test_stop_kills_sshd_and_removes_its_files() -> None:
+    server = LoopbackSshd()
+    server.start()
+    pid, state, root, port = server.pid, server.state_dir, server.root, server.port
+    server.stop()
+    assert not state.exists()
+    assert not root.exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    with (
+        pytest.raises(ConnectionRefusedError),
+        socket.create_connection(("127.0.0.1", port), timeout=5),
+    ):
+        pass
+
+
+def test_start_failure_shows_sshd_stderr() -> None:
+    server = LoopbackSshd(extra_config=("NoSuchKeyword yes",))
+    with pytest.raises(SshdError, match="NoSuchKeyword"):
+        server.start()
+    assert server._state_dir is None
+
+
+def test_unknown_account_is_a_clear_error() -> None:
+    with pytest.raises(SshdError, match="no account 'rxfs-no-such-user'"):
+        LoopbackSshd("rxfs-no-such-user").start()
+
+
+def test_missing_sshd_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    monkeypatch.setattr(loopback, "SSHD_PATH", str(tmp_path / "sshd"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SshdNotFoundError, match=r"apt-get install openssh-server"):
+        LoopbackSshd().start()
