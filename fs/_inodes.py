@@ -1,0 +1,112 @@
+"""Inode numbers for remote paths, with the kernel's lookup counts.
+
+The kernel knows files by inode number; the core and backends know them by path. The
+table maps between the two and keeps an inode alive while the kernel holds lookups on it
+(every entry returned by lookup, create, mkdir, symlink, link and readdirplus counts one;
+``forget`` gives them back). An unlinked inode keeps its last attributes so that fstat
+on an open, deleted file still answers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import NewType
+
+import pyfuse3
+from rxfs.rdbss.irp import FileAttributes
+
+__all__ = ["InodeT", "InodeTable"]
+
+InodeT = NewType("InodeT", int)
+
+ROOT_INODE = InodeT(pyfuse3.ROOT_INODE)
+
+
+@dataclass(slots=True)
+class _Inode:
+    path: str | None
+    lookups: int = 0
+    attributes: FileAttributes | None = None
+
+
+class InodeTable:
+    def __init__(self) -> None:
+        self._by_inode: dict[InodeT, _Inode] = {ROOT_INODE: _Inode("/", lookups=1)}
+        self._by_path: dict[str, InodeT] = {"/": ROOT_INODE}
+        self._numbers = itertools.count(ROOT_INODE + 1)
+
+    def path_of(self, inode: int) -> str | None:
+        """The path of ``inode``; None once the name is gone (unlinked) or unknown."""
+        entry = self._by_inode.get(InodeT(inode))
+        return entry.path if entry is not None else None
+
+    def inode_of(self, path: str) -> InodeT:
+        """The inode of ``path``, allocated on first sight (with no lookups yet)."""
+        inode = self._by_path.get(path)
+        if inode is None:
+            inode = InodeT(next(self._numbers))
+            self._by_inode[inode] = _Inode(path)
+            self._by_path[path] = inode
+        return inode
+
+    def add_lookup(self, path: str, attributes: FileAttributes) -> InodeT:
+        """Count one kernel lookup of ``path`` and remember its attributes."""
+        inode = self.inode_of(path)
+        entry = self._by_inode[inode]
+        entry.lookups += 1
+        entry.attributes = attributes
+        return inode
+
+    def remember(self, inode: int, attributes: FileAttributes) -> None:
+        entry = self._by_inode.get(InodeT(inode))
+        if entry is not None:
+            entry.attributes = attributes
+
+    def last_attributes(self, inode: int) -> FileAttributes | None:
+        entry = self._by_inode.get(InodeT(inode))
+        return entry.attributes if entry is not None else None
+
+    def drop_unlooked(self, inode: InodeT) -> None:
+        """Undo ``inode_of`` for an entry the kernel did not take (readdir buffer full)."""
+        entry = self._by_inode.get(inode)
+        if entry is not None and entry.lookups == 0 and inode != ROOT_INODE:
+            self._forget_entry(inode, entry)
+
+    def forget(self, inode: int, count: int) -> None:
+        """The kernel dropped ``count`` lookups. Never raises (pyfuse3's forget must not)."""
+        entry = self._by_inode.get(InodeT(inode))
+        if entry is None or inode == ROOT_INODE:
+            return
+        entry.lookups -= count
+        if entry.lookups <= 0:
+            self._forget_entry(InodeT(inode), entry)
+
+    def unlink(self, path: str) -> None:
+        """The name is gone; the inode lives on (nameless) until the kernel forgets it."""
+        inode = self._by_path.pop(path, None)
+        if inode is not None:
+            entry = self._by_inode[inode]
+            entry.path = None
+            if entry.attributes is not None:
+                entry.attributes.nlink = max(entry.attributes.nlink - 1, 0)
+
+    def rename(self, old: str, new: str) -> None:
+        """Move ``old`` and everything below it to ``new``; a replaced target loses its
+        name."""
+        self.unlink(new)
+        prefix = old.rstrip("/") + "/"
+        moved = [p for p in self._by_path if p == old or p.startswith(prefix)]
+        for path in moved:
+            inode = self._by_path.pop(path)
+            new_path = new + path[len(old) :]
+            self._by_inode[inode].path = new_path
+            self._by_path[new_path] = inode
+
+    def _forget_entry(self, inode: InodeT, entry: _Inode) -> None:
+        del self._by_inode[inode]
+        if entry.path is not None and self._by_path.get(entry.path) == inode:
+            del self._by_path[entry.path]
+
+    def __len__(self) -> int:
+        return len(self._by_inode)

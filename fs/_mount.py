@@ -1,0 +1,133 @@
+"""Running one mount: start the device, mount FUSE, serve, and tear down in order.
+
+Order matters both ways: the backend connects (and may refuse) before anything is
+mounted, so a failed connect leaves no mount behind; at the end every open file is
+flushed and closed before the FUSE mount goes and the backend disconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+from rxfs.minirdr import MiniRdrDispatch
+from rxfs.rdbss import MountError, NtStatus, RxDevice
+
+from ._operations import FsOptions, RxOperations
+
+__all__ = ["MountRequest", "serve"]
+
+log = logging.getLogger(__name__)
+
+# Called once: with None when the mount is ready, or with a one-line error.
+ReadyCallback = Callable[[str | None], None]
+
+
+@dataclass(slots=True)
+class MountRequest:
+    url: str
+    mountpoint: str
+    fs_options: FsOptions = field(default_factory=FsOptions)
+    backend_options: dict[str, str] = field(default_factory=dict)
+    allow_other: bool = False
+
+
+class MountFailedError(Exception):
+    """The mount did not come up; the message is for the user, exit_code for the shell."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _fuse_options(request: MountRequest) -> set[str]:
+    # fsname shows in /proc/mounts and df; commas would split the option string.
+    fsname = request.url.replace(",", "%2C")
+    options = {f"fsname={fsname}", "subtype=rxfs", "default_permissions"}
+    if request.allow_other:
+        options.add("allow_other")
+    return options
+
+
+async def serve(request: MountRequest, minirdr: MiniRdrDispatch, ready: ReadyCallback) -> int:
+    """Mount and serve until unmounted or signalled; returns the exit status.
+
+    ``ready`` hears None once the mount is usable, or the reason it never will be.
+    """
+    device = RxDevice(minirdr, request.url, request.backend_options)
+    operations = RxOperations(device, request.fs_options)
+    failure: MountFailedError | None = None
+    async with trio.open_nursery() as nursery:
+        failure = await _attach(request, device, operations, nursery)
+        if failure is None:
+            ready(None)
+            nursery.start_soon(_unmount_on_signal, operations)
+            try:
+                await pyfuse3.main()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await _teardown(operations, device)
+        nursery.cancel_scope.cancel()
+    if failure is not None:
+        ready(str(failure))
+        return failure.exit_code
+    return 0
+
+
+async def _attach(
+    request: MountRequest, device: RxDevice, operations: RxOperations, nursery: trio.Nursery
+) -> MountFailedError | None:
+    """Connect the backend, then mount FUSE; on failure nothing stays behind."""
+    try:
+        await device.start(nursery)
+    except MountError as exc:
+        await device.stop()
+        code = 2 if exc.status == NtStatus.STATUS_INVALID_PARAMETER else 1
+        return MountFailedError(str(exc), code)
+    try:
+        pyfuse3.init(operations, request.mountpoint, _fuse_options(request))
+    except RuntimeError as exc:
+        await device.stop()
+        return MountFailedError(f"cannot mount on {request.mountpoint}: {exc}", 1)
+    log.info("mounted %s on %s", request.url, request.mountpoint)
+    return None
+
+
+async def _teardown(operations: RxOperations, device: RxDevice) -> None:
+    failed = await operations.close_all()
+    for line in failed:
+        log.error("not flushed at unmount: %s", line)
+    pyfuse3.close(unmount=True)
+    await device.stop()
+    log.info("unmounted")
+
+
+async def _unmount_on_signal(operations: RxOperations) -> None:
+    """SIGINT/SIGTERM: flush what is open, then end the FUSE loop (which unmounts)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("%s: flushing and unmounting", signal.Signals(signum).name)
+            for line in await operations.close_all():
+                log.error("not flushed: %s", line)
+            pyfuse3.terminate()
+            return
+
+
+def run(request: MountRequest, minirdr: MiniRdrDispatch, ready: ReadyCallback) -> int:
+    """Serve in this process; returns the exit status."""
+    return trio.run(serve, request, minirdr, ready)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

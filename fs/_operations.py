@@ -1,0 +1,516 @@
+"""The pyfuse3 Operations: each FUSE request becomes an IRP for the core.
+
+Every handler is wrapped by :func:`_handler`: pyfuse3 turns only ``FUSEError`` into an
+error reply and lets any other exception tear down every request in flight, so an
+unexpected exception is logged with its traceback and answered EIO; the mount stays up.
+NTSTATUS becomes an errno in one place (``fs/_errors.py``).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import posixpath
+import stat
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+from pyfuse3 import FUSEError
+from rxfs.rdbss import IRP_MN_FLUSH_NO_SYNC, Fobx, RxDevice, nt_success
+from rxfs.rdbss.irp import (
+    AccessMask,
+    CreateDisposition,
+    CreateOptions,
+    CreateParameters,
+    DirEntry,
+    FileAttributes,
+    FileBasicInformation,
+    FileDispositionInformation,
+    FileEndOfFileInformation,
+    FileLinkInformation,
+    FileRenameInformation,
+    FsControlCode,
+    FsControlParameters,
+    Irp,
+    IrpMj,
+    QueryDirectoryParameters,
+    QueryInformationParameters,
+    ReadParameters,
+    SetInformationParameters,
+    WriteParameters,
+)
+
+from ._errors import errno_for
+from ._inodes import InodeTable
+
+__all__ = ["FsOptions", "RxOperations"]
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+NAME_MAX = 255
+
+
+def _handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except FUSEError:
+            raise
+        except Exception:
+            log.exception("%s failed unexpectedly; answering EIO", fn.__name__)
+            raise FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+@dataclass(slots=True)
+class FsOptions:
+    """Front-end mount options (the ``-o`` names the core and backends do not own)."""
+
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+
+    NAMES = {
+        "attr_timeout": "seconds the kernel may cache attributes (default 1)",
+        "entry_timeout": "seconds the kernel may cache names (default 1)",
+        "allow_other": "let users other than the mounting one use the mount",
+        "default_permissions": "kept for sshfs compatibility: always on",
+    }
+
+
+@dataclass(slots=True)
+class _DirHandle:
+    path: str
+    entries: list[DirEntry] = field(default_factory=list)
+
+
+def _entry(inode: int, attrs: FileAttributes, options: FsOptions) -> pyfuse3.EntryAttributes:
+    entry = pyfuse3.EntryAttributes()
+    entry.st_ino = inode
+    entry.generation = 0
+    entry.entry_timeout = options.entry_timeout
+    entry.attr_timeout = options.attr_timeout
+    entry.st_mode = attrs.mode
+    entry.st_nlink = attrs.nlink
+    entry.st_uid = attrs.uid
+    entry.st_gid = attrs.gid
+    entry.st_rdev = 0
+    entry.st_size = attrs.size
+    entry.st_blksize = 4096
+    entry.st_blocks = (attrs.size + 511) // 512
+    entry.st_atime_ns = attrs.atime_ns
+    entry.st_mtime_ns = attrs.mtime_ns
+    entry.st_ctime_ns = attrs.ctime_ns
+    return entry
+
+
+def _access_for(flags: int) -> tuple[AccessMask, CreateOptions]:
+    """open(2) flags -> DesiredAccess and CreateOptions."""
+    mode = flags & os.O_ACCMODE
+    access = AccessMask.FILE_READ_ATTRIBUTES
+    if mode in (os.O_RDONLY, os.O_RDWR):
+        access |= AccessMask.FILE_READ_DATA
+    if mode in (os.O_WRONLY, os.O_RDWR):
+        # O_APPEND asks for append-only data access: the backend then lets the server
+        # place each write at the end (SSH_FXF_APPEND), whatever the kernel's offset.
+        access |= (
+            AccessMask.FILE_APPEND_DATA
+            if flags & os.O_APPEND
+            else (AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA)
+        )
+    options = CreateOptions.FILE_NON_DIRECTORY_FILE
+    if flags & (os.O_SYNC | os.O_DSYNC):
+        options |= CreateOptions.FILE_WRITE_THROUGH
+    if flags & os.O_DIRECT:
+        options |= CreateOptions.FILE_NO_INTERMEDIATE_BUFFERING
+    return access, options
+
+
+class RxOperations(pyfuse3.Operations):
+    """FUSE requests -> IRPs. One instance per mount, on the mount's trio loop."""
+
+    # The kernel's writeback cache stays off (DESIGN §9): the core's own write-behind
+    # keeps the durability contract, the kernel's would not.
+    enable_writeback_cache = False
+
+    def __init__(self, device: RxDevice, options: FsOptions | None = None) -> None:
+        super().__init__()
+        self.device = device
+        self.options = options or FsOptions()
+        self.inodes = InodeTable()
+        self._files: dict[int, Fobx] = {}
+        self._dirs: dict[int, _DirHandle] = {}
+        self._next_dir_handle = 1
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    async def _call(self, irp: Irp) -> Irp:
+        """Dispatch ``irp``; a failure status becomes the errno of one table."""
+        io_status = await self.device.dispatch(irp)
+        if not nt_success(io_status.status):
+            raise FUSEError(errno_for(io_status.status))
+        return irp
+
+    def _path(self, inode: int) -> str:
+        path = self.inodes.path_of(inode)
+        if path is None:
+            raise FUSEError(errno.ENOENT)
+        return path
+
+    def _child(self, parent_inode: int, name: bytes) -> str:
+        if len(name) > NAME_MAX:
+            raise FUSEError(errno.ENAMETOOLONG)
+        text = os.fsdecode(name)
+        if "/" in text or text in ("", ".", ".."):
+            raise FUSEError(errno.EINVAL)
+        return posixpath.join(self._path(parent_inode), text)
+
+    def _fobx(self, fh: int) -> Fobx:
+        fobx = self._files.get(fh)
+        if fobx is None:
+            raise FUSEError(errno.EBADF)
+        return fobx
+
+    async def _stat(self, path: str) -> FileAttributes:
+        irp = await self._call(
+            Irp(IrpMj.IRP_MJ_QUERY_INFORMATION, QueryInformationParameters(), file_name=path)
+        )
+        assert irp.attributes is not None
+        return irp.attributes
+
+    async def _lookup_entry(
+        self, path: str, attrs: FileAttributes | None = None
+    ) -> pyfuse3.EntryAttributes:
+        if attrs is None:
+            attrs = await self._stat(path)
+        inode = self.inodes.add_lookup(path, attrs)
+        return _entry(inode, attrs, self.options)
+
+    async def _create(self, path: str, params: CreateParameters) -> Fobx:
+        irp = await self._call(Irp(IrpMj.IRP_MJ_CREATE, params, file_name=path))
+        assert irp.file_object is not None
+        return irp.file_object
+
+    async def _close(self, fobx: Fobx) -> None:
+        """IRP_MJ_CLEANUP then IRP_MJ_CLOSE; both are attempted, the first error wins."""
+        cleanup = await self.device.dispatch(Irp(IrpMj.IRP_MJ_CLEANUP, file_object=fobx))
+        close = await self.device.dispatch(Irp(IrpMj.IRP_MJ_CLOSE, file_object=fobx))
+        for status in (cleanup.status, close.status):
+            if not nt_success(status):
+                raise FUSEError(errno_for(status))
+
+    async def _set_info(
+        self, buffer: Any, *, path: str | None = None, fobx: Fobx | None = None
+    ) -> Irp:
+        return await self._call(
+            Irp(
+                IrpMj.IRP_MJ_SET_INFORMATION,
+                SetInformationParameters(buffer),
+                file_object=fobx,
+                file_name=path,
+            )
+        )
+
+    # -- names and attributes -----------------------------------------------------------
+
+    @_handler
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if name == b".":
+            return await self.getattr(parent_inode, ctx)
+        if name == b"..":
+            parent = posixpath.dirname(self._path(parent_inode))
+            return await self._lookup_entry(parent)
+        return await self._lookup_entry(self._child(parent_inode, name))
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        # Never raises: pyfuse3 cannot report an error for forget.
+        for inode, count in inode_list:
+            self.inodes.forget(inode, count)
+
+    @_handler
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        path = self.inodes.path_of(inode)
+        if path is None:
+            attrs = self.inodes.last_attributes(inode)
+            if attrs is None:
+                raise FUSEError(errno.ENOENT)
+        else:
+            attrs = await self._stat(path)
+            self.inodes.remember(inode, attrs)
+        return _entry(inode, attrs, self.options)
+
+    @_handler
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        fobx = self._files.get(fh) if fh is not None else None
+        path = None if fobx is not None else self._path(inode)
+        if fields.update_size:
+            await self._set_info(FileEndOfFileInformation(attr.st_size), path=path, fobx=fobx)
+        basic = FileBasicInformation(
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            mode=stat.S_IMODE(attr.st_mode) if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+        )
+        if basic != FileBasicInformation():
+            await self._set_info(basic, path=path, fobx=fobx)
+        return await self.getattr(inode, ctx)
+
+    @_handler
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        irp = await self._call(Irp(IrpMj.IRP_MJ_QUERY_VOLUME_INFORMATION, file_name="/"))
+        volume = irp.volume
+        assert volume is not None
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = volume.block_size
+        data.f_blocks = volume.total_blocks
+        data.f_bfree = volume.free_blocks
+        data.f_bavail = volume.available_blocks
+        data.f_files = volume.total_files
+        data.f_ffree = data.f_favail = volume.free_files
+        data.f_namemax = volume.max_name_length
+        return data
+
+    # -- files --------------------------------------------------------------------------
+
+    @_handler
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        access, options = _access_for(flags)
+        disposition = (
+            CreateDisposition.FILE_OVERWRITE if flags & os.O_TRUNC else CreateDisposition.FILE_OPEN
+        )
+        fobx = await self._create(
+            self._path(inode), CreateParameters(access, disposition, options)
+        )
+        return self._file_info(fobx)
+
+    @_handler
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        path = self._child(parent_inode, name)
+        access, options = _access_for(flags)
+        if flags & os.O_EXCL:
+            disposition = CreateDisposition.FILE_CREATE
+        elif flags & os.O_TRUNC:
+            disposition = CreateDisposition.FILE_OVERWRITE_IF
+        else:
+            disposition = CreateDisposition.FILE_OPEN_IF
+        fobx = await self._create(
+            path, CreateParameters(access, disposition, options, stat.S_IMODE(mode))
+        )
+        fcb = fobx.fcb
+        attrs = fcb.attributes if fcb is not None else None
+        entry = await self._lookup_entry(path, attrs)
+        return self._file_info(fobx), entry
+
+    def _file_info(self, fobx: Fobx) -> pyfuse3.FileInfo:
+        self._files[fobx.key] = fobx
+        info = pyfuse3.FileInfo(fh=fobx.key)
+        # Another client may change the file between opens: do not keep the page cache.
+        info.keep_cache = False
+        return info
+
+    @_handler
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        irp = await self._call(
+            Irp(IrpMj.IRP_MJ_READ, ReadParameters(size, off), file_object=self._fobx(fh))
+        )
+        return bytes(irp.buffer)
+
+    @_handler
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        fobx = self._fobx(fh)
+        irp = await self._call(
+            Irp(
+                IrpMj.IRP_MJ_WRITE,
+                WriteParameters(len(buf), off, key=fobx.key),
+                file_object=fobx,
+                buffer=buf,
+            )
+        )
+        return irp.io_status.information
+
+    @_handler
+    async def flush(self, fh: int) -> None:
+        """Every close(2): the bytes written through this descriptor must be on the
+        server, and any failure to get them there is returned here (pyfuse3 drops errors
+        raised in release). May run several times for one fh (dup'd descriptors)."""
+        await self._call(
+            Irp(
+                IrpMj.IRP_MJ_FLUSH_BUFFERS,
+                minor_function=IRP_MN_FLUSH_NO_SYNC,
+                file_object=self._fobx(fh),
+            )
+        )
+
+    @_handler
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._call(Irp(IrpMj.IRP_MJ_FLUSH_BUFFERS, file_object=self._fobx(fh)))
+
+    @_handler
+    async def release(self, fh: int) -> None:
+        fobx = self._files.pop(fh, None)
+        if fobx is not None:
+            await self._close(fobx)
+
+    # -- directories --------------------------------------------------------------------
+
+    @_handler
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        path = self._path(inode)
+        attrs = await self._stat(path)
+        if not attrs.is_dir:
+            raise FUSEError(errno.ENOTDIR)
+        handle = self._next_dir_handle
+        self._next_dir_handle += 1
+        self._dirs[handle] = _DirHandle(path)
+        return handle
+
+    @_handler
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        """Entries come from a snapshot taken at offset 0, so the ``next_id`` offsets
+        stay valid while other tasks create and delete names in the directory."""
+        handle = self._dirs.get(fh)
+        if handle is None:
+            raise FUSEError(errno.EBADF)
+        if start_id == 0:
+            irp = await self._call(
+                Irp(
+                    IrpMj.IRP_MJ_DIRECTORY_CONTROL,
+                    QueryDirectoryParameters(),
+                    file_name=handle.path,
+                )
+            )
+            handle.entries = list(irp.entries or [])
+        for index in range(start_id, len(handle.entries)):
+            item = handle.entries[index]
+            path = posixpath.join(handle.path, item.name)
+            inode = self.inodes.inode_of(path)
+            entry = _entry(inode, item.attributes, self.options)
+            if not pyfuse3.readdir_reply(token, os.fsencode(item.name), entry, index + 1):
+                self.inodes.drop_unlooked(inode)
+                return
+            self.inodes.add_lookup(path, item.attributes)
+
+    @_handler
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @_handler
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        path = self._child(parent_inode, name)
+        params = CreateParameters(
+            AccessMask.FILE_READ_ATTRIBUTES,
+            CreateDisposition.FILE_CREATE,
+            CreateOptions.FILE_DIRECTORY_FILE,
+            stat.S_IMODE(mode),
+        )
+        fobx = await self._create(path, params)
+        fcb = fobx.fcb
+        attrs = fcb.attributes if fcb is not None else None
+        await self._close(fobx)
+        return await self._lookup_entry(path, attrs)
+
+    async def _remove(self, parent_inode: int, name: bytes) -> None:
+        path = self._child(parent_inode, name)
+        await self._set_info(FileDispositionInformation(), path=path)
+        self.inodes.unlink(path)
+
+    @_handler
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._remove(parent_inode, name)
+
+    @_handler
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._remove(parent_inode, name)
+
+    @_handler
+    async def rename(  # noqa: PLR0917 - pyfuse3's signature
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            # No SFTP server can swap two names atomically.
+            raise FUSEError(errno.EINVAL)
+        old = self._child(parent_inode_old, name_old)
+        new = self._child(parent_inode_new, name_new)
+        replace = not flags & pyfuse3.RENAME_NOREPLACE
+        await self._set_info(FileRenameInformation(new, replace), path=old)
+        self.inodes.rename(old, new)
+
+    # -- links --------------------------------------------------------------------------
+
+    @_handler
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        path = self._child(parent_inode, name)
+        params = FsControlParameters(FsControlCode.FSCTL_SET_REPARSE_POINT, os.fsdecode(target))
+        await self._call(Irp(IrpMj.IRP_MJ_FILE_SYSTEM_CONTROL, params, file_name=path))
+        return await self._lookup_entry(path)
+
+    @_handler
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        params = FsControlParameters(FsControlCode.FSCTL_GET_REPARSE_POINT)
+        irp = await self._call(
+            Irp(IrpMj.IRP_MJ_FILE_SYSTEM_CONTROL, params, file_name=self._path(inode))
+        )
+        return os.fsencode(irp.link_target or "")
+
+    @_handler
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        new = self._child(new_parent_inode, new_name)
+        await self._set_info(FileLinkInformation(new), path=self._path(inode))
+        return await self._lookup_entry(new)
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    async def close_all(self) -> list[str]:
+        """Flush and close every descriptor still open (at unmount). Returns one line per
+        file that could not be flushed, for the user."""
+        failed: list[str] = []
+        for fh in list(self._files):
+            fobx = self._files.pop(fh)
+            fcb = fobx.fcb
+            name = fcb.path if fcb is not None else f"handle {fh}"
+            flush = await self.device.dispatch(
+                Irp(
+                    IrpMj.IRP_MJ_FLUSH_BUFFERS,
+                    minor_function=IRP_MN_FLUSH_NO_SYNC,
+                    file_object=fobx,
+                )
+            )
+            if not nt_success(flush.status):
+                failed.append(f"{name}: {os.strerror(errno_for(flush.status))}")
+            try:
+                await self._close(fobx)
+            except FUSEError as exc:
+                failed.append(f"{name}: {os.strerror(exc.errno)}")
+        return failed

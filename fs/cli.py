@@ -1,0 +1,350 @@
+"""The ``rxfs`` command: mount, umount, backends.
+
+Bad input (unknown scheme, missing or busy mount point, unknown option) is one line on
+stderr and exit status 2; a mount that fails at run time (authentication, unreachable
+host) exits 1. Never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from rxfs.minirdr import MiniRdrDispatch, UnknownSchemeError, available_backends, load_backend
+
+from ._mount import MountRequest, pid_alive, run
+from ._operations import FsOptions
+
+__all__ = ["main"]
+
+log = logging.getLogger("rxfs")
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line and exit status 2."""
+
+
+# -- state: where a background mount keeps its pid and log -----------------------------
+
+
+def state_dir() -> Path:
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/rxfs-{os.getuid()}"
+    path = Path(base) / "rxfs" if "XDG_RUNTIME_DIR" in os.environ else Path(base)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def _state_file(mountpoint: str, suffix: str) -> Path:
+    name = mountpoint.strip("/").replace("/", "_") or "root"
+    return state_dir() / f"{name}.{suffix}"
+
+
+# -- mount table --------------------------------------------------------------------------
+
+
+def _unescape(field: str) -> str:
+    return field.encode().decode("unicode_escape").encode("latin-1").decode()
+
+
+def mounted_at(mountpoint: str) -> str | None:
+    """The file system type mounted at ``mountpoint`` (from mountinfo), or None. Unlike
+    os.path.ismount this also sees a FUSE mount whose process died (ENOTCONN)."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        for line in mountinfo:
+            fields = line.split()
+            sep = fields.index("-")
+            if _unescape(fields[4]) == mountpoint:
+                return fields[sep + 1]
+    return None
+
+
+# -- options ------------------------------------------------------------------------------
+
+
+def parse_options(groups: Sequence[str]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for group in groups:
+        for item in group.split(","):
+            if not item:
+                continue
+            name, _, value = item.partition("=")
+            options[name.strip()] = value
+    return options
+
+
+def split_options(
+    options: dict[str, str], minirdr: type[MiniRdrDispatch]
+) -> tuple[FsOptions, dict[str, str], bool]:
+    """Sort ``-o`` options to the front end and the backend; refuse unknown names."""
+    fs_options = FsOptions()
+    backend: dict[str, str] = {}
+    allow_other = False
+    for name, value in options.items():
+        if name in ("attr_timeout", "entry_timeout"):
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = -1.0
+            if seconds < 0:
+                raise UsageError(f"-o {name}= wants a number of seconds >= 0, not {value!r}")
+            setattr(fs_options, name, seconds)
+        elif name == "allow_other":
+            allow_other = True
+        elif name == "default_permissions":
+            pass
+        elif name in minirdr.option_names:
+            backend[name] = value
+        else:
+            known = sorted([*FsOptions.NAMES, *minirdr.option_names])
+            raise UsageError(
+                f"unknown option -o {name} for {minirdr.scheme}:// (known: {', '.join(known)})"
+            )
+    return fs_options, backend, allow_other
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def _check_mountpoint(path: str) -> str:
+    mountpoint = os.path.realpath(path)
+    try:
+        is_dir = os.path.isdir(mountpoint) if os.stat(mountpoint) else False
+    except FileNotFoundError:
+        raise UsageError(f"mount point {path} does not exist (mkdir it first)") from None
+    except OSError as exc:
+        raise UsageError(
+            f"mount point {path} is unusable ({exc.strerror}); if a mount died there, "
+            f"run 'rxfs umount {path}'"
+        ) from None
+    if not is_dir:
+        raise UsageError(f"mount point {path} is not a directory")
+    if mounted_at(mountpoint) is not None:
+        raise UsageError(f"{path} is already a mount point ('rxfs umount {path}' first)")
+    return mountpoint
+
+
+def _build_request(args: argparse.Namespace) -> tuple[MountRequest, type[MiniRdrDispatch]]:
+    url = urlsplit(args.url)
+    if not url.scheme:
+        raise UsageError(f"{args.url!r} is not a URL: use e.g. sftp://user@host/path or memory://")
+    try:
+        minirdr = load_backend(url.scheme)
+    except UnknownSchemeError as exc:
+        raise UsageError(str(exc)) from None
+    mountpoint = _check_mountpoint(args.mountpoint)
+    fs_options, backend_options, allow_other = split_options(parse_options(args.options), minirdr)
+    request = MountRequest(args.url, mountpoint, fs_options, backend_options, allow_other)
+    return request, minirdr
+
+
+def _setup_logging(debug: bool, logfile: Path | None = None) -> None:
+    handler: logging.Handler = (
+        logging.FileHandler(logfile) if logfile is not None else logging.StreamHandler()
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # paramiko's transport chatter is not ours to show unless debugging.
+    logging.getLogger("paramiko").setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    request, minirdr_cls = _build_request(args)
+    minirdr = minirdr_cls()
+    if args.foreground:
+        _setup_logging(args.debug)
+        return _serve_foreground(request, minirdr)
+    return _serve_background(request, minirdr, args.debug)
+
+
+def _serve_foreground(request: MountRequest, minirdr: MiniRdrDispatch) -> int:
+    def ready(error: str | None) -> None:
+        if error is not None:
+            print(f"rxfs: {error}", file=sys.stderr)
+
+    pid_file = _state_file(request.mountpoint, "pid")
+    pid_file.write_text(str(os.getpid()))
+    try:
+        return run(request, minirdr, ready)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            pid_file.unlink()
+
+
+def _serve_background(request: MountRequest, minirdr: MiniRdrDispatch, debug: bool) -> int:
+    """Fork; the parent returns once the child reports the mount ready or failed."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            message = pipe.read().decode(errors="replace")
+        if message == "ok":
+            return 0
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        print(
+            f"rxfs: {message or 'the mount process died before the mount was ready'}",
+            file=sys.stderr,
+        )
+        return code if code > 0 else EXIT_FAILURE
+    os.close(read_end)
+    os.setsid()
+    logfile = _state_file(request.mountpoint, "log")
+    _setup_logging(debug, logfile)
+    pid_file = _state_file(request.mountpoint, "pid")
+    pid_file.write_text(str(os.getpid()))
+
+    def ready(error: str | None) -> None:
+        os.write(write_end, b"ok" if error is None else error.encode())
+        os.close(write_end)
+        _detach_stdio()
+
+    code = EXIT_FAILURE
+    try:
+        code = run(request, minirdr, ready)
+    except BaseException:
+        log.exception("mount process failed")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            pid_file.unlink()
+        logging.shutdown()
+        os._exit(code)
+
+
+def _detach_stdio() -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    """Ask the mount process to flush and unmount (SIGTERM); clean up a dead mount."""
+    mountpoint = os.path.realpath(args.mountpoint)
+    pid_file = _state_file(mountpoint, "pid")
+    pid = int(pid_file.read_text()) if pid_file.exists() else None
+    if pid is not None and pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + args.timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_alive(pid):
+            print(
+                f"rxfs: the mount process {pid} is still flushing after {args.timeout:g}s; "
+                f"run 'rxfs umount' again later",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+    with contextlib.suppress(FileNotFoundError):
+        pid_file.unlink()
+    if mounted_at(mountpoint) is None:
+        if pid is None:
+            raise UsageError(f"{args.mountpoint} is not mounted")
+        return 0
+    # The process is gone (killed) or unknown: undo the mount it left behind.
+    result = subprocess.run(
+        ["fusermount3", "-u", mountpoint], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        result = subprocess.run(
+            ["fusermount3", "-u", "-z", mountpoint], capture_output=True, text=True, check=False
+        )
+    if result.returncode != 0:
+        print(f"rxfs: cannot unmount {args.mountpoint}: {result.stderr.strip()}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    rows = [("SCHEME", "DISTRIBUTION", "VERSION", "CAPABILITIES", "DESCRIPTION")]
+    for scheme, info in available_backends().items():
+        try:
+            cls = info.load()
+        except Exception as exc:  # a broken plugin must not hide the others
+            rows.append((scheme, info.distribution, info.version, "-", f"cannot load: {exc}"))
+            continue
+        caps = ",".join(
+            c.name.lower() for c in type(cls.capabilities) if c in cls.capabilities and c.name
+        )
+        rows.append(
+            (f"{scheme}://", info.distribution, info.version, caps or "-", cls.description)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4]
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rxfs",
+        description="Mount a remote share (sftp://, memory://, plugins) through FUSE.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    mount = sub.add_parser(
+        "mount",
+        help="mount URL on MOUNTPOINT",
+        description="Mount URL on MOUNTPOINT. Without -f, returns once the "
+        "mount is ready and serves it from the background (log in "
+        f"{state_dir()}).",
+    )
+    mount.add_argument("url", metavar="URL", help="sftp://[user@]host[:port]/path, memory://")
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    mount.add_argument(
+        "-f", "--foreground", action="store_true", help="stay in the foreground, logging to stderr"
+    )
+    mount.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="opt[=val],...",
+        help="mount options (see 'rxfs backends')",
+    )
+    mount.add_argument("--debug", action="store_true", help="log every request")
+    mount.set_defaults(func=cmd_mount)
+    umount = sub.add_parser(
+        "umount",
+        help="flush and unmount MOUNTPOINT",
+        description="Flush, then unmount; also cleans up after a mount whose process died.",
+    )
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    umount.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for the flush (default 300)"
+    )
+    umount.set_defaults(func=cmd_umount)
+    backends = sub.add_parser("backends", help="list the installed mini-redirectors")
+    backends.set_defaults(func=cmd_backends)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except UsageError as exc:
+        print(f"rxfs: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
