@@ -39,17 +39,29 @@ class FcbResource:
 
     async def acquire_shared(self, owner: Hashable) -> None:
         """Wait until no other owner holds it exclusively; a waiting exclusive request
-        goes first, so that a stream of readers cannot starve an extending write."""
+        goes first, so that a stream of readers cannot starve an extending write.
+
+        Cancellation is checked before acquiring, never after: a cancelled caller
+        never holds the resource (nobody would release it)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._exclusive == owner:
+            # As ExAcquireResourceSharedLite: an exclusive owner's shared acquire is
+            # one more exclusive level, so releases unwind in order.
+            self._exclusive_depth += 1
+            return
         while not self._may_share(owner):
             await self._lot.park()
         self._shared[owner] += 1
-        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def acquire_exclusive(self, owner: Hashable) -> None:
         self._exclusive_waiters += 1
         try:
             while not self._may_own(owner):
                 await self._lot.park()
+        except BaseException:
+            # Shared requests may be queued behind this waiter alone: let them go.
+            self._lot.unpark_all()
+            raise
         finally:
             self._exclusive_waiters -= 1
         self._exclusive = owner
