@@ -1,0 +1,887 @@
+"""The SFTP request engine: SFTP sessions on paramiko channels, driven from the trio loop.
+
+paramiko is blocking and its SFTPClient loses replies when several threads read them
+(DESIGN §5, §10), so each SFTP session (one SSH channel running the sftp subsystem) has
+exactly two threads of its own: a *sender* that writes queued packets to the channel and
+a *reader* that is the only one ever to read replies from it. The trio loop never blocks:
+it numbers a request, registers a waiter, queues the packet and awaits a trio event that
+the reader sets through the loop's token (``run_sync_soon``).
+
+Flow control lives on the loop: each session has a cap on requests and on bytes in
+flight (:class:`_Budget`), so a large write is cut into requests as large as the server
+accepts (``limits@openssh.com``, 256 KiB on OpenSSH) and many stay outstanding without
+memory growing with the file. Every reply is checked: a write whose reply says FAILURE
+fails the whole write it belongs to, and nothing is claimed as written.
+
+An SFTP handle belongs to the session that opened it (each channel is a separate
+sftp-server process), so a :class:`RemoteFile` stays on its session; requests by path go
+to the least loaded session of the :class:`SessionPool`, which spans several SSH
+transports (``-o max_conns``) for throughput.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._wire import (
+    SFTP_VERSION,
+    Attrs,
+    Limits,
+    NameEntry,
+    OpenFlags,
+    PacketType,
+    Reader,
+    SftpStatusCode,
+    StatVfs,
+    pack_attrs,
+    pack_string,
+    packet,
+    u32,
+    u64,
+    write_header,
+)
+
+if TYPE_CHECKING:
+    import paramiko
+
+__all__ = [
+    "EngineStats",
+    "RemoteFile",
+    "SessionPool",
+    "SftpError",
+    "SftpSession",
+]
+
+log = logging.getLogger(__name__)
+
+# What we assume when the server does not answer limits@openssh.com: the draft's floor.
+_DEFAULT_MAX_IO = 32768
+# Never send more than this in one request even if the server's limits allow it: OpenSSH
+# caps a message at 256 KiB, and bigger requests only delay the first reply.
+_MAX_IO = 256 * 1024
+# Channel receive window and packet size: a 16 MiB window lets read-ahead replies stream
+# without waiting for window adjustments on every few packets.
+_WINDOW_SIZE = 16 * 1024 * 1024
+_MAX_PACKET_SIZE = 64 * 1024
+# Flow control per session.
+DEFAULT_MAX_INFLIGHT_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_INFLIGHT_REQUESTS = 64
+# Read-ahead per file: grows while the reads stay sequential, up to this many bytes.
+_MAX_READ_AHEAD = 4 * 1024 * 1024
+
+EXT_LIMITS = "limits@openssh.com"
+EXT_STATVFS = "statvfs@openssh.com"
+EXT_FSTATVFS = "fstatvfs@openssh.com"
+EXT_FSYNC = "fsync@openssh.com"
+EXT_HARDLINK = "hardlink@openssh.com"
+EXT_POSIX_RENAME = "posix-rename@openssh.com"
+
+
+class SftpError(Exception):
+    """A request failed: the server's SSH_FX_* code and message, or a local one
+    (NO_CONNECTION, CONNECTION_LOST) when the session is gone."""
+
+    def __init__(self, code: SftpStatusCode, message: str = "") -> None:
+        super().__init__(f"{code.name}: {message}" if message else code.name)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class EngineStats:
+    """Counters a test or a benchmark can read; updated on the trio loop only."""
+
+    write_requests: int = 0
+    write_bytes: int = 0
+    largest_write_request: int = 0
+    read_requests: int = 0
+    failed_replies: int = 0
+
+
+@dataclass(slots=True)
+class Reply:
+    kind: PacketType
+    body: Reader
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    """One outstanding request. ``callback`` runs on the trio loop with the reply."""
+
+    cost: int
+    callback: Callable[[Reply | SftpError], None]
+
+
+class _Budget:
+    """Requests and bytes in flight on one session; waited for on the trio loop."""
+
+    def __init__(self, max_bytes: int, max_requests: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_requests = max_requests
+        self.bytes = 0
+        self.requests = 0
+        self._changed = trio.Event()
+
+    def _fits(self, nbytes: int) -> bool:
+        if self.requests >= self.max_requests:
+            return False
+        # A request larger than the cap alone still goes, when nothing else is in flight.
+        return self.bytes == 0 or self.bytes + nbytes <= self.max_bytes
+
+    async def acquire(self, nbytes: int) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._fits(nbytes):
+            await self._changed.wait()
+        self.bytes += nbytes
+        self.requests += 1
+
+    def try_acquire(self, nbytes: int) -> bool:
+        if not self._fits(nbytes):
+            return False
+        self.bytes += nbytes
+        self.requests += 1
+        return True
+
+    def release(self, nbytes: int) -> None:
+        self.bytes -= nbytes
+        self.requests -= 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+
+def _status_of(reply: Reply) -> SftpError | None:
+    """None for SSH_FX_OK; the failure otherwise (an unexpected packet type included)."""
+    if reply.kind != PacketType.STATUS:
+        return SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE, f"unexpected {reply.kind.name}")
+    code = reply.body.u32()
+    message = "" if reply.body.at_end else reply.body.text()
+    try:
+        status = SftpStatusCode(code)
+    except ValueError:
+        status = SftpStatusCode.SSH_FX_FAILURE
+    return None if status == SftpStatusCode.SSH_FX_OK else SftpError(status, message)
+
+
+class SftpSession:
+    """One SFTP session (an SSH channel with the sftp subsystem) and its two threads.
+
+    Build it with :meth:`open` in a worker thread; every other method runs on the trio
+    loop whose token it was given.
+    """
+
+    _names = itertools.count(1)
+
+    def __init__(
+        self,
+        channel: paramiko.Channel,
+        token: trio.lowlevel.TrioToken,
+        extensions: dict[str, bytes],
+        *,
+        max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+        max_inflight_requests: int = DEFAULT_MAX_INFLIGHT_REQUESTS,
+    ) -> None:
+        self.name = f"sftp-{next(self._names)}"
+        self.channel = channel
+        self.extensions = extensions
+        self.limits = Limits(0, _DEFAULT_MAX_IO, _DEFAULT_MAX_IO, 0)
+        self.stats = EngineStats()
+        self.open_files = 0
+        self._token = token
+        self._budget = _Budget(max_inflight_bytes, max_inflight_requests)
+        self._ids = itertools.count(1)
+        self._waiters: dict[int, _Waiter] = {}
+        self._lock = threading.Lock()  # guards _waiters and _dead across threads
+        self._dead: SftpError | None = None
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._send_loop, name=f"{self.name}-send", daemon=True),
+            threading.Thread(target=self._read_loop, name=f"{self.name}-read", daemon=True),
+        ]
+
+    # -- opening and closing (worker thread) ------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        transport: paramiko.Transport,
+        token: trio.lowlevel.TrioToken,
+        **budget: int,
+    ) -> SftpSession:
+        """Blocking: open the channel, exchange INIT/VERSION, ask for limits, start the
+        threads. Raises SftpError(NO_CONNECTION) when the subsystem cannot start."""
+        try:
+            channel = transport.open_session(
+                window_size=_WINDOW_SIZE, max_packet_size=_MAX_PACKET_SIZE
+            )
+            channel.invoke_subsystem("sftp")
+            _send_all(channel, packet(PacketType.INIT, SFTP_VERSION))
+            kind, body = _read_packet(channel)
+        except (OSError, EOFError, Exception) as exc:
+            raise SftpError(
+                SftpStatusCode.SSH_FX_NO_CONNECTION, f"cannot start the sftp subsystem: {exc}"
+            ) from exc
+        if kind != PacketType.VERSION:
+            channel.close()
+            raise SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE, "the server did not speak SFTP")
+        reader = Reader(body)
+        version = reader.u32()
+        extensions: dict[str, bytes] = {}
+        while not reader.at_end:
+            name = reader.text()
+            extensions[name] = reader.bytes()
+        log.debug("SFTP version %d, extensions %s", version, sorted(extensions))
+        session = cls(channel, token, extensions, **budget)
+        if EXT_LIMITS in extensions:
+            session._ask_limits_blocking()
+        for thread in session._threads:
+            thread.start()
+        return session
+
+    def _ask_limits_blocking(self) -> None:
+        """Before the threads start, this thread owns the channel: ask synchronously."""
+        request_id = next(self._ids)
+        _send_all(
+            self.channel,
+            packet(PacketType.EXTENDED, request_id, pack_string(EXT_LIMITS)),
+        )
+        kind, body = _read_packet(self.channel)
+        reader = Reader(body)
+        if reader.u32() != request_id or kind != PacketType.EXTENDED_REPLY:
+            log.warning("the server's answer to %s was not understood", EXT_LIMITS)
+            return
+        limits = reader.limits()
+        self.limits = Limits(
+            limits.max_packet_length,
+            limits.max_read_length or _DEFAULT_MAX_IO,
+            limits.max_write_length or _DEFAULT_MAX_IO,
+            limits.max_open_handles,
+        )
+
+    def close(self) -> None:
+        """Blocking-free: stop the threads and close the channel. Outstanding requests
+        fail with CONNECTION_LOST."""
+        self._outbox.put(None)
+        self.channel.close()
+
+    def join(self, timeout: float = 5.0) -> None:
+        """Blocking: wait for the threads to end (call from a worker thread)."""
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._dead is None
+
+    @property
+    def load(self) -> int:
+        """How busy the session is, to pick one for a new file or a path request."""
+        return self._budget.bytes + 64 * 1024 * (self._budget.requests + self.open_files)
+
+    @property
+    def max_write(self) -> int:
+        return max(1024, min(self.limits.max_write_length, _MAX_IO))
+
+    @property
+    def max_read(self) -> int:
+        return max(1024, min(self.limits.max_read_length, _MAX_IO))
+
+    # -- the two threads ------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        """Sender thread: write queued packets, coalescing small ones into one send."""
+        while True:
+            item = self._outbox.get()
+            if item is None:
+                return
+            pieces = [item]
+            size = len(item)
+            while size < _MAX_IO:
+                try:
+                    more = self._outbox.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._outbox.put(None)
+                    break
+                pieces.append(more)
+                size += len(more)
+            try:
+                _send_all(self.channel, pieces[0] if len(pieces) == 1 else b"".join(pieces))
+            except Exception as exc:  # the channel or the transport is gone
+                self._die(SftpError(SftpStatusCode.SSH_FX_CONNECTION_LOST, str(exc)))
+                return
+
+    def _read_loop(self) -> None:
+        """Reader thread: the only reader of this channel; hands replies to the loop."""
+        try:
+            while True:
+                kind, body = _read_packet(self.channel)
+                reader = Reader(body)
+                request_id = reader.u32()
+                with self._lock:
+                    waiter = self._waiters.pop(request_id, None)
+                if waiter is None:
+                    log.warning("%s: reply to unknown request %d dropped", self.name, request_id)
+                    continue
+                try:
+                    ptype = PacketType(kind)
+                except ValueError:
+                    ptype = PacketType.STATUS
+                    reader = Reader(u32(SftpStatusCode.SSH_FX_BAD_MESSAGE))
+                self._deliver(waiter, Reply(ptype, reader))
+        except Exception as exc:
+            self._die(SftpError(SftpStatusCode.SSH_FX_CONNECTION_LOST, str(exc) or "EOF"))
+
+    def _deliver(self, waiter: _Waiter, result: Reply | SftpError) -> None:
+        def on_loop() -> None:
+            self._budget.release(waiter.cost)
+            waiter.callback(result)
+
+        # When the mount's loop is gone, nobody waits for this reply any more.
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(on_loop)
+
+    def _die(self, error: SftpError) -> None:
+        with self._lock:
+            if self._dead is None:
+                self._dead = error
+                log.info("%s closed: %s", self.name, error)
+            waiters, self._waiters = list(self._waiters.values()), {}
+        for waiter in waiters:
+            self._deliver(waiter, error)
+        self._outbox.put(None)
+        self.channel.close()
+
+    # -- requests (trio loop) -----------------------------------------------------------
+
+    async def _submit(
+        self,
+        build: Callable[[int], bytes],
+        callback: Callable[[Reply | SftpError], None],
+        cost: int = 0,
+    ) -> None:
+        """Wait for room in the budget, then queue one request. ``callback`` runs on
+        the loop exactly once, with the reply or the error that ended the session."""
+        await self._budget.acquire(cost)
+        self._enqueue(build, callback, cost)
+
+    def _enqueue(
+        self,
+        build: Callable[[int], bytes],
+        callback: Callable[[Reply | SftpError], None],
+        cost: int,
+    ) -> None:
+        """Queue a request whose budget is already taken."""
+        request_id = next(self._ids)
+        waiter = _Waiter(cost, callback)
+        with self._lock:
+            dead = self._dead
+            if dead is None:
+                self._waiters[request_id] = waiter
+        if dead is not None:
+            self._budget.release(cost)
+            callback(SftpError(SftpStatusCode.SSH_FX_NO_CONNECTION, dead.message))
+            return
+        self._outbox.put(build(request_id))
+
+    async def request(self, kind: PacketType, *fields: bytes) -> Reply:
+        """Send one request and wait for its reply (any type; STATUS is not checked)."""
+        done = trio.Event()
+        result: list[Reply | SftpError] = []
+
+        def on_reply(reply: Reply | SftpError) -> None:
+            result.append(reply)
+            done.set()
+
+        await self._submit(lambda rid: packet(kind, rid, *fields), on_reply)
+        await done.wait()
+        if isinstance(result[0], SftpError):
+            raise result[0]
+        return result[0]
+
+    async def call(self, kind: PacketType, *fields: bytes) -> None:
+        """A request whose answer is a STATUS: raise SftpError unless it is OK."""
+        error = _status_of(await self.request(kind, *fields))
+        if error is not None:
+            raise error
+
+    async def _expect(self, expected: PacketType, kind: PacketType, *fields: bytes) -> Reader:
+        reply = await self.request(kind, *fields)
+        if reply.kind == expected:
+            return reply.body
+        raise _status_of(reply) or SftpError(
+            SftpStatusCode.SSH_FX_BAD_MESSAGE, f"{kind.name} answered SSH_FX_OK"
+        )
+
+    async def extended(self, name: str, *fields: bytes) -> Reader | None:
+        """An extended request: the EXTENDED_REPLY's body, or None for a STATUS OK."""
+        reply = await self.request(PacketType.EXTENDED, pack_string(name), *fields)
+        if reply.kind == PacketType.EXTENDED_REPLY:
+            return reply.body
+        error = _status_of(reply)
+        if error is not None:
+            raise error
+        return None
+
+    def has(self, extension: str) -> bool:
+        return extension in self.extensions
+
+    # -- operations by path -----------------------------------------------------------
+
+    async def stat(self, path: str) -> Attrs:
+        return (await self._expect(PacketType.ATTRS, PacketType.STAT, pack_string(path))).attrs()
+
+    async def lstat(self, path: str) -> Attrs:
+        reader = await self._expect(PacketType.ATTRS, PacketType.LSTAT, pack_string(path))
+        return reader.attrs()
+
+    async def setstat(self, path: str, attrs: Attrs) -> None:
+        await self.call(PacketType.SETSTAT, pack_string(path), pack_attrs(attrs))
+
+    async def mkdir(self, path: str, mode: int) -> None:
+        await self.call(PacketType.MKDIR, pack_string(path), pack_attrs(Attrs(permissions=mode)))
+
+    async def rmdir(self, path: str) -> None:
+        await self.call(PacketType.RMDIR, pack_string(path))
+
+    async def remove(self, path: str) -> None:
+        await self.call(PacketType.REMOVE, pack_string(path))
+
+    async def rename(self, old: str, new: str) -> None:
+        """SSH_FXP_RENAME: OpenSSH refuses an existing target (FAILURE)."""
+        await self.call(PacketType.RENAME, pack_string(old), pack_string(new))
+
+    async def posix_rename(self, old: str, new: str) -> None:
+        """posix-rename@openssh.com: rename(2), replacing the target atomically."""
+        await self.extended(EXT_POSIX_RENAME, pack_string(old), pack_string(new))
+
+    async def hardlink(self, old: str, new: str) -> None:
+        await self.extended(EXT_HARDLINK, pack_string(old), pack_string(new))
+
+    async def symlink(self, link_path: str, target: str) -> None:
+        """Create ``link_path`` pointing at ``target``.
+
+        The draft names the fields (linkpath, targetpath), but OpenSSH's sftp-server reads
+        them the other way round and calls symlink(first, second); every client that
+        talks to OpenSSH (its own sftp, sshfs, paramiko) sends the target first. So do we.
+        """
+        await self.call(PacketType.SYMLINK, pack_string(target), pack_string(link_path))
+
+    async def readlink(self, path: str) -> str:
+        reader = await self._expect(PacketType.NAME, PacketType.READLINK, pack_string(path))
+        names = reader.names()
+        if not names:
+            raise SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE, "empty READLINK reply")
+        return names[0].filename
+
+    async def realpath(self, path: str) -> str:
+        reader = await self._expect(PacketType.NAME, PacketType.REALPATH, pack_string(path))
+        names = reader.names()
+        if not names:
+            raise SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE, "empty REALPATH reply")
+        return names[0].filename
+
+    async def statvfs(self, path: str) -> StatVfs:
+        reader = await self.extended(EXT_STATVFS, pack_string(path))
+        if reader is None:
+            raise SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE, "statvfs answered no data")
+        return reader.statvfs()
+
+    async def listdir(self, path: str, *, first_batch_only: bool = False) -> list[NameEntry]:
+        """All entries of a directory, . and .. included (the caller drops them)."""
+        handle = (
+            await self._expect(PacketType.HANDLE, PacketType.OPENDIR, pack_string(path))
+        ).bytes()
+        entries: list[NameEntry] = []
+        try:
+            while True:
+                reply = await self.request(PacketType.READDIR, pack_string(handle))
+                if reply.kind != PacketType.NAME:
+                    error = _status_of(reply)
+                    if error is None or error.code == SftpStatusCode.SSH_FX_EOF:
+                        break
+                    raise error
+                entries.extend(reply.body.names())
+                if first_batch_only:
+                    break
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._close_quietly(handle)
+        return entries
+
+    async def _close_quietly(self, handle: bytes) -> None:
+        try:
+            await self.call(PacketType.CLOSE, pack_string(handle))
+        except SftpError as exc:
+            log.debug("%s: closing a directory handle failed: %s", self.name, exc)
+
+    # -- files --------------------------------------------------------------------------
+
+    async def open_file(
+        self, path: str, flags: OpenFlags, mode: int | None = None
+    ) -> tuple[RemoteFile, Attrs]:
+        """OPEN and STAT sent back to back: the server handles a session's requests in
+        order, so the STAT sees what the OPEN made, and both cost one round trip."""
+        attrs_field = pack_attrs(Attrs(permissions=mode))
+        opened: list[Reply | SftpError] = []
+        stated: list[Reply | SftpError] = []
+        done = trio.Event()
+
+        def collect(into: list[Reply | SftpError]) -> Callable[[Reply | SftpError], None]:
+            def on_reply(reply: Reply | SftpError) -> None:
+                into.append(reply)
+                if opened and stated:
+                    done.set()
+
+            return on_reply
+
+        await self._submit(
+            lambda rid: packet(PacketType.OPEN, rid, pack_string(path), u32(flags), attrs_field),
+            collect(opened),
+        )
+        await self._submit(
+            lambda rid: packet(PacketType.STAT, rid, pack_string(path)), collect(stated)
+        )
+        with trio.CancelScope(shield=True):
+            # Shielded: a handle the server opened must be closed, not leaked.
+            await done.wait()
+        handle = self._handle_of(opened[0])
+        remote = RemoteFile(self, handle, path, flags)
+        self.open_files += 1
+        if isinstance(stated[0], SftpError):
+            await remote.close()
+            raise stated[0]
+        if stated[0].kind != PacketType.ATTRS:
+            await remote.close()
+            raise _status_of(stated[0]) or SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE)
+        return remote, stated[0].body.attrs()
+
+    @staticmethod
+    def _handle_of(reply: Reply | SftpError) -> bytes:
+        if isinstance(reply, SftpError):
+            raise reply
+        if reply.kind != PacketType.HANDLE:
+            raise _status_of(reply) or SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE)
+        return reply.body.bytes()
+
+
+@dataclass(eq=False)
+class _ReadSeg:
+    """A READ request of the read-ahead window: [start, start + length)."""
+
+    start: int
+    length: int
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes = b""
+    error: SftpError | None = None
+
+    def resolve(self, reply: Reply | SftpError) -> None:
+        if isinstance(reply, SftpError):
+            self.error = reply
+        elif reply.kind == PacketType.DATA:
+            self.data = bytes(reply.body.view())
+        else:
+            error = _status_of(reply)
+            if error is not None and error.code != SftpStatusCode.SSH_FX_EOF:
+                self.error = error
+        self.done.set()
+
+
+class _WriteBatch:
+    """The replies of one write's requests; the first failure in offset order wins."""
+
+    def __init__(self, stats: EngineStats) -> None:
+        self._stats = stats
+        self._outstanding = 0
+        self._sealed = False
+        self._failures: list[tuple[int, SftpError]] = []
+        self._done = trio.Event()
+
+    def expect(self, offset: int) -> Callable[[Reply | SftpError], None]:
+        self._outstanding += 1
+
+        def on_reply(reply: Reply | SftpError) -> None:
+            error = reply if isinstance(reply, SftpError) else _status_of(reply)
+            if error is not None:
+                self._stats.failed_replies += 1
+                self._failures.append((offset, error))
+            self._outstanding -= 1
+            self._check()
+
+        return on_reply
+
+    def seal(self) -> None:
+        self._sealed = True
+        self._check()
+
+    def _check(self) -> None:
+        if self._sealed and self._outstanding == 0:
+            self._done.set()
+
+    async def wait(self) -> tuple[int, SftpError] | None:
+        """(offset of the failed request, error), or None when every request landed."""
+        await self._done.wait()
+        return min(self._failures, key=lambda f: f[0]) if self._failures else None
+
+
+class RemoteFile:
+    """An open SFTP file handle on one session, with pipelined writes and read-ahead."""
+
+    def __init__(self, session: SftpSession, handle: bytes, path: str, flags: OpenFlags) -> None:
+        self.session = session
+        self.handle = handle
+        self.path = path
+        self.flags = flags
+        self.closed = False
+        # Writes of this file leave in the order they were submitted (DESIGN §5).
+        self._send_lock = trio.Lock()
+        self._writes_in_flight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self._ahead: deque[_ReadSeg] = deque()
+        self._ahead_size = 0
+        self._handle_field = pack_string(handle)
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.flags & OpenFlags.SSH_FXF_WRITE)
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def submit_write(self, offset: int, data: bytes | bytearray | memoryview) -> _WriteBatch:
+        """Queue the whole write as requests of the server's maximum size and return
+        once all are queued; ``await batch.wait()`` gives the outcome."""
+        self.invalidate_read_ahead()
+        session = self.session
+        view = memoryview(data).cast("B")
+        step = session.max_write
+        batch = _WriteBatch(session.stats)
+        self._writes_in_flight += 1
+        self._idle = trio.Event()
+        try:
+            async with self._send_lock:
+                for pos in range(0, len(view), step):
+                    chunk = view[pos : pos + step]
+                    at = offset + pos
+                    await session._submit(
+                        self._write_builder(at, chunk), batch.expect(at), cost=len(chunk)
+                    )
+                    session.stats.write_requests += 1
+                    session.stats.write_bytes += len(chunk)
+                    session.stats.largest_write_request = max(
+                        session.stats.largest_write_request, len(chunk)
+                    )
+        finally:
+            batch.seal()
+        return batch
+
+    def _write_builder(self, offset: int, chunk: memoryview) -> Callable[[int], bytes]:
+        handle = self.handle
+
+        def build(request_id: int) -> bytes:
+            return write_header(request_id, handle, offset, len(chunk)) + chunk
+
+        return build
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write and wait for every reply; raises the first failure in offset order."""
+        try:
+            batch = await self.submit_write(offset, data)
+            failure = await batch.wait()
+        finally:
+            self.write_done()
+        if failure is not None:
+            raise failure[1]
+
+    def write_done(self) -> None:
+        """Called once per submit_write after its batch has been waited for."""
+        self._writes_in_flight -= 1
+        if self._writes_in_flight == 0:
+            self._idle.set()
+
+    async def wait_writes(self) -> None:
+        """Until every write submitted so far has all its replies."""
+        await self._idle.wait()
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def invalidate_read_ahead(self) -> None:
+        """Forget data read ahead (a write or a truncate may have changed it); replies
+        still on the way are dropped when they arrive."""
+        self._ahead.clear()
+        self._ahead_size = 0
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset``; fewer only at the end of the file.
+
+        Sequential reads are served from a read-ahead window of pipelined READ
+        requests that doubles with each sequential hit, up to 4 MiB.
+        """
+        if not self._ahead or self._ahead[0].start != offset:
+            self.invalidate_read_ahead()
+            self._ahead_size = length
+        else:
+            self._ahead_size = min(max(2 * self._ahead_size, length), _MAX_READ_AHEAD)
+        await self._extend_window(offset, offset + length)
+        self._extend_read_ahead(offset, offset + length + self._ahead_size)
+        out: list[bytes] = []
+        wanted = length
+        while wanted > 0 and self._ahead:
+            seg = self._ahead[0]
+            await seg.done.wait()
+            if seg.error is not None:
+                self.invalidate_read_ahead()
+                raise seg.error
+            piece = seg.data[:wanted]
+            out.append(piece)
+            wanted -= len(piece)
+            if len(seg.data) < seg.length:
+                # The file ends here; what was read beyond is not to be trusted.
+                self.invalidate_read_ahead()
+                break
+            if len(piece) == len(seg.data):
+                self._ahead.popleft()
+            else:
+                seg.data = seg.data[len(piece) :]
+                seg.start += len(piece)
+                seg.length -= len(piece)
+        return b"".join(out)
+
+    def _window_end(self, offset: int) -> int:
+        return self._ahead[-1].start + self._ahead[-1].length if self._ahead else offset
+
+    async def _extend_window(self, offset: int, end: int) -> None:
+        """Queue the READ requests a caller waits for (waiting for room if need be)."""
+        session = self.session
+        pos = self._window_end(offset)
+        while pos < end:
+            seg = _ReadSeg(pos, min(session.max_read, end - pos))
+            await session._budget.acquire(seg.length)
+            session._enqueue(self._read_builder(seg), seg.resolve, seg.length)
+            session.stats.read_requests += 1
+            self._ahead.append(seg)
+            pos += seg.length
+
+    def _extend_read_ahead(self, offset: int, end: int) -> None:
+        """Queue read-ahead only while the session has room: it must never hold up a
+        request someone waits for."""
+        session = self.session
+        pos = self._window_end(offset)
+        while pos < end:
+            seg = _ReadSeg(pos, min(session.max_read, end - pos))
+            if not session._budget.try_acquire(seg.length):
+                return
+            session._enqueue(self._read_builder(seg), seg.resolve, seg.length)
+            session.stats.read_requests += 1
+            self._ahead.append(seg)
+            pos += seg.length
+
+    def _read_builder(self, seg: _ReadSeg) -> Callable[[int], bytes]:
+        fields = (self._handle_field, u64(seg.start), u32(seg.length))
+        return lambda rid: packet(PacketType.READ, rid, *fields)
+
+    # -- handle operations ---------------------------------------------------------------
+
+    async def fstat(self) -> Attrs:
+        reader = await self.session._expect(PacketType.ATTRS, PacketType.FSTAT, self._handle_field)
+        return reader.attrs()
+
+    async def fsetstat(self, attrs: Attrs) -> None:
+        self.invalidate_read_ahead()
+        await self.session.call(PacketType.FSETSTAT, self._handle_field, pack_attrs(attrs))
+
+    async def fsync(self) -> None:
+        await self.session.extended(EXT_FSYNC, self._handle_field)
+
+    async def close(self) -> None:
+        """Wait for this file's writes, then CLOSE; raises the CLOSE's failure."""
+        if self.closed:
+            return
+        self.closed = True
+        self.invalidate_read_ahead()
+        with trio.CancelScope(shield=True):
+            await self.wait_writes()
+            self.session.open_files -= 1
+            await self.session.call(PacketType.CLOSE, self._handle_field)
+
+
+class SessionPool:
+    """The SFTP sessions of one SrvCall, over one or more SSH transports."""
+
+    def __init__(self, transports: list[paramiko.Transport], sessions: list[SftpSession]) -> None:
+        self.transports = transports
+        self.sessions = sessions
+
+    @property
+    def extensions(self) -> dict[str, bytes]:
+        return self.sessions[0].extensions if self.sessions else {}
+
+    def has(self, extension: str) -> bool:
+        return extension in self.extensions
+
+    def pick(self) -> SftpSession:
+        """The least loaded live session; a dead one when all are (its requests then
+        fail with NO_CONNECTION, which the caller maps)."""
+        alive = [s for s in self.sessions if s.alive] or self.sessions
+        return min(alive, key=lambda s: s.load)
+
+    @property
+    def stats(self) -> EngineStats:
+        total = EngineStats()
+        for session in self.sessions:
+            for name in ("write_requests", "write_bytes", "read_requests", "failed_replies"):
+                setattr(total, name, getattr(total, name) + getattr(session.stats, name))
+            total.largest_write_request = max(
+                total.largest_write_request, session.stats.largest_write_request
+            )
+        return total
+
+    def close(self) -> None:
+        """Close every session and transport (does not block on the network)."""
+        for session in self.sessions:
+            session.close()
+        for transport in self.transports:
+            transport.close()
+
+
+def _send_all(channel: paramiko.Channel, data: bytes) -> None:
+    """Channel.sendall re-slices the whole remainder after every packet (quadratic for
+    large buffers); send packet-sized slices of a memoryview instead."""
+    view = memoryview(data)
+    step = max(4096, int(getattr(channel, "out_max_packet_size", 32768)))
+    pos = 0
+    while pos < len(view):
+        sent = channel.send(bytes(view[pos : pos + step]))
+        if sent <= 0:
+            raise EOFError("the SFTP channel is closed")
+        pos += sent
+
+
+def _recv_exact(channel: paramiko.Channel, n: int) -> bytes:
+    parts: list[bytes] = []
+    while n > 0:
+        chunk: bytes = channel.recv(n)
+        if not chunk:
+            raise EOFError("the SFTP channel is closed")
+        parts.append(chunk)
+        n -= len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _read_packet(channel: paramiko.Channel) -> tuple[int, bytes]:
+    header = _recv_exact(channel, 5)
+    length = int.from_bytes(header[:4], "big")
+    if length < 1 or length > 16 * 1024 * 1024:
+        raise EOFError(f"SFTP packet of {length} bytes: the stream is out of step")
+    return header[4], _recv_exact(channel, length - 1) if length > 1 else b""
