@@ -1,0 +1,207 @@
+"""POSIX semantics through the mount: rename, truncate, links, chmod/utime, fsync.
+
+Each test checks what a user sees through the mount and what the server's directory holds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import random
+import subprocess
+from typing import TYPE_CHECKING
+
+import pytest
+from integration_support import MIB, run
+
+if TYPE_CHECKING:
+    from integration_support import Target
+
+AT_FDCWD = -100
+RENAME_NOREPLACE = 1
+
+
+def renameat2(source: str, destination: str, flags: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    result = libc.renameat2(AT_FDCWD, source.encode(), AT_FDCWD, destination.encode(), flags)
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), source)
+
+
+def test_rename_over_an_existing_file_replaces_it(target: Target) -> None:
+    (target.mnt / "a").write_bytes(b"new content")
+    (target.mnt / "b").write_bytes(b"old content that is longer")
+    os.rename(target.mnt / "a", target.mnt / "b")
+
+    assert sorted(os.listdir(target.mnt)) == ["b"]
+    assert (target.mnt / "b").read_bytes() == b"new content"
+    assert target.landed("b").read_bytes() == b"new content"
+    assert not target.landed("a").exists()
+
+
+def test_rename_noreplace_keeps_the_target(target: Target) -> None:
+    (target.mnt / "a").write_bytes(b"source")
+    (target.mnt / "b").write_bytes(b"target")
+    with pytest.raises(OSError) as raised:
+        renameat2(str(target.mnt / "a"), str(target.mnt / "b"), RENAME_NOREPLACE)
+    assert raised.value.errno == errno.EEXIST
+
+    # mv -n tries RENAME_NOREPLACE and must leave both files as they were.
+    subprocess.run(["mv", "-n", str(target.mnt / "a"), str(target.mnt / "b")], check=False)
+    for name, content in (("a", b"source"), ("b", b"target")):
+        assert (target.mnt / name).read_bytes() == content
+        assert target.landed(name).read_bytes() == content
+
+    renameat2(str(target.mnt / "a"), str(target.mnt / "c"), RENAME_NOREPLACE)
+    assert sorted(os.listdir(target.mnt)) == ["b", "c"]
+    assert target.landed("c").read_bytes() == b"source"
+
+
+def test_truncate_up_zero_fills_and_down_cuts(target: Target) -> None:
+    path = target.mnt / "t"
+    data = random.Random(4).randbytes(100_000)
+    path.write_bytes(data)
+
+    os.truncate(path, 3 * MIB + 17)
+    assert path.stat().st_size == 3 * MIB + 17
+    assert target.landed("t").stat().st_size == 3 * MIB + 17
+    expected = data + bytes(3 * MIB + 17 - len(data))
+    assert path.read_bytes() == expected
+    assert target.landed("t").read_bytes() == expected
+
+    run(["truncate", "-s", "1234", str(path)])
+    assert path.stat().st_size == 1234
+    assert path.read_bytes() == data[:1234]
+    assert target.landed("t").read_bytes() == data[:1234]
+
+    # Growing again must not resurrect the bytes cut off before.
+    os.truncate(path, 5000)
+    assert path.read_bytes() == data[:1234] + bytes(5000 - 1234)
+    assert target.landed("t").read_bytes() == data[:1234] + bytes(5000 - 1234)
+
+
+def test_ftruncate_on_an_open_descriptor_with_pending_writes(target: Target) -> None:
+    path = target.mnt / "ft"
+    with path.open("w+b") as file:
+        file.write(b"x" * 10_000)
+        file.flush()
+        os.ftruncate(file.fileno(), 100)
+        file.seek(0, os.SEEK_END)
+        file.write(b"tail")
+    assert path.read_bytes() == b"x" * 100 + b"tail"
+    assert target.landed("ft").read_bytes() == b"x" * 100 + b"tail"
+
+
+def test_symlinks_show_relative_and_absolute_targets_as_is(target: Target) -> None:
+    (target.mnt / "dir").mkdir()
+    (target.mnt / "dir" / "file").write_bytes(b"pointed at")
+    links = {
+        "rel": "dir/file",
+        "dotdot": "../outside/of/the/mount",
+        "abs": "/etc/hostname",
+        "dangling": "no-such-file",
+    }
+    for name, link_target in links.items():
+        os.symlink(link_target, target.mnt / name)
+
+    run(["ln", "-s", "dir", str(target.mnt / "ln-made")])
+    links["ln-made"] = "dir"
+    for name, link_target in links.items():
+        assert os.readlink(target.mnt / name) == link_target
+        assert (target.mnt / name).is_symlink()
+        if target.server is not None:
+            assert os.readlink(target.server_path(name)) == link_target
+    assert run(["readlink", str(target.mnt / "abs")]) == "/etc/hostname\n"
+    assert (target.mnt / "rel").read_bytes() == b"pointed at"
+    assert (target.mnt / "ln-made" / "file").read_bytes() == b"pointed at"
+    assert os.lstat(target.mnt / "rel").st_size == len("dir/file")
+    with pytest.raises(FileNotFoundError):
+        (target.mnt / "dangling").read_bytes()
+    os.unlink(target.mnt / "rel")
+    assert (target.mnt / "dir" / "file").exists()
+
+
+def test_hard_links_share_content_and_server_inode(target: Target) -> None:
+    first = target.mnt / "first"
+    first.write_bytes(b"shared")
+    os.link(first, target.mnt / "second")
+
+    assert (target.mnt / "second").read_bytes() == b"shared"
+    assert first.stat().st_nlink == 2
+    with first.open("r+b") as file:
+        file.write(b"SH")
+    assert (target.mnt / "second").read_bytes() == b"SHared"
+    if target.server is not None:
+        on_server = os.stat(target.server_path("first"))
+        assert on_server.st_ino == os.stat(target.server_path("second")).st_ino
+        assert on_server.st_nlink == 2
+        assert target.server_path("second").read_bytes() == b"SHared"
+
+    os.unlink(first)
+    assert (target.mnt / "second").read_bytes() == b"SHared"
+    assert (target.mnt / "second").stat().st_nlink == 1
+
+
+def test_chmod_reaches_the_server(target: Target) -> None:
+    path = target.mnt / "mode"
+    path.write_bytes(b"")
+    for mode in (0o600, 0o755, 0o640, 0o4755):
+        os.chmod(path, mode)
+        assert path.stat().st_mode & 0o7777 == mode
+        if target.server is not None:
+            assert os.stat(target.server_path("mode")).st_mode & 0o7777 == mode
+    (target.mnt / "d").mkdir()
+    os.chmod(target.mnt / "d", 0o700)
+    assert (target.mnt / "d").stat().st_mode & 0o7777 == 0o700
+    assert os.stat(target.landed("d")).st_mode & 0o7777 == 0o700
+
+
+def test_utime_keeps_what_the_server_can_store(target: Target) -> None:
+    path = target.mnt / "times"
+    path.write_bytes(b"x")
+    atime_ns = 1_500_000_000_123_456_789
+    mtime_ns = 1_600_000_000_987_654_321
+    os.utime(path, ns=(atime_ns, mtime_ns))
+
+    seen = path.stat()
+    if target.server is None:
+        assert (seen.st_atime_ns, seen.st_mtime_ns) == (atime_ns, mtime_ns)
+        return
+    # SFTP v3 carries whole seconds: the server keeps the seconds, and the mount shows
+    # what the server keeps rather than a precision that was never stored.
+    on_server = os.stat(target.server_path("times"))
+    whole = (atime_ns // 10**9 * 10**9, mtime_ns // 10**9 * 10**9)
+    assert (on_server.st_atime_ns, on_server.st_mtime_ns) == whole
+    assert (seen.st_atime_ns, seen.st_mtime_ns) == whole
+
+    run(["touch", "-d", "@1234567890", str(path)])
+    assert os.stat(target.server_path("times")).st_mtime_ns == 1234567890 * 10**9
+    assert path.stat().st_mtime_ns == 1234567890 * 10**9
+
+
+def test_bytes_are_on_the_server_when_fsync_returns_before_close(target: Target) -> None:
+    data = random.Random(5).randbytes(3 * MIB + 123)
+    fd = os.open(target.mnt / "durable", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for start in range(0, len(data), 4096):
+            os.write(fd, data[start : start + 4096])
+        os.fsync(fd)
+        assert target.landed("durable").read_bytes() == data
+        # A second round: an overwrite in the middle, then fsync again, still open.
+        os.pwrite(fd, b"\xff" * 10_000, MIB)
+        os.fsync(fd)
+        expected = data[:MIB] + b"\xff" * 10_000 + data[MIB + 10_000 :]
+        assert target.landed("durable").read_bytes() == expected
+    finally:
+        os.close(fd)
+    assert (target.mnt / "durable").read_bytes() == expected
+
+
+def test_close_lands_every_byte_written_through_the_descriptor(target: Target) -> None:
+    data = random.Random(6).randbytes(2 * MIB)
+    with (target.mnt / "closed").open("wb") as file:
+        file.write(data)
+    # close-to-open: once close() returned, another client (the server) sees the bytes.
+    assert target.landed("closed").read_bytes() == data

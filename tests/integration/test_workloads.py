@@ -1,0 +1,175 @@
+"""Ordinary tools on the mount: cp -r, dd, tar, git, an editor's save, concurrent appends.
+
+After each, the bytes in the server's directory must be the bytes written, by hash.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from integration_support import MIB, run, sha256_file, tree_digest
+
+if TYPE_CHECKING:
+    from integration_support import Target
+
+TREE_FILES = 1100
+TREE_MAX_SIZE = 64 * 1024
+
+
+def make_tree(root: Path, files: int, seed: int) -> None:
+    """``files`` files of random sizes (0..64 KiB) spread over nested directories."""
+    rng = random.Random(seed)
+    dirs = [root]
+    root.mkdir(parents=True)
+    for index in range(files):
+        if index % 40 == 0:
+            parent = rng.choice(dirs)
+            fresh = parent / f"d{index}"
+            fresh.mkdir()
+            dirs.append(fresh)
+        size = rng.choice([0, rng.randrange(1, 512), rng.randrange(0, TREE_MAX_SIZE + 1)])
+        (rng.choice(dirs) / f"f{index}.bin").write_bytes(rng.randbytes(size))
+
+
+def test_cp_r_of_1100_files_lands_byte_for_byte(target: Target, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    make_tree(source, TREE_FILES, seed=1)
+    run(["cp", "-r", str(source), str(target.mnt / "copy")], timeout=180)
+
+    run(["diff", "-r", str(source), str(target.mnt / "copy")], timeout=120)
+    expected = tree_digest(source)
+    assert len(expected) > TREE_FILES
+    assert tree_digest(target.landed("copy")) == expected
+
+
+@pytest.mark.parametrize(("block", "mib"), [("4K", 16), ("1M", 64)])
+def test_dd_with_conv_fsync_lands_every_byte(
+    target: Target, tmp_path: Path, block: str, mib: int
+) -> None:
+    source = tmp_path / "source"
+    source.write_bytes(random.Random(block).randbytes(mib * MIB))
+    command = ["dd", f"if={source}", f"of={target.mnt / 'big'}", f"bs={block}", "conv=fsync"]
+    run([*command, "status=none"], timeout=300)
+
+    assert (target.mnt / "big").stat().st_size == mib * MIB
+    assert target.landed("big").stat().st_size == mib * MIB
+    assert sha256_file(target.landed("big")) == sha256_file(source)
+    assert sha256_file(target.mnt / "big") == sha256_file(source)
+
+
+def test_tar_extracts_a_seeded_tree(target: Target, tmp_path: Path) -> None:
+    source = tmp_path / "tree"
+    make_tree(source, 300, seed=2)
+    (source / "private.bin").write_bytes(b"secret")
+    os.chmod(source / "private.bin", 0o600)
+    os.symlink("private.bin", source / "link-to-private")
+    tarball = tmp_path / "tree.tar"
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(source, arcname="tree")
+    run(["tar", "-xf", str(tarball), "-C", str(target.mnt)], timeout=180)
+
+    expected = tree_digest(source)
+    assert tree_digest(target.mnt / "tree") == expected
+    assert tree_digest(target.landed("tree")) == expected
+    assert os.stat(target.landed("tree/private.bin")).st_mode & 0o777 == 0o600
+
+
+def test_git_init_add_commit_and_fsck(target: Target) -> None:
+    repo = target.mnt / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=rxfs", "-c", "user.email=rxfs@example.invalid"]
+    git += ["-c", "init.defaultBranch=main", "-c", "safe.directory=*"]
+    run([*git, "init", "-q"], cwd=repo)
+    rng = random.Random(3)
+    for index in range(30):
+        (repo / f"file{index}.txt").write_bytes(rng.randbytes(rng.randrange(0, 8192)))
+    run([*git, "add", "-A"], cwd=repo)
+    run([*git, "commit", "-q", "-m", "first"], cwd=repo)
+    (repo / "file0.txt").write_text("changed\n")
+    run([*git, "commit", "-q", "-am", "second"], cwd=repo)
+
+    run([*git, "fsck", "--full", "--strict"], cwd=repo)
+    assert run([*git, "log", "--format=%s"], cwd=repo).split() == ["second", "first"]
+    assert run([*git, "status", "--porcelain"], cwd=repo) == ""
+    if target.server is not None:
+        # The server's copy is a valid repository by itself, with the same head.
+        server_repo = target.server_path("repo")
+        run([*git, "fsck", "--full", "--strict"], cwd=server_repo)
+        head = run([*git, "rev-parse", "HEAD"], cwd=repo)
+        assert run([*git, "rev-parse", "HEAD"], cwd=server_repo) == head
+
+
+def test_editor_save_writes_temp_fsyncs_and_renames_over(target: Target) -> None:
+    original = target.mnt / "notes.txt"
+    original.write_bytes(b"first version\n" * 100)
+    old_inode = original.stat().st_ino
+    new_content = b"second version\n" * 333
+
+    temp = target.mnt / ".notes.txt.swp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        assert os.write(fd, new_content) == len(new_content)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(temp, original)
+
+    assert original.read_bytes() == new_content
+    assert not temp.exists()
+    assert sorted(os.listdir(target.mnt)) == ["notes.txt"]
+    assert original.stat().st_ino != old_inode
+    assert target.landed("notes.txt").read_bytes() == new_content
+    if target.server is not None:
+        assert sorted(os.listdir(target.server)) == ["notes.txt"]
+
+
+def test_two_processes_append_and_no_line_is_lost(target: Target) -> None:
+    log = target.mnt / "log"
+    log.touch()
+    lines = 300
+    script = f'for i in $(seq 1 {lines}); do echo "$0 line $i" >> "$1"; done'
+    writers = [
+        subprocess.Popen(["sh", "-c", script, name, str(log)], stderr=subprocess.PIPE)
+        for name in ("alpha", "bravo")
+    ]
+    for writer in writers:
+        _, stderr = writer.communicate(timeout=180)
+        assert writer.returncode == 0, stderr.decode()
+
+    expected = sorted(f"{name} line {i}" for name in ("alpha", "bravo") for i in range(1, 301))
+    for path in (log, target.landed("log")):
+        content = path.read_text()
+        assert content.endswith("\n")
+        assert sorted(content.splitlines()) == expected
+        assert len(content) == sum(len(line) + 1 for line in expected)
+
+
+def test_python_o_append_writers_interleave_whole_records(target: Target) -> None:
+    path = target.mnt / "records"
+    records = 200
+    code = (
+        "import os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)\n"
+        "for i in range(int(sys.argv[3])):\n"
+        "    os.write(fd, f'{sys.argv[2]}:{i:05d}:'.encode() + b'x' * 100 + b'\\n')\n"
+        "os.close(fd)\n"
+    )
+    writers = [
+        subprocess.Popen(
+            ["python3", "-c", code, str(path), tag, str(records)], stderr=subprocess.PIPE
+        )
+        for tag in ("A", "B")
+    ]
+    for writer in writers:
+        _, stderr = writer.communicate(timeout=180)
+        assert writer.returncode == 0, stderr.decode()
+
+    expected = sorted(f"{tag}:{i:05d}:" + "x" * 100 for tag in "AB" for i in range(records))
+    for where in (path, target.landed("records")):
+        assert sorted(where.read_text().splitlines()) == expected
