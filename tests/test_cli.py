@@ -1,0 +1,165 @@
+"""The ``rxfs`` command line: refusals are one line and exit 2 with nothing mounted,
+background mounts return once ready, signals and ``rxfs umount`` end mounts cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from conftest import MountFactory, Rxfs
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess[str], status: int) -> None:
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{done.stderr}"
+    assert lines[0].startswith("rxfs: "), lines[0]
+    assert done.returncode == status, f"exit {done.returncode}: {done.stderr}"
+
+
+def assert_nothing_mounted(rxfs: Rxfs, path: Path) -> None:
+    assert not rxfs.is_mounted(path)
+    assert rxfs.pids_serving(path) == []
+
+
+@pytest.fixture
+def mountpoint(tmp_path: Path) -> Path:
+    path = tmp_path / "mountpoint"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(params=[[], ["-f"]], ids=["background", "foreground"])
+def mode(request: pytest.FixtureRequest) -> list[str]:
+    flags: list[str] = request.param
+    return flags
+
+
+def test_unknown_scheme_is_refused_in_one_line(
+    rxfs: Rxfs, mountpoint: Path, mode: list[str]
+) -> None:
+    done = rxfs("mount", "bogus://host/dir", str(mountpoint), *mode)
+    assert_one_line_error(done, 2)
+    assert "bogus" in done.stderr
+    assert_nothing_mounted(rxfs, mountpoint)
+
+
+def test_missing_mount_point_is_refused_in_one_line(
+    rxfs: Rxfs, tmp_path: Path, mode: list[str]
+) -> None:
+    absent = tmp_path / "absent"
+    done = rxfs("mount", "memory://", str(absent), *mode)
+    assert_one_line_error(done, 2)
+    assert not absent.exists()
+
+
+def test_mount_point_in_use_is_refused_and_the_mount_keeps_serving(
+    mount: MountFactory, rxfs: Rxfs, mode: list[str]
+) -> None:
+    first = mount("memory://")
+    (first.path / "f").write_bytes(b"first mount")
+    done = rxfs("mount", "memory://", str(first.path), *mode)
+    assert_one_line_error(done, 2)
+    assert rxfs.pids_serving(first.path) == [first.pid]
+    assert (first.path / "f").read_bytes() == b"first mount"
+
+
+def test_unknown_mount_option_is_refused_in_one_line(
+    rxfs: Rxfs, mountpoint: Path, mode: list[str]
+) -> None:
+    done = rxfs("mount", "memory://", str(mountpoint), "-o", "no_such_option=1", *mode)
+    assert_one_line_error(done, 2)
+    assert "no_such_option" in done.stderr
+    assert_nothing_mounted(rxfs, mountpoint)
+
+
+def test_unreachable_server_fails_at_runtime_with_status_1(rxfs: Rxfs, mountpoint: Path) -> None:
+    # Port 1 on loopback: nothing listens, the connection is refused at once.
+    done = rxfs("mount", "sftp://nobody@127.0.0.1:1/", str(mountpoint))
+    assert_one_line_error(done, 1)
+    assert_nothing_mounted(rxfs, mountpoint)
+
+
+def test_umount_of_a_directory_that_is_not_mounted_is_refused(
+    rxfs: Rxfs, mountpoint: Path
+) -> None:
+    done = rxfs("umount", str(mountpoint))
+    assert done.returncode != 0
+    assert_one_line_error(done, done.returncode)
+
+
+def test_backends_lists_memory_and_sftp(rxfs: Rxfs) -> None:
+    done = rxfs("backends")
+    assert done.returncode == 0, done.stderr
+    words = done.stdout.replace(":", " ").split()
+    assert "memory" in words
+    assert "sftp" in words
+
+
+def test_help_describes_the_commands(rxfs: Rxfs) -> None:
+    done = rxfs("--help")
+    assert done.returncode == 0, done.stderr
+    for command in ("mount", "umount", "backends"):
+        assert command in done.stdout
+    done = rxfs("mount", "--help")
+    assert done.returncode == 0, done.stderr
+    for flag in ("-f", "-o", "--debug"):
+        assert flag in done.stdout
+
+
+def test_background_mount_is_ready_when_the_command_returns(
+    mount: MountFactory, rxfs: Rxfs
+) -> None:
+    # The fixture asserts the kernel lists the mount the moment `rxfs mount` exits 0.
+    memory = mount("memory://", foreground=False)
+    (memory.path / "f").write_bytes(b"at once")
+    assert (memory.path / "f").read_bytes() == b"at once"
+    done = rxfs("umount", str(memory.path))
+    assert done.returncode == 0, done.stderr
+    assert_nothing_mounted(rxfs, memory.path)
+    assert not rxfs.process_alive(memory.pid)
+
+
+def test_umount_flushes_and_waits_for_the_mount_process(mount: MountFactory, rxfs: Rxfs) -> None:
+    memory = mount("memory://")
+    with (memory.path / "f").open("wb") as file:
+        file.write(b"x" * 100_000)
+    done = rxfs("umount", str(memory.path))
+    assert done.returncode == 0, done.stderr
+    assert memory.process is not None
+    assert memory.process.poll() == 0, "rxfs umount returned before the mount process ended"
+    assert not rxfs.is_mounted(memory.path)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_signal_to_the_foreground_process_unmounts_cleanly(
+    mount: MountFactory, rxfs: Rxfs, signum: signal.Signals
+) -> None:
+    memory = mount("memory://")
+    (memory.path / "f").write_bytes(b"bytes to flush")
+    os.kill(memory.pid, signum)
+    assert memory.wait_exit(), f"rxfs mount -f ignored {signum.name}"
+    assert memory.process is not None
+    assert memory.process.returncode == 0, memory.stderr()
+    assert not rxfs.is_mounted(memory.path)
+    assert "Traceback" not in memory.stderr()
+
+
+def test_umount_cleans_up_after_a_killed_mount_and_the_point_mounts_again(
+    mount: MountFactory, rxfs: Rxfs
+) -> None:
+    killed = mount("memory://")
+    killed.kill()
+    assert rxfs.is_mounted(killed.path), "a SIGKILLed FUSE daemon leaves its mount behind"
+    done = rxfs("umount", str(killed.path))
+    assert done.returncode == 0, done.stderr
+    assert not rxfs.is_mounted(killed.path)
+    again = mount("memory://", mountpoint=killed.path)
+    (again.path / "f").write_bytes(b"mounted again")
+    assert (again.path / "f").read_bytes() == b"mounted again"
