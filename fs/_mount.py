@@ -8,7 +8,6 @@ flushed and closed before the FUSE mount goes and the backend disconnects.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,10 +123,11 @@ def run(request: MountRequest, minirdr: MiniRdrDispatch, ready: ReadyCallback) -
 
 
 def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs. A zombie has exited: its parent (a supervisor, or a
+    shell that has not reaped it yet) may keep it in the process table indefinitely."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    except PermissionError:
-        return True
-    return True
+    return state not in {"Z", "X"}
