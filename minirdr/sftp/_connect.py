@@ -12,6 +12,7 @@ No secret (password, passphrase, key material) is ever put in a log record or a 
 from __future__ import annotations
 
 import base64
+import contextlib
 import enum
 import errno
 import getpass
@@ -20,18 +21,20 @@ import hmac
 import logging
 import os
 import re
+import select
 import shlex
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 import paramiko
 from rxfs.rdbss.ntstatus import NtStatus, NtStatusError
@@ -152,7 +155,8 @@ def resolve_settings(
     entry = config.lookup(host)
 
     hostname = entry.get("hostname", host)
-    port = port_override or _parse_port(entry.get("port", str(_SSH_PORT)), config_name)
+    config_port = str(entry.get("port", _SSH_PORT))
+    port = port_override or _parse_port(config_port, f"Port {config_port} in {config_name}")
     user = user_override or entry.get("user") or getpass.getuser()
 
     identity_files = [_expand(opts["identityfile"])] if "identityfile" in opts else []
@@ -235,23 +239,24 @@ def _option_user(opts: dict[str, str]) -> str | None:
 
 
 def _option_port(opts: dict[str, str]) -> int | None:
-    return _parse_port(opts["port"], "-o Port") if "port" in opts else None
+    return _parse_port(opts["port"], f"-o Port={opts['port']}") if "port" in opts else None
 
 
-def _parse_port(value: str, source: str) -> int:
+def _parse_port(value: str, what: str) -> int:
+    """``what`` names the setting as the user wrote it, e.g. ``-o Port=abc``."""
     if not value.isdigit() or not 1 <= int(value) <= 65535:
-        _invalid(f"{source}={value}: expected a port number from 1 to 65535")
+        _invalid(f"{what}: expected a port number from 1 to 65535")
     return int(value)
 
 
-def _parse_seconds(value: str, source: str, *, allow_zero: bool) -> float:
+def _parse_seconds(value: str, what: str, *, allow_zero: bool) -> float:
     try:
         seconds = float(value)
     except ValueError:
         seconds = -1.0
     if not (seconds > 0 or (allow_zero and seconds == 0)) or seconds == float("inf"):
-        what = "0 or more" if allow_zero else "more than 0"
-        _invalid(f"{source}={value}: expected a number of seconds, {what}")
+        bound = "0 or more" if allow_zero else "more than 0"
+        _invalid(f"{what}: expected a number of seconds, {bound}")
     return seconds
 
 
@@ -301,9 +306,10 @@ def _seconds_setting(
     allow_zero = name == "ServerAliveInterval"
     key = name.lower()
     if key in opts:
-        return _parse_seconds(opts[key], f"-o {name}", allow_zero=allow_zero)
+        return _parse_seconds(opts[key], f"-o {name}={opts[key]}", allow_zero=allow_zero)
     if key in entry:
-        return _parse_seconds(entry[key], f"{name} in {config_name}", allow_zero=allow_zero)
+        what = f"{name} {entry[key]} in {config_name}"
+        return _parse_seconds(entry[key], what, allow_zero=allow_zero)
     return default
 
 
@@ -410,11 +416,38 @@ def open_transport(
 
 
 class _ProxyCommand(paramiko.ProxyCommand):  # type: ignore[misc]
-    """paramiko's ProxyCommand, run through the shell as ssh does, and reaped on close
-    (paramiko only signals the process, leaving a zombie and open pipes)."""
+    """paramiko's ProxyCommand, changed where it hurts: the command runs through the shell
+    as ssh runs it; its stderr goes to a temp file (a pipe nobody reads can fill and stall
+    it) that a failure message can quote; close() reaps the process and its pipes."""
 
     def __init__(self, command: str) -> None:
-        super().__init__(shlex.join(["/bin/sh", "-c", f"exec {command}"]))
+        # paramiko's __init__ only spawns the process; the rest of the class needs
+        # ``cmd``, ``process`` and ``timeout``.
+        self.cmd = ["/bin/sh", "-c", f"exec {command}"]
+        # Lives as long as the process; close() closes it.
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
+        self._stderr_tail = ""
+        self.process = subprocess.Popen(
+            self.cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            bufsize=0,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self._pipes: tuple[IO[bytes], IO[bytes]] = (self.process.stdin, self.process.stdout)
+        self.timeout: float | None = None
+
+    def recv(self, size: int) -> bytes:
+        """Like a socket: what is there (b"" at end of stream), or a timeout.
+
+        paramiko's version spins until its timeout once the command has exited.
+        """
+        stdout = self._pipes[1]
+        ready, _, _ = select.select([stdout], [], [], self.timeout)
+        if not ready:
+            raise TimeoutError
+        return os.read(stdout.fileno(), size)
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -424,14 +457,23 @@ class _ProxyCommand(paramiko.ProxyCommand):  # type: ignore[misc]
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=5)
-        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
-            stream.close()
+        for pipe in self._pipes:
+            pipe.close()
+        if not self._stderr.closed:
+            self._stderr_tail = self._read_stderr_tail()
+            self._stderr.close()
 
     def stderr_tail(self) -> str:
-        """The proxy's last line of complaint, once it has exited."""
-        if self.process.poll() is None:
-            return ""
-        lines = self.process.stderr.read().decode(errors="replace").strip().splitlines()
+        """The last line the command wrote to stderr."""
+        if self._stderr.closed:
+            return self._stderr_tail
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=1)  # let a dying proxy finish its complaint
+        return self._read_stderr_tail()
+
+    def _read_stderr_tail(self) -> str:
+        self._stderr.seek(0)
+        lines = self._stderr.read().decode(errors="replace").strip().splitlines()
         return lines[-1] if lines else ""
 
 
