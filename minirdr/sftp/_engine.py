@@ -60,6 +60,7 @@ __all__ = [
     "SessionPool",
     "SftpError",
     "SftpSession",
+    "WriteBatch",
 ]
 
 log = logging.getLogger(__name__)
@@ -290,11 +291,12 @@ class SftpSession:
 
     @property
     def max_write(self) -> int:
-        return max(1024, min(self.limits.max_write_length, _MAX_IO))
+        """Bytes per WRITE request: the server's limit, in whole 4 KiB pages."""
+        return _whole_pages(min(self.limits.max_write_length, _MAX_IO))
 
     @property
     def max_read(self) -> int:
-        return max(1024, min(self.limits.max_read_length, _MAX_IO))
+        return _whole_pages(min(self.limits.max_read_length, _MAX_IO))
 
     # -- the two threads ------------------------------------------------------------
 
@@ -598,7 +600,7 @@ class _ReadSeg:
         self.done.set()
 
 
-class _WriteBatch:
+class WriteBatch:
     """The replies of one write's requests; the first failure in offset order wins."""
 
     def __init__(self, stats: EngineStats) -> None:
@@ -659,14 +661,14 @@ class RemoteFile:
 
     # -- writes --------------------------------------------------------------------------
 
-    async def submit_write(self, offset: int, data: bytes | bytearray | memoryview) -> _WriteBatch:
+    async def submit_write(self, offset: int, data: bytes | bytearray | memoryview) -> WriteBatch:
         """Queue the whole write as requests of the server's maximum size and return
         once all are queued; ``await batch.wait()`` gives the outcome."""
         self.invalidate_read_ahead()
         session = self.session
         view = memoryview(data).cast("B")
         step = session.max_write
-        batch = _WriteBatch(session.stats)
+        batch = WriteBatch(session.stats)
         self._writes_in_flight += 1
         self._idle = trio.Event()
         try:
@@ -847,12 +849,21 @@ class SessionPool:
             )
         return total
 
+    def join(self) -> None:
+        """Blocking: wait for the sessions' threads to end after :meth:`close`."""
+        for session in self.sessions:
+            session.join()
+
     def close(self) -> None:
         """Close every session and transport (does not block on the network)."""
         for session in self.sessions:
             session.close()
         for transport in self.transports:
             transport.close()
+
+
+def _whole_pages(limit: int) -> int:
+    return max(4096, limit - limit % 4096)
 
 
 def _send_all(channel: paramiko.Channel, data: bytes) -> None:

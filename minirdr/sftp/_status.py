@@ -58,6 +58,8 @@ class Probe(enum.Enum):
     # Something that must not exist yet: O_EXCL create, mkdir, symlink, link target.
     CREATE_NEW = enum.auto()
     RMDIR = enum.auto()
+    OPENDIR = enum.auto()
+    READLINK = enum.auto()
     REMOVE = enum.auto()
     # Something that needs space: write, close, fsync, truncate up.
     SPACE = enum.auto()
@@ -87,7 +89,11 @@ async def nt_status_of(
     ):
         created = other if probe in (Probe.RENAME, Probe.RENAME_REPLACE) else path
         return await _missing_parent(session, created, base)
-    if error.code != _C.SSH_FX_FAILURE or probe == Probe.NONE:
+    # OpenSSH answers NO_SUCH_FILE for ENOTDIR too: opendir(2) of a file.
+    vague = error.code == _C.SSH_FX_FAILURE or (
+        error.code == _C.SSH_FX_NO_SUCH_FILE and probe == Probe.OPENDIR
+    )
+    if not vague or probe == Probe.NONE:
         return base
     try:
         found = await _PROBES[probe](session, path, other)
@@ -164,6 +170,26 @@ async def _probe_rmdir(session: SftpSession, path: str, other: str) -> NtStatus 
     return None
 
 
+async def _probe_opendir(session: SftpSession, path: str, other: str) -> NtStatus | None:
+    try:
+        attrs = await _lstat_or_none(session, path)
+    except _NotADirectoryError:
+        return _S.STATUS_NOT_A_DIRECTORY
+    if attrs is not None and not _is_dir(attrs):
+        return _S.STATUS_NOT_A_DIRECTORY
+    return None
+
+
+async def _probe_readlink(session: SftpSession, path: str, other: str) -> NtStatus | None:
+    """readlink(2) of something that is not a symlink fails EINVAL."""
+    attrs = await _lstat_or_none(session, path)
+    if attrs is not None and not (
+        attrs.permissions is not None and stat.S_ISLNK(attrs.permissions)
+    ):
+        return _S.STATUS_INVALID_PARAMETER
+    return None
+
+
 async def _probe_remove(session: SftpSession, path: str, other: str) -> NtStatus | None:
     attrs = await _lstat_or_none(session, path)
     if attrs is not None and _is_dir(attrs):
@@ -231,6 +257,8 @@ _PROBES = {
     Probe.OPEN: _probe_open,
     Probe.CREATE_NEW: _probe_create_new,
     Probe.RMDIR: _probe_rmdir,
+    Probe.OPENDIR: _probe_opendir,
+    Probe.READLINK: _probe_readlink,
     Probe.REMOVE: _probe_remove,
     Probe.SPACE: _probe_space,
     Probe.RENAME: _probe_rename,

@@ -1,0 +1,783 @@
+"""``sftp://``: the mini-redirector for OpenSSH servers (SFTP v3 plus @openssh.com
+extensions), on the request engine of :mod:`._engine`.
+
+URL paths: ``sftp://host/path`` names the absolute path ``/path`` on the server;
+``sftp://host/~/path`` is ``path`` below the login (home) directory and ``sftp://host``
+or ``sftp://host/~`` the login directory itself. The share root is resolved once, with
+SSH_FXP_REALPATH, when the mount starts; the core's paths ('/a/b', relative to the share
+root) are joined onto it.
+
+Every entry runs under the request deadline (``-o timeout``) and answers an NTSTATUS:
+SFTP failures go through the one table in :mod:`._status`, with a probe where OpenSSH's
+FAILURE hides the cause.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import posixpath
+import stat
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import trio
+from rxfs.minirdr._protocol import Capability, MiniRdrDispatch
+from rxfs.rdbss import NtStatus, NtStatusError, RxContext, SrvOpenFlags
+from rxfs.rdbss.irp import (
+    AccessMask,
+    CreateDisposition,
+    CreateOptions,
+    CreateParameters,
+    DirEntry,
+    FileAttributes,
+    FileBasicInformation,
+    FileDispositionInformation,
+    FileEndOfFileInformation,
+    FileLinkInformation,
+    FileRenameInformation,
+    FsControlCode,
+    SetInformationParameters,
+    VolumeInfo,
+)
+
+from ._connect import CONNECT_OPTIONS, Credentials, open_transport, resolve_settings
+from ._engine import (
+    EXT_FSYNC,
+    EXT_HARDLINK,
+    EXT_POSIX_RENAME,
+    EXT_STATVFS,
+    RemoteFile,
+    SessionPool,
+    SftpError,
+    SftpSession,
+    WriteBatch,
+)
+from ._status import NTSTATUS_OF_SFTP, TIMEOUT_STATUS, Probe, nt_status_of
+from ._wire import Attrs, OpenFlags
+
+if TYPE_CHECKING:
+    import paramiko
+    from rxfs.rdbss import Fcb, RxDevice, SrvCall, VNetRoot
+
+__all__ = ["SftpMiniRdr"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_CONNS = 2
+DEFAULT_CHANNELS = 1
+DEFAULT_TIMEOUT = 60.0
+# Threads that may block in connection setup at once (TCP, key exchange, login).
+_CONNECT_THREADS = 4
+
+
+@dataclass
+class _Tuning:
+    """This backend's own -o options."""
+
+    max_conns: int = DEFAULT_MAX_CONNS
+    channels: int = DEFAULT_CHANNELS
+    timeout: float = DEFAULT_TIMEOUT
+
+    @classmethod
+    def from_options(cls, options: dict[str, str]) -> _Tuning:
+        tuning = cls()
+        for name, parse in (("max_conns", int), ("channels", int), ("timeout", float)):
+            if name not in options:
+                continue
+            try:
+                value = parse(options[name])
+            except ValueError:
+                value = 0
+            if value <= 0 or (parse is int and value > 64):
+                raise NtStatusError(
+                    NtStatus.STATUS_INVALID_PARAMETER,
+                    f"-o {name}={options[name]}: expected a positive number"
+                    + (" up to 64" if parse is int else ""),
+                )
+            setattr(tuning, name, value)
+        return tuning
+
+
+@dataclass(eq=False)
+class _Open:
+    """``srv_open.context``: the remote handle, or None for a directory or an open that
+    asked for attributes only (no SFTP handle is held for those)."""
+
+    file: RemoteFile | None
+    is_dir: bool
+
+
+_M = TypeVar("_M", bound="SftpMiniRdr")
+_Entry = Callable[[_M, RxContext], Coroutine[Any, Any, NtStatus]]
+
+
+def _entry(method: _Entry[_M]) -> _Entry[_M]:
+    """Run an entry under the request deadline; turn failures into its NTSTATUS."""
+
+    @functools.wraps(method)
+    async def run(self: _M, rx_context: RxContext) -> NtStatus:
+        try:
+            with trio.fail_after(self.tuning.timeout):
+                return await method(self, rx_context)
+        except NtStatusError as exc:
+            log.debug("%r: %s", rx_context, exc.message)
+            return exc.status
+        except SftpError as exc:
+            log.debug("%r: %s", rx_context, exc)
+            return NTSTATUS_OF_SFTP[exc.code]
+        except trio.TooSlowError:
+            log.warning("%r: no answer within %s s", rx_context, self.tuning.timeout)
+            return TIMEOUT_STATUS
+
+    return run
+
+
+async def _fail(
+    error: SftpError, session: SftpSession, probe: Probe, path: str, other: str = ""
+) -> NtStatusError:
+    status = await nt_status_of(error, session, probe, path, other)
+    return NtStatusError(status, f"{path}: {error}")
+
+
+def _file_attributes(attrs: Attrs, nlink: int = 1) -> FileAttributes:
+    """SFTP v3 has whole seconds and no ctime: ctime is reported as mtime."""
+    mtime_ns = (attrs.mtime or 0) * 1_000_000_000
+    return FileAttributes(
+        mode=attrs.permissions or 0,
+        size=attrs.size or 0,
+        uid=attrs.uid or 0,
+        gid=attrs.gid or 0,
+        atime_ns=(attrs.atime or 0) * 1_000_000_000,
+        mtime_ns=mtime_ns,
+        ctime_ns=mtime_ns,
+        nlink=nlink,
+    )
+
+
+def _is_dir(attrs: Attrs) -> bool:
+    return attrs.permissions is not None and stat.S_ISDIR(attrs.permissions)
+
+
+def _nlink_of(longname: str) -> int:
+    """The link count from a READDIR longname (``ls -l`` format), 1 when unreadable."""
+    fields = longname.split(None, 2)
+    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 1
+
+
+def _open_flags(params: CreateParameters, append: bool) -> OpenFlags:
+    access = params.desired_access
+    flags = OpenFlags(0)
+    if access & AccessMask.FILE_READ_DATA:
+        flags |= OpenFlags.SSH_FXF_READ
+    if access & (AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA):
+        flags |= OpenFlags.SSH_FXF_WRITE
+    if append:
+        # The server puts every write at the end, so appends from two mounts never
+        # overwrite each other (the offsets we send are ignored).
+        flags |= OpenFlags.SSH_FXF_APPEND
+    disposition = params.disposition
+    if disposition in (
+        CreateDisposition.FILE_CREATE,
+        CreateDisposition.FILE_OPEN_IF,
+        CreateDisposition.FILE_OVERWRITE_IF,
+        CreateDisposition.FILE_SUPERSEDE,
+    ):
+        flags |= OpenFlags.SSH_FXF_CREAT
+    if disposition == CreateDisposition.FILE_CREATE:
+        flags |= OpenFlags.SSH_FXF_EXCL
+    if disposition in (
+        CreateDisposition.FILE_OVERWRITE,
+        CreateDisposition.FILE_OVERWRITE_IF,
+        CreateDisposition.FILE_SUPERSEDE,
+    ):
+        flags |= OpenFlags.SSH_FXF_TRUNC | OpenFlags.SSH_FXF_WRITE
+    if not flags & (OpenFlags.SSH_FXF_READ | OpenFlags.SSH_FXF_WRITE):
+        flags |= OpenFlags.SSH_FXF_READ
+    return flags
+
+
+class SftpMiniRdr(MiniRdrDispatch):
+    scheme = "sftp"
+    description = "files on an SSH server (OpenSSH sftp-server), through paramiko"
+    capabilities = (
+        Capability.SYMLINKS
+        | Capability.HARDLINKS
+        | Capability.POSIX_RENAME
+        | Capability.REMOTE_FSYNC
+        | Capability.APPEND
+        | Capability.CHMOD
+        | Capability.CHOWN
+        | Capability.TIMES
+        | Capability.STATFS
+    )
+    option_names: ClassVar[dict[str, str]] = {
+        **CONNECT_OPTIONS,
+        "max_conns": f"SSH connections to open (default {DEFAULT_MAX_CONNS})",
+        "channels": f"SFTP sessions per SSH connection (default {DEFAULT_CHANNELS})",
+        "timeout": f"seconds before a request fails with ETIMEDOUT (default {DEFAULT_TIMEOUT:g})",
+    }
+
+    def __init__(self) -> None:
+        self.tuning = _Tuning()
+        self._device: RxDevice | None = None
+        self._pool: SessionPool | None = None
+        self._root = "/"
+        self._warned_no_fsync = False
+        self._limiter = trio.CapacityLimiter(_CONNECT_THREADS)
+
+    @property
+    def pool(self) -> SessionPool:
+        if self._pool is None:
+            raise NtStatusError(NtStatus.STATUS_CONNECTION_DISCONNECTED, "not connected")
+        return self._pool
+
+    def _remote(self, path: str) -> str:
+        """The server path of the core's path ('/' is the share root)."""
+        rel = path.strip("/")
+        return posixpath.join(self._root, rel) if rel else self._root
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    async def start(self, device: RxDevice) -> NtStatus:
+        self._device = device
+        return NtStatus.STATUS_SUCCESS
+
+    async def create_srv_call(self, srv_call: SrvCall) -> NtStatus:
+        """Log in ``max_conns`` times (in worker threads) and open ``channels`` SFTP
+        sessions on each. Raises NtStatusError with the one-line reason on failure."""
+        options = self._device.options if self._device is not None else {}
+        self.tuning = _Tuning.from_options(options)
+        settings = resolve_settings(srv_call.url, options)
+        credentials = Credentials()
+        token = trio.lowlevel.current_trio_token()
+        transports: list[paramiko.Transport] = []
+        sessions: list[SftpSession] = []
+
+        def connect() -> None:
+            transport = open_transport(settings, credentials=credentials)
+            transports.append(transport)
+            for _ in range(self.tuning.channels):
+                sessions.append(SftpSession.open(transport, token))
+
+        try:
+            # The first login alone, so a password or passphrase is asked for once and
+            # the rest reuse it from ``credentials``.
+            await self._in_thread(connect)
+            async with trio.open_nursery() as nursery:
+                for _ in range(self.tuning.max_conns - 1):
+                    nursery.start_soon(self._in_thread, connect)
+        except BaseException as exc:
+            SessionPool(transports, sessions).close()
+            if isinstance(exc, SftpError):
+                raise NtStatusError(
+                    NTSTATUS_OF_SFTP[exc.code], f"{settings.target}: {exc.message}"
+                ) from exc
+            raise
+        self._pool = SessionPool(transports, sessions)
+        srv_call.context = self._pool
+        self._root = settings.remote_path
+        log.info(
+            "connected to %s: %d connection(s), %d SFTP session(s), extensions %s",
+            settings.target,
+            len(transports),
+            len(sessions),
+            ", ".join(sorted(self._pool.extensions)) or "none",
+        )
+        return NtStatus.STATUS_SUCCESS
+
+    async def _in_thread(self, work: Callable[[], None]) -> None:
+        await trio.to_thread.run_sync(work, limiter=self._limiter, abandon_on_cancel=True)
+
+    async def create_v_net_root(self, v_net_root: VNetRoot) -> NtStatus:
+        """Resolve the share root on the server; it must be a directory."""
+        session = self.pool.pick()
+        wanted = self._root
+        try:
+            with trio.fail_after(self.tuning.timeout):
+                root = await session.realpath(wanted)
+                attrs = await session.stat(root)
+        except SftpError as exc:
+            raise NtStatusError(
+                await nt_status_of(exc, session),
+                f"cannot use {wanted!r} as the share root: {exc.message or exc.code.name}",
+            ) from exc
+        except trio.TooSlowError:
+            raise NtStatusError(TIMEOUT_STATUS, "the server did not answer in time") from None
+        if not _is_dir(attrs):
+            raise NtStatusError(
+                NtStatus.STATUS_NOT_A_DIRECTORY, f"{root!r} on the server is not a directory"
+            )
+        self._root = root
+        v_net_root.context = root
+        return NtStatus.STATUS_SUCCESS
+
+    async def finalize_srv_call(self, srv_call: SrvCall) -> NtStatus:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+            await self._in_thread(pool.join)
+        return NtStatus.STATUS_SUCCESS
+
+    # -- create and close ----------------------------------------------------------------
+
+    @staticmethod
+    def _open_of(rx_context: RxContext) -> _Open | None:
+        srv_open = rx_context.srv_open
+        ctx = srv_open.context if srv_open is not None else None
+        return ctx if isinstance(ctx, _Open) else None
+
+    @_entry
+    async def create(self, rx_context: RxContext) -> NtStatus:
+        fcb, srv_open = rx_context.fcb, rx_context.srv_open
+        params = rx_context.irp.parameters
+        assert fcb is not None and srv_open is not None
+        assert isinstance(params, CreateParameters)
+        path = self._remote(fcb.path)
+        if params.options & CreateOptions.FILE_DIRECTORY_FILE:
+            attrs = await self._create_directory(path, params)
+            srv_open.context = _Open(None, True)
+        elif not params.desired_access & (
+            AccessMask.FILE_READ_DATA | AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA
+        ) and params.disposition in (CreateDisposition.FILE_OPEN, CreateDisposition.FILE_OPEN_IF):
+            attrs = await self._stat_for_open(path, params)
+            srv_open.context = _Open(None, _is_dir(attrs))
+        else:
+            append = bool(srv_open.flags & SrvOpenFlags.SRVOPEN_FLAG_APPEND)
+            remote, attrs = await self._open_file(path, params, append)
+            srv_open.context = _Open(remote, remote is None)
+        rx_context.irp.attributes = _file_attributes(attrs)
+        return NtStatus.STATUS_SUCCESS
+
+    async def _stat_for_open(self, path: str, params: CreateParameters) -> Attrs:
+        """An open for attributes only: no handle, just the file's attributes. A
+        missing file with FILE_OPEN_IF falls through to a real create."""
+        session = self.pool.pick()
+        try:
+            attrs = await session.stat(path)
+        except SftpError as exc:
+            raise await _fail(exc, session, Probe.OPEN, path) from None
+        if _is_dir(attrs) and params.options & CreateOptions.FILE_NON_DIRECTORY_FILE:
+            raise NtStatusError(NtStatus.STATUS_FILE_IS_A_DIRECTORY, path)
+        return attrs
+
+    async def _create_directory(self, path: str, params: CreateParameters) -> Attrs:
+        """FILE_DIRECTORY_FILE: FILE_CREATE is mkdir with the given mode; FILE_OPEN
+        stats; FILE_OPEN_IF does whichever applies."""
+        session = self.pool.pick()
+        disposition = params.disposition
+        if disposition not in (
+            CreateDisposition.FILE_CREATE,
+            CreateDisposition.FILE_OPEN,
+            CreateDisposition.FILE_OPEN_IF,
+        ):
+            raise NtStatusError(NtStatus.STATUS_INVALID_PARAMETER, "cannot overwrite a directory")
+        if disposition != CreateDisposition.FILE_OPEN:
+            try:
+                await session.mkdir(path, params.file_mode & 0o7777)
+            except SftpError as exc:
+                failure = await _fail(exc, session, Probe.CREATE_NEW, path)
+                if not (
+                    disposition == CreateDisposition.FILE_OPEN_IF
+                    and failure.status == NtStatus.STATUS_OBJECT_NAME_COLLISION
+                ):
+                    raise failure from None
+        try:
+            attrs = await session.stat(path)
+        except SftpError as exc:
+            raise await _fail(exc, session, Probe.OPEN, path) from None
+        if not _is_dir(attrs):
+            raise NtStatusError(NtStatus.STATUS_NOT_A_DIRECTORY, path)
+        return attrs
+
+    async def _open_file(
+        self, path: str, params: CreateParameters, append: bool
+    ) -> tuple[RemoteFile | None, Attrs]:
+        """OPEN (+ STAT in the same round trip). An existing directory opened for
+        reading is an open of the directory: its handle is closed and none is kept."""
+        session = self.pool.pick()
+        flags = _open_flags(params, append)
+        try:
+            remote, attrs = await session.open_file(path, flags, params.file_mode & 0o7777)
+        except SftpError as exc:
+            probe = Probe.CREATE_NEW if flags & OpenFlags.SSH_FXF_EXCL else Probe.OPEN
+            raise await _fail(exc, session, probe, path) from None
+        if not _is_dir(attrs):
+            return remote, attrs
+        await self._close_quietly(remote)
+        if params.options & CreateOptions.FILE_NON_DIRECTORY_FILE or flags & (
+            OpenFlags.SSH_FXF_WRITE
+        ):
+            raise NtStatusError(NtStatus.STATUS_FILE_IS_A_DIRECTORY, path)
+        return None, attrs
+
+    @staticmethod
+    async def _close_quietly(remote: RemoteFile) -> None:
+        try:
+            await remote.close()
+        except SftpError as exc:
+            log.debug("closing %s: %s", remote.path, exc)
+
+    @_entry
+    async def close_srv_open(self, rx_context: RxContext) -> NtStatus:
+        """CLOSE the handle after its writes; a failure (a full disk seen at close) is
+        the user's close() error."""
+        ctx = self._open_of(rx_context)
+        if ctx is None or ctx.file is None:
+            return NtStatus.STATUS_SUCCESS
+        remote = ctx.file
+        try:
+            await remote.close()
+        except SftpError as exc:
+            raise await _fail(exc, remote.session, Probe.SPACE, remote.path) from None
+        return NtStatus.STATUS_SUCCESS
+
+    @_entry
+    async def flush(self, rx_context: RxContext) -> NtStatus:
+        """fsync@openssh.com once every write of the handle is acknowledged. A server
+        without it: success once the writes are acknowledged (logged once per mount)."""
+        ctx = self._open_of(rx_context)
+        if ctx is None or ctx.file is None or not ctx.file.writable:
+            return NtStatus.STATUS_SUCCESS
+        remote = ctx.file
+        await remote.wait_writes()
+        if not remote.session.has(EXT_FSYNC):
+            if not self._warned_no_fsync:
+                self._warned_no_fsync = True
+                log.warning(
+                    "the server lacks %s: fsync() returns once the server has every "
+                    "byte, without syncing its disk",
+                    EXT_FSYNC,
+                )
+            return NtStatus.STATUS_SUCCESS
+        try:
+            await remote.fsync()
+        except SftpError as exc:
+            raise await _fail(exc, remote.session, Probe.SPACE, remote.path) from None
+        return NtStatus.STATUS_SUCCESS
+
+    # -- low I/O ---------------------------------------------------------------------------
+
+    def _file_for_io(self, rx_context: RxContext, want: OpenFlags) -> RemoteFile:
+        ctx = self._open_of(rx_context)
+        if ctx is None or ctx.file is None:
+            raise NtStatusError(NtStatus.STATUS_INVALID_DEVICE_REQUEST, "no data handle")
+        if not ctx.file.flags & want:
+            raise NtStatusError(NtStatus.STATUS_ACCESS_DENIED, "not opened for this access")
+        return ctx.file
+
+    @staticmethod
+    def _invalidate_read_ahead(fcb: Fcb | None) -> None:
+        """Data read ahead by any open of the file may be stale after a write to it."""
+        if fcb is None:
+            return
+        for srv_open in fcb.srv_opens:
+            ctx = srv_open.context
+            if isinstance(ctx, _Open) and ctx.file is not None:
+                ctx.file.invalidate_read_ahead()
+
+    @_entry
+    async def lowio_write(self, rx_context: RxContext) -> NtStatus:
+        """Queue the write as pipelined requests and answer STATUS_PENDING; the write
+        completes with its byte count once every reply has come back OK, or with the
+        status of the first failure (nothing is then claimed as written)."""
+        remote = self._file_for_io(rx_context, OpenFlags.SSH_FXF_WRITE)
+        rw = rx_context.low_io.read_write
+        self._invalidate_read_ahead(rx_context.fcb)
+        batch = await remote.submit_write(rw.byte_offset, rw.buffer)
+        if rx_context.set_cancel_routine(_complete_cancelled) == NtStatus.STATUS_CANCELLED:
+            remote.write_done()
+            rx_context.complete_lowio(NtStatus.STATUS_CANCELLED)
+            return NtStatus.STATUS_PENDING
+        assert self._device is not None
+        self._device.nursery.start_soon(
+            self._finish_write, rx_context, remote, batch, len(rw.buffer)
+        )
+        return NtStatus.STATUS_PENDING
+
+    async def _finish_write(
+        self, rx_context: RxContext, remote: RemoteFile, batch: WriteBatch, length: int
+    ) -> None:
+        status, information = NtStatus.STATUS_UNSUCCESSFUL, 0
+        try:
+            with trio.move_on_after(self.tuning.timeout) as deadline:
+                failure = await batch.wait()
+            if deadline.cancelled_caught:
+                status = TIMEOUT_STATUS
+            elif failure is None:
+                status, information = NtStatus.STATUS_SUCCESS, length
+            else:
+                status = await nt_status_of(failure[1], remote.session, Probe.SPACE, remote.path)
+                log.info(
+                    "write of %d bytes at %d to %s failed at offset %d: %s -> %s",
+                    length,
+                    rx_context.low_io.read_write.byte_offset,
+                    remote.path,
+                    failure[0],
+                    failure[1],
+                    status,
+                )
+        except Exception:
+            # This runs in the mount's nursery: never let it take the mount down.
+            log.exception("completing a write to %s", remote.path)
+        finally:
+            remote.write_done()
+            if rx_context.clear_cancel_routine():
+                rx_context.complete_lowio(status, information)
+
+    @_entry
+    async def lowio_read(self, rx_context: RxContext) -> NtStatus:
+        """Up to ByteCount bytes (short only at the end of the file); at or past the end,
+        STATUS_END_OF_FILE, which the core turns into a read of 0 bytes."""
+        remote = self._file_for_io(rx_context, OpenFlags.SSH_FXF_READ)
+        rw = rx_context.low_io.read_write
+        if rw.byte_count == 0:
+            rw.buffer = b""
+            rx_context.io_status.information = 0
+            return NtStatus.STATUS_SUCCESS
+        try:
+            data = await remote.read(rw.byte_offset, rw.byte_count)
+        except SftpError as exc:
+            raise await _fail(exc, remote.session, Probe.NONE, remote.path) from None
+        if not data:
+            return NtStatus.STATUS_END_OF_FILE
+        rw.buffer = data
+        rx_context.io_status.information = len(data)
+        return NtStatus.STATUS_SUCCESS
+
+    @_entry
+    async def lowio_fsctl(self, rx_context: RxContext) -> NtStatus:
+        """Symlinks: SET creates the link with SSH_FXP_SYMLINK (target stored as given,
+        never rebased onto the share root); GET reads it with SSH_FXP_READLINK."""
+        assert rx_context.fcb is not None
+        path = self._remote(rx_context.fcb.path)
+        fsctl = rx_context.low_io.fsctl
+        session = self.pool.pick()
+        if fsctl.fs_control_code == FsControlCode.FSCTL_GET_REPARSE_POINT:
+            try:
+                rx_context.irp.link_target = await session.readlink(path)
+            except SftpError as exc:
+                raise await _fail(exc, session, Probe.READLINK, path) from None
+            return NtStatus.STATUS_SUCCESS
+        try:
+            await session.symlink(path, fsctl.target)
+            attrs = await session.lstat(path)
+        except SftpError as exc:
+            raise await _fail(exc, session, Probe.CREATE_NEW, path) from None
+        rx_context.irp.attributes = _file_attributes(attrs)
+        return NtStatus.STATUS_SUCCESS
+
+    # -- information -----------------------------------------------------------------------
+
+    @_entry
+    async def query_file_info(self, rx_context: RxContext) -> NtStatus:
+        """FSTAT through an open handle, else LSTAT of the path (a lookup must see a
+        symlink itself, not its target)."""
+        assert rx_context.fcb is not None
+        ctx = self._open_of(rx_context)
+        path = self._remote(rx_context.fcb.path)
+        if ctx is not None and ctx.file is not None:
+            remote = ctx.file
+            try:
+                attrs = await remote.fstat()
+            except SftpError as exc:
+                raise await _fail(exc, remote.session, Probe.NONE, path) from None
+        else:
+            session = self.pool.pick()
+            try:
+                attrs = await (session.stat(path) if ctx is not None else session.lstat(path))
+            except SftpError as exc:
+                raise await _fail(exc, session, Probe.OPEN, path) from None
+        rx_context.irp.attributes = _file_attributes(attrs)
+        return NtStatus.STATUS_SUCCESS
+
+    @_entry
+    async def set_file_info(self, rx_context: RxContext) -> NtStatus:
+        assert rx_context.fcb is not None
+        params = rx_context.irp.parameters
+        assert isinstance(params, SetInformationParameters)
+        info = params.buffer
+        path = self._remote(rx_context.fcb.path)
+        ctx = self._open_of(rx_context)
+        remote = ctx.file if ctx is not None else None
+        if isinstance(info, FileBasicInformation):
+            await self._set_basic(rx_context, path, remote, info)
+        elif isinstance(info, FileEndOfFileInformation):
+            await self._set_end_of_file(rx_context, path, remote, info.end_of_file)
+        elif isinstance(info, FileRenameInformation):
+            await self._rename(path, self._remote(info.new_name), info.replace_if_exists)
+        elif isinstance(info, FileLinkInformation):
+            await self._link(rx_context, path, self._remote(info.new_name))
+        elif isinstance(info, FileDispositionInformation) and info.delete_file:
+            await self._delete(path)
+        return NtStatus.STATUS_SUCCESS
+
+    async def _set_basic(
+        self,
+        rx_context: RxContext,
+        path: str,
+        remote: RemoteFile | None,
+        info: FileBasicInformation,
+    ) -> None:
+        """SETSTAT/FSETSTAT: SFTP v3 sets uid with gid and atime with mtime, so a half
+        given pair is completed from the current attributes. Times are whole seconds."""
+        session = remote.session if remote is not None else self.pool.pick()
+        try:
+            half_given = (info.uid is None) != (info.gid is None) or (info.atime_ns is None) != (
+                info.mtime_ns is None
+            )
+            current = await self._stat_via(session, path, remote) if half_given else Attrs()
+            attrs = _basic_attrs(info, current)
+            if remote is not None:
+                await remote.fsetstat(attrs)
+            else:
+                await session.setstat(path, attrs)
+            fresh = await self._stat_via(session, path, remote)
+        except SftpError as exc:
+            raise await _fail(exc, session, Probe.NONE, path) from None
+        rx_context.irp.attributes = _file_attributes(fresh)
+
+    @staticmethod
+    async def _stat_via(session: SftpSession, path: str, remote: RemoteFile | None) -> Attrs:
+        return await remote.fstat() if remote is not None else await session.stat(path)
+
+    async def _set_end_of_file(
+        self, rx_context: RxContext, path: str, remote: RemoteFile | None, size: int
+    ) -> None:
+        """ftruncate through a writable handle (FSETSTAT size), else truncate by path."""
+        self._invalidate_read_ahead(rx_context.fcb)
+        writable = remote is not None and remote.writable
+        session = remote.session if remote is not None else self.pool.pick()
+        try:
+            if remote is not None and writable:
+                await remote.wait_writes()
+                await remote.fsetstat(Attrs(size=size))
+            else:
+                await session.setstat(path, Attrs(size=size))
+        except SftpError as exc:
+            raise await _fail(exc, session, Probe.SPACE, path) from None
+
+    async def _rename(self, old: str, new: str, replace: bool) -> None:
+        """posix-rename@openssh.com when the target may be replaced, else SSH_FXP_RENAME
+        (which refuses an existing target: OBJECT_NAME_COLLISION).
+
+        Without posix-rename, a replacing rename removes the target and then renames:
+        NOT atomic (another client may see the name missing for a moment, and a failure
+        between the two steps loses the old target). Logged when it happens.
+        """
+        if old == new:
+            return
+        if new.startswith(old.rstrip("/") + "/"):
+            raise NtStatusError(NtStatus.STATUS_INVALID_PARAMETER, "rename into itself")
+        session = self.pool.pick()
+        try:
+            if replace and session.has(EXT_POSIX_RENAME):
+                await session.posix_rename(old, new)
+                return
+            try:
+                await session.rename(old, new)
+                return
+            except SftpError as exc:
+                failure = await _fail(exc, session, Probe.RENAME, old, new)
+                if not replace or failure.status != NtStatus.STATUS_OBJECT_NAME_COLLISION:
+                    raise failure from None
+            log.warning("%s: no %s; replacing %s non-atomically", old, EXT_POSIX_RENAME, new)
+            await session.remove(new)
+            await session.rename(old, new)
+        except SftpError as exc:
+            probe = Probe.RENAME_REPLACE if replace else Probe.RENAME
+            raise await _fail(exc, session, probe, old, new) from None
+
+    async def _link(self, rx_context: RxContext, old: str, new: str) -> None:
+        session = self.pool.pick()
+        if not session.has(EXT_HARDLINK):
+            raise NtStatusError(NtStatus.STATUS_NOT_SUPPORTED, f"the server lacks {EXT_HARDLINK}")
+        try:
+            await session.hardlink(old, new)
+            attrs = await session.lstat(old)
+        except SftpError as exc:
+            raise await _fail(exc, session, Probe.CREATE_NEW, new) from None
+        rx_context.irp.attributes = _file_attributes(attrs)
+
+    async def _delete(self, path: str) -> None:
+        """REMOVE or RMDIR by the file's type (POSIX unlink: at once, not on close)."""
+        if path == self._root:
+            raise NtStatusError(NtStatus.STATUS_ACCESS_DENIED, "the share root")
+        session = self.pool.pick()
+        try:
+            is_dir = _is_dir(await session.lstat(path))
+        except SftpError as exc:
+            raise await _fail(exc, session, Probe.NONE, path) from None
+        try:
+            await (session.rmdir(path) if is_dir else session.remove(path))
+        except SftpError as exc:
+            raise await _fail(
+                exc, session, Probe.RMDIR if is_dir else Probe.REMOVE, path
+            ) from None
+
+    @_entry
+    async def query_directory(self, rx_context: RxContext) -> NtStatus:
+        """OPENDIR/READDIR/CLOSE: every entry with the attributes READDIR carries (an
+        lstat each) and the link count from its longname; without . and .."""
+        assert rx_context.fcb is not None
+        path = self._remote(rx_context.fcb.path)
+        session = self.pool.pick()
+        try:
+            names = await session.listdir(path)
+        except SftpError as exc:
+            raise await _fail(exc, session, Probe.OPENDIR, path) from None
+        rx_context.irp.entries = [
+            DirEntry(n.filename, _file_attributes(n.attrs, _nlink_of(n.longname)))
+            for n in names
+            if n.filename not in (".", "..")
+        ]
+        return NtStatus.STATUS_SUCCESS
+
+    @_entry
+    async def query_volume_info(self, rx_context: RxContext) -> NtStatus:
+        """statvfs@openssh.com on the share root; zeros when the server lacks it."""
+        session = self.pool.pick()
+        if not session.has(EXT_STATVFS):
+            rx_context.irp.volume = VolumeInfo()
+            return NtStatus.STATUS_SUCCESS
+        try:
+            vfs = await session.statvfs(self._root)
+        except SftpError as exc:
+            raise await _fail(exc, session, Probe.NONE, self._root) from None
+        rx_context.irp.volume = VolumeInfo(
+            block_size=vfs.frsize or vfs.bsize,
+            total_blocks=vfs.blocks,
+            free_blocks=vfs.bfree,
+            available_blocks=vfs.bavail,
+            total_files=vfs.files,
+            free_files=vfs.favail,
+            max_name_length=vfs.namemax,
+        )
+        return NtStatus.STATUS_SUCCESS
+
+
+def _basic_attrs(info: FileBasicInformation, current: Attrs) -> Attrs:
+    """The SETSTAT attributes for ``info``, pairs completed from ``current``."""
+    attrs = Attrs(permissions=None if info.mode is None else info.mode & 0o7777)
+    if info.uid is not None or info.gid is not None:
+        attrs.uid = info.uid if info.uid is not None else current.uid
+        attrs.gid = info.gid if info.gid is not None else current.gid
+    if info.atime_ns is not None or info.mtime_ns is not None:
+        attrs.atime = (
+            info.atime_ns // 1_000_000_000 if info.atime_ns is not None else current.atime
+        )
+        attrs.mtime = (
+            info.mtime_ns // 1_000_000_000 if info.mtime_ns is not None else current.mtime
+        )
+    return attrs
+
+
+def _seconds(ns: int | None, current: int | None) -> int | None:
+    return ns // 1_000_000_000 if ns is not None else current
+
+
+def _complete_cancelled(rx_context: RxContext) -> None:
+    """Cancel routine of a write in flight: the requests are sent and may still land,
+    but the write is reported as cancelled and claims no bytes."""
+    rx_context.complete_lowio(NtStatus.STATUS_CANCELLED)
