@@ -781,7 +781,9 @@ class RemoteFile:
         session = self.session
         pos = self._window_end(offset)
         while pos < end:
-            seg = _ReadSeg(pos, min(session.max_read, end - pos))
+            # Whole server-sized requests: a window that grows by each small read must
+            # not turn into as many small requests.
+            seg = _ReadSeg(pos, session.max_read)
             if not session._budget.try_acquire(seg.length):
                 return
             session._enqueue(self._read_builder(seg), seg.resolve, seg.length)

@@ -608,3 +608,55 @@ async def test_several_connections_share_the_work(sshd: LoopbackSshd, share: Pat
             assert await close(device, fobx) == NtStatus.STATUS_SUCCESS
     for i in range(6):
         assert (share / f"p{i}").read_bytes() == bytes([i]) * 300_000
+
+
+def _forget_extensions(minirdr: SftpMiniRdr, *names: str) -> None:
+    """Make the server look like one without these extensions."""
+    for session in minirdr.pool.sessions:
+        for name in names:
+            session.extensions.pop(name, None)
+
+
+@trio_test
+async def test_fallbacks_when_the_server_lacks_extensions(sshd: LoopbackSshd, share: Path) -> None:
+    (share / "src").write_bytes(b"new")
+    (share / "dst").write_bytes(b"old")
+    async with mounted(sshd, share) as (device, minirdr):
+        _forget_extensions(
+            minirdr,
+            "posix-rename@openssh.com",
+            "statvfs@openssh.com",
+            "fsync@openssh.com",
+            "hardlink@openssh.com",
+        )
+        # Replacing rename: remove then rename (not atomic, but the right result).
+        status = await set_info(device, FileRenameInformation("/dst", True), path="/src")
+        assert status == NtStatus.STATUS_SUCCESS
+        # statfs: zeros.
+        irp = Irp(IrpMj.IRP_MJ_QUERY_VOLUME_INFORMATION)
+        assert (await device.dispatch(irp)).status == NtStatus.STATUS_SUCCESS
+        assert irp.volume is not None and irp.volume.total_blocks == 0
+        # fsync: success once the writes are acknowledged.
+        fobx = await open_file(device, "/dst", CreateDisposition.FILE_OPEN)
+        await write(device, fobx, 3, b"er")
+        flush = Irp(IrpMj.IRP_MJ_FLUSH_BUFFERS, file_object=fobx)
+        assert (await device.dispatch(flush)).status == NtStatus.STATUS_SUCCESS
+        await close(device, fobx)
+        # hard links: not supported.
+        assert await set_info(device, FileLinkInformation("/l"), path="/dst") == (
+            NtStatus.STATUS_NOT_SUPPORTED
+        )
+    assert (share / "dst").read_bytes() == b"newer"
+    assert not (share / "src").exists()
+
+
+@trio_test
+async def test_a_dropped_connection_is_connection_disconnected(
+    sshd: LoopbackSshd, share: Path
+) -> None:
+    async with mounted(sshd, share, max_conns="1") as (device, minirdr):
+        for transport in minirdr.pool.transports:
+            transport.close()
+        await trio.sleep(0.2)
+        status, _ = await stat_path(device, "/")
+        assert status == NtStatus.STATUS_CONNECTION_DISCONNECTED
