@@ -1,0 +1,158 @@
+"""Model-based: the same random operations on the mount and on a local directory.
+
+hypothesis drives create / write at offsets / truncate / rename / unlink / mkdir / rmdir
+over a handful of names, applies each to both trees and compares the outcome (the value
+returned or the errno) step by step; when an example ends, both trees, and for sftp://
+the server's directory, must hold the same names, types, sizes and bytes. One mount
+serves every example: the trees are emptied in between, never remounted.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from integration_support import tree_digest
+
+if TYPE_CHECKING:
+    from integration_support import Target
+
+# Few names, nested two deep, so that operations collide often: existing targets,
+# missing parents, files where directories are expected and the reverse.
+NAMES = st.sampled_from(["a", "b", "d", "d/a", "d/b", "d/e", "d/e/a", "b/a"])
+OFFSETS = st.one_of(st.integers(0, 5000), st.integers(60_000, 300_000))
+LENGTHS = st.one_of(st.integers(0, 5000), st.integers(30_000, 140_000))
+Outcome = tuple[str, object]
+
+
+def outcome(action: Callable[[], object]) -> Outcome:
+    try:
+        return ("ok", action())
+    except OSError as exc:
+        return ("error", errno.errorcode.get(exc.errno or 0, exc.errno))
+
+
+def clear(root: Path) -> None:
+    for entry in os.scandir(root):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+
+
+def write_at(path: Path, offset: int, data: bytes) -> int:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        return os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def create(path: Path, flags: int) -> int:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o644))
+    return os.stat(path).st_size
+
+
+def read_all(path: Path) -> bytes:
+    with path.open("rb") as file:
+        return file.read()
+
+
+def kind_and_size(path: Path) -> tuple[int, int | None]:
+    """A directory's size is the file system's own business; a file's is not."""
+    info = os.stat(path)
+    return stat.S_IFMT(info.st_mode), info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def listing(path: Path) -> list[str]:
+    return sorted(os.listdir(path))
+
+
+def make_machine(target: Target, local: Path) -> type[RuleBasedStateMachine]:
+    roots = (local, target.mnt)
+
+    class MountVersusLocal(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            for root in roots:
+                clear(root)
+
+        def both(self, op: Callable[[Path], Callable[[], object]]) -> None:
+            expected, actual = (outcome(op(root)) for root in roots)
+            assert actual == expected, f"mount: {actual}, local: {expected}"
+
+        @rule(name=NAMES, flags=st.sampled_from([0, os.O_EXCL, os.O_TRUNC]))
+        def create(self, name: str, flags: int) -> None:
+            self.both(lambda root: lambda: create(root / name, flags))
+
+        @rule(name=NAMES, offset=OFFSETS, length=LENGTHS, seed=st.integers(0, 255))
+        def write(self, name: str, offset: int, length: int, seed: int) -> None:
+            data = random.Random(seed).randbytes(length)
+            self.both(lambda root: lambda: write_at(root / name, offset, data))
+
+        @rule(name=NAMES, size=st.one_of(st.integers(0, 5000), st.integers(0, 400_000)))
+        def truncate(self, name: str, size: int) -> None:
+            self.both(lambda root: lambda: os.truncate(root / name, size))
+
+        @rule(source=NAMES, destination=NAMES)
+        def rename(self, source: str, destination: str) -> None:
+            self.both(lambda root: lambda: os.rename(root / source, root / destination))
+
+        @rule(name=NAMES)
+        def unlink(self, name: str) -> None:
+            self.both(lambda root: lambda: os.unlink(root / name))
+
+        @rule(name=NAMES)
+        def mkdir(self, name: str) -> None:
+            self.both(lambda root: lambda: os.mkdir(root / name))
+
+        @rule(name=NAMES)
+        def rmdir(self, name: str) -> None:
+            self.both(lambda root: lambda: os.rmdir(root / name))
+
+        @rule(name=NAMES)
+        def read(self, name: str) -> None:
+            self.both(lambda root: lambda: read_all(root / name))
+
+        @rule(name=NAMES)
+        def stat(self, name: str) -> None:
+            self.both(lambda root: lambda: kind_and_size(root / name))
+
+        @invariant()
+        def same_listing(self) -> None:
+            expected, actual = (outcome(lambda root=root: listing(root)) for root in roots)
+            assert actual == expected
+
+        def teardown(self) -> None:
+            expected = tree_digest(local)
+            assert tree_digest(target.mnt) == expected
+            if target.server is not None:
+                assert tree_digest(target.server) == expected
+
+    return MountVersusLocal
+
+
+def test_random_operations_match_a_local_directory(target: Target, tmp_path: Path) -> None:
+    local = tmp_path / "local"
+    local.mkdir()
+    machine = make_machine(target, local)
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=30,
+            stateful_step_count=30,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
