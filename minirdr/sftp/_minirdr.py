@@ -485,7 +485,12 @@ class SftpMiniRdr(MiniRdrDispatch):
         remote = self._file_for_io(rx_context, OpenFlags.SSH_FXF_WRITE)
         rw = rx_context.low_io.read_write
         self._invalidate_read_ahead(rx_context.fcb)
-        batch = await remote.submit_write(rw.byte_offset, rw.buffer)
+        try:
+            batch = await remote.submit_write(rw.byte_offset, rw.buffer)
+        except BaseException:
+            # Timed out waiting for room: this write no longer counts as in flight.
+            remote.write_done()
+            raise
         if rx_context.set_cancel_routine(_complete_cancelled) == NtStatus.STATUS_CANCELLED:
             remote.write_done()
             rx_context.complete_lowio(NtStatus.STATUS_CANCELLED)
