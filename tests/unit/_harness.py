@@ -7,6 +7,7 @@ fails the test instead of stalling the suite.
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -39,6 +40,13 @@ TEST_DEADLINE = 10
 
 READ_WRITE = AccessMask.FILE_READ_DATA | AccessMask.FILE_WRITE_DATA
 
+# An O_SYNC/O_DIRECT open: its writes bypass the write-behind cache and go straight to
+# MRxLowIOSubmit[LOWIO_OP_WRITE], which is what tests of the low-I/O path need.
+WRITE_THROUGH = CreateOptions.FILE_WRITE_THROUGH
+
+# Both ways a write can go (DESIGN §3 step 3); a user sees the same answers from each.
+OPEN_MODES = {"cached": CreateOptions(0), "write-through": WRITE_THROUGH}
+
 
 def trio_test(fn: Callable[P, Awaitable[None]]) -> Callable[P, None]:
     """Run an async test function under trio with :data:`TEST_DEADLINE`."""
@@ -49,7 +57,13 @@ def trio_test(fn: Callable[P, Awaitable[None]]) -> Callable[P, None]:
             with trio.fail_after(TEST_DEADLINE):
                 await fn(*args, **kwargs)
 
-        trio.run(main)
+        # A hang inside a shielded teardown (RxDevice.stop) is out of trio's reach:
+        # then dump every stack and end the run rather than stall it.
+        faulthandler.dump_traceback_later(3 * TEST_DEADLINE, exit=True)
+        try:
+            trio.run(main)
+        finally:
+            faulthandler.cancel_dump_traceback_later()
 
     return wrapper
 
@@ -191,7 +205,8 @@ async def file_bytes(device: RxDevice, path: str) -> bytes:
 class ParkingMiniRdr(MemoryMiniRdr):
     """The memory backend, except that low-I/O writes answer STATUS_PENDING and wait
     for the test: each parked RxContext arrives on :attr:`parked`, with a cancel routine
-    registered that completes it with STATUS_CANCELLED.
+    registered that completes it with STATUS_CANCELLED. Open files with
+    :data:`WRITE_THROUGH` so that writes reach it while the test waits.
 
     The test plays the server's reply with :meth:`reply` (from any task or thread), or
     cancels. :attr:`completions` counts every completion the backend issues, on either

@@ -12,7 +12,15 @@ import trio.testing
 from rxfs.rdbss import Fobx, NtStatus, RxContext, RxDevice
 from rxfs.rdbss.irp import IoStatusBlock, Irp, IrpMj
 
-from ._harness import ParkingMiniRdr, file_bytes, mounted, open_file, trio_test, write
+from ._harness import (
+    WRITE_THROUGH,
+    ParkingMiniRdr,
+    file_bytes,
+    mounted,
+    open_file,
+    trio_test,
+    write,
+)
 
 
 def no_double_completion(caplog: pytest.LogCaptureFixture) -> None:
@@ -66,7 +74,7 @@ COMPLETERS: dict[str, Callable[[ParkingMiniRdr, RxContext, int], Awaitable[None]
 async def test_pending_write_wakes_waiter_only_at_completion(completer: str) -> None:
     backend = ParkingMiniRdr()
     async with mounted(backend) as device:
-        fobx = await open_file(device, "/f")
+        fobx = await open_file(device, "/f", options=WRITE_THROUGH)
         results: list[IoStatusBlock] = []
         async with trio.open_nursery() as nursery:
             await start_write(nursery, device, fobx, b"hello world", results)
@@ -87,7 +95,7 @@ async def test_pending_write_wakes_waiter_only_at_completion(completer: str) -> 
 async def test_pending_write_failure_status_reaches_the_waiter() -> None:
     backend = ParkingMiniRdr()
     async with mounted(backend) as device, trio.open_nursery() as nursery:
-        fobx = await open_file(device, "/f")
+        fobx = await open_file(device, "/f", options=WRITE_THROUGH)
         results: list[IoStatusBlock] = []
         await start_write(nursery, device, fobx, b"data", results)
         ctx = await backend.parked.receive()
@@ -123,7 +131,7 @@ async def test_cancel_before_registration_completes_once_with_cancelled(
 ) -> None:
     backend = CancelledBeforeRegistration()
     async with mounted(backend) as device:
-        fobx = await open_file(device, "/f")
+        fobx = await open_file(device, "/f", options=WRITE_THROUGH)
         io_status = await write(device, fobx, 0, b"never sent")
         assert io_status.status == NtStatus.STATUS_CANCELLED
         assert backend.completions == 1
@@ -140,7 +148,7 @@ async def test_cancel_after_registration_runs_routine_and_drops_later_reply(
 ) -> None:
     backend = ParkingMiniRdr()
     async with mounted(backend) as device, trio.open_nursery() as nursery:
-        fobx = await open_file(device, "/f")
+        fobx = await open_file(device, "/f", options=WRITE_THROUGH)
         results: list[IoStatusBlock] = []
         await start_write(nursery, device, fobx, b"late reply", results)
         ctx = await backend.parked.receive()
@@ -163,7 +171,7 @@ async def test_cancel_after_registration_runs_routine_and_drops_later_reply(
 async def test_reply_first_then_cancel_is_a_no_op(caplog: pytest.LogCaptureFixture) -> None:
     backend = ParkingMiniRdr()
     async with mounted(backend) as device, trio.open_nursery() as nursery:
-        fobx = await open_file(device, "/f")
+        fobx = await open_file(device, "/f", options=WRITE_THROUGH)
         results: list[IoStatusBlock] = []
         await start_write(nursery, device, fobx, b"in time", results)
         ctx = await backend.parked.receive()
@@ -183,7 +191,7 @@ async def test_threaded_reply_racing_cancel_completes_exactly_once(
     """Many rounds of a worker thread's reply against a cancel on the loop."""
     backend = ParkingMiniRdr()
     async with mounted(backend) as device:
-        fobx = await open_file(device, "/f")
+        fobx = await open_file(device, "/f", options=WRITE_THROUGH)
         for _ in range(50):
             async with trio.open_nursery() as nursery:
                 results: list[IoStatusBlock] = []
@@ -214,7 +222,7 @@ async def test_threaded_reply_racing_cancel_completes_exactly_once(
 async def test_trio_cancel_of_waiting_task_cancels_rx_context() -> None:
     backend = ParkingMiniRdr()
     async with mounted(backend) as device, trio.open_nursery() as nursery:
-        fobx = await open_file(device, "/f")
+        fobx = await open_file(device, "/f", options=WRITE_THROUGH)
         outcome: list[str] = []
 
         async def impatient_writer(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
@@ -245,7 +253,7 @@ async def test_trio_cancel_of_waiting_task_cancels_rx_context() -> None:
 async def test_memory_backend_honours_a_cancel_before_its_reply() -> None:
     """The reference backend's own reply path: cancelled before its reply task runs."""
     async with mounted() as device:
-        fobx = await open_file(device, "/f")
+        fobx = await open_file(device, "/f", options=WRITE_THROUGH)
         with trio.CancelScope() as scope:
             scope.cancel()
             await write(device, fobx, 0, b"never lands")
@@ -259,7 +267,7 @@ async def test_write_cancelled_while_taking_the_resource_leaves_the_fcb_free() -
     """A non-extending write whose caller is already cancelled must not keep the Fcb
     resource shared, or every later extending write of the file would hang."""
     async with mounted() as device:
-        fobx = await open_file(device, "/f")
+        fobx = await open_file(device, "/f", options=WRITE_THROUGH)
         await write(device, fobx, 0, b"0123456789")
         with trio.CancelScope() as scope:
             scope.cancel()

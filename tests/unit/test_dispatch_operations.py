@@ -1,5 +1,5 @@
 """The other major functions through RxDevice.dispatch and the memory backend: create
-dispositions, set information, directory and volume queries, symlinks, flush, and the
+dispositions, set information, directory and volume queries, symlinks, and the
 Fcb table that follows renames and drops Fcbs nobody references."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import stat
 
 import pytest
 from rxfs.minirdr import MiniRdrDispatch
-from rxfs.rdbss import IRP_MN_FLUSH_NO_SYNC, NtStatus, RxDevice
+from rxfs.rdbss import NtStatus, RxDevice
 from rxfs.rdbss.irp import (
     CreateDisposition,
     FileDispositionInformation,
@@ -244,23 +244,6 @@ async def test_symlink_by_fsctl_set_and_get_reparse_point() -> None:
         assert irp.io_status.status == NtStatus.STATUS_OBJECT_NAME_COLLISION
         irp = await fsctl(device, "/missing", FsControlCode.FSCTL_GET_REPARSE_POINT)
         assert irp.io_status.status == NtStatus.STATUS_OBJECT_NAME_NOT_FOUND
-
-
-# -- flush: latched errors are reported once ------------------------------------------------
-
-
-@trio_test
-async def test_flush_reports_a_latched_write_error_once() -> None:
-    async with mounted() as device:
-        fobx = await open_file(device, "/f")
-        assert fobx.fcb is not None
-        fobx.fcb.write_error = NtStatus.STATUS_DISK_FULL
-        flush = Irp(
-            IrpMj.IRP_MJ_FLUSH_BUFFERS, minor_function=IRP_MN_FLUSH_NO_SYNC, file_object=fobx
-        )
-        assert (await device.dispatch(flush)).status == NtStatus.STATUS_DISK_FULL
-        again = Irp(IrpMj.IRP_MJ_FLUSH_BUFFERS, file_object=fobx)
-        assert (await device.dispatch(again)).status == NtStatus.STATUS_SUCCESS
 
 
 # -- a backend that leaves entries out -------------------------------------------------------

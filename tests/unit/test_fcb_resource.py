@@ -8,7 +8,7 @@ import trio.testing
 from rxfs.rdbss import FcbResource, LowIoReadWriteFlags, NtStatus, RxContext
 from rxfs.rdbss.irp import IoStatusBlock, Irp
 
-from ._harness import ParkingMiniRdr, mounted, open_file, read, trio_test, write
+from ._harness import WRITE_THROUGH, ParkingMiniRdr, mounted, open_file, read, trio_test, write
 
 
 async def acquire_in_task(
@@ -150,7 +150,7 @@ async def test_cancelled_exclusive_waiter_unblocks_shared_waiters() -> None:
 async def test_extending_write_holds_resource_exclusively_until_async_completion() -> None:
     backend = ParkingMiniRdr()
     async with mounted(backend) as device:
-        fobx = await open_file(device, "/f")
+        fobx = await open_file(device, "/f", options=WRITE_THROUGH)
         fcb = fobx.fcb
         assert fcb is not None
         results: list[IoStatusBlock] = []
@@ -185,7 +185,7 @@ async def test_extending_write_holds_resource_exclusively_until_async_completion
 async def test_write_inside_the_file_shares_the_resource() -> None:
     backend = ParkingMiniRdr()
     async with mounted(backend) as device:
-        fobx = await open_file(device, "/f")
+        fobx = await open_file(device, "/f", options=WRITE_THROUGH)
         fcb = fobx.fcb
         assert fcb is not None
         async with trio.open_nursery() as nursery:

@@ -8,7 +8,18 @@ from rxfs.minirdr.memory import MemoryMiniRdr
 from rxfs.rdbss import MAX_FILE_SIZE, Fobx, NtStatus, RxContext, SrvOpenFlags
 from rxfs.rdbss.irp import AccessMask, CreateDisposition, CreateOptions
 
-from ._harness import close, create, file_bytes, mkdir, mounted, open_file, trio_test, write
+from ._harness import (
+    OPEN_MODES,
+    WRITE_THROUGH,
+    close,
+    create,
+    file_bytes,
+    mkdir,
+    mounted,
+    open_file,
+    trio_test,
+    write,
+)
 
 
 class CountingMiniRdr(MemoryMiniRdr):
@@ -23,11 +34,12 @@ class CountingMiniRdr(MemoryMiniRdr):
         return await super().lowio_write(rx_context)
 
 
+@pytest.mark.parametrize("mode", list(OPEN_MODES))
 @trio_test
-async def test_write_after_close_is_file_closed() -> None:
+async def test_write_after_close_is_file_closed(mode: str) -> None:
     backend = CountingMiniRdr()
     async with mounted(backend) as device:
-        fobx = await open_file(device, "/f")
+        fobx = await open_file(device, "/f", options=OPEN_MODES[mode])
         assert await close(device, fobx) == NtStatus.STATUS_SUCCESS
         assert fobx.srv_open is None
         io_status = await write(device, fobx, 0, b"late")
@@ -35,12 +47,13 @@ async def test_write_after_close_is_file_closed() -> None:
         assert backend.writes == 0
 
 
+@pytest.mark.parametrize("mode", list(OPEN_MODES))
 @trio_test
-async def test_write_through_closed_srv_open_is_file_closed() -> None:
+async def test_write_through_closed_srv_open_is_file_closed(mode: str) -> None:
     """The SrvOpen is marked closed (its handle is gone) while the Fobx still names it."""
     backend = CountingMiniRdr()
     async with mounted(backend) as device:
-        fobx = await open_file(device, "/f")
+        fobx = await open_file(device, "/f", options=OPEN_MODES[mode])
         assert fobx.srv_open is not None
         fobx.srv_open.flags |= SrvOpenFlags.SRVOPEN_FLAG_CLOSED
         io_status = await write(device, fobx, 0, b"late")
@@ -85,13 +98,14 @@ async def test_write_to_directory_is_invalid_device_request() -> None:
         pytest.param(MAX_FILE_SIZE - 2, b"abc", None, id="beyond MAX_FILE_SIZE"),
     ],
 )
+@pytest.mark.parametrize("mode", list(OPEN_MODES))
 @trio_test
 async def test_bad_offset_or_length_is_invalid_parameter(
-    offset: int, data: bytes, length: int | None
+    offset: int, data: bytes, length: int | None, mode: str
 ) -> None:
     backend = CountingMiniRdr()
     async with mounted(backend) as device:
-        fobx = await open_file(device, "/f")
+        fobx = await open_file(device, "/f", options=OPEN_MODES[mode])
         io_status = await write(device, fobx, offset, data, length=length)
         assert (io_status.status, io_status.information) == (NtStatus.STATUS_INVALID_PARAMETER, 0)
         assert backend.writes == 0
@@ -105,7 +119,7 @@ async def test_write_ending_exactly_at_max_file_size_reaches_the_backend() -> No
     (the backend then answers for its own capacity)."""
     backend = CountingMiniRdr()
     async with mounted(backend, options={"size": "4096"}) as device:
-        fobx = await open_file(device, "/f")
+        fobx = await open_file(device, "/f", options=WRITE_THROUGH)
         io_status = await write(device, fobx, MAX_FILE_SIZE - 3, b"abc")
         assert io_status.status == NtStatus.STATUS_DISK_FULL
         assert backend.writes == 1

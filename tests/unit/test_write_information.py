@@ -7,7 +7,17 @@ import random
 import pytest
 from rxfs.rdbss import NtStatus
 
-from ._harness import file_bytes, mounted, open_file, read, read_bytes, stat_path, trio_test, write
+from ._harness import (
+    OPEN_MODES,
+    file_bytes,
+    mounted,
+    open_file,
+    read,
+    read_bytes,
+    stat_path,
+    trio_test,
+    write,
+)
 
 # (offset, size) pairs: tiny, page-sized, odd, past a hole, and a FUSE-sized 1 MiB write.
 WRITES = [(0, 1), (1, 4096), (4097, 65537), (200_000, 3), (10, 1 << 20)]
@@ -17,11 +27,12 @@ def pattern(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
+@pytest.mark.parametrize("mode", list(OPEN_MODES))
 @pytest.mark.parametrize(("offset", "size"), WRITES)
 @trio_test
-async def test_write_information_is_bytes_written(offset: int, size: int) -> None:
+async def test_write_information_is_bytes_written(offset: int, size: int, mode: str) -> None:
     async with mounted() as device:
-        fobx = await open_file(device, "/f")
+        fobx = await open_file(device, "/f", options=OPEN_MODES[mode])
         data = pattern(offset, size)
         io_status = await write(device, fobx, offset, data)
         assert io_status.status == NtStatus.STATUS_SUCCESS
@@ -31,10 +42,11 @@ async def test_write_information_is_bytes_written(offset: int, size: int) -> Non
         assert await read_bytes(device, fobx, 0, offset) == bytes(offset)
 
 
+@pytest.mark.parametrize("mode", list(OPEN_MODES))
 @trio_test
-async def test_overlapping_writes_read_back_as_a_local_file_would() -> None:
+async def test_overlapping_writes_read_back_as_a_local_file_would(mode: str) -> None:
     async with mounted() as device:
-        fobx = await open_file(device, "/f")
+        fobx = await open_file(device, "/f", options=OPEN_MODES[mode])
         model = bytearray()
         for seed, (offset, size) in enumerate(WRITES):
             data = pattern(seed, size)
@@ -49,10 +61,11 @@ async def test_overlapping_writes_read_back_as_a_local_file_would() -> None:
         assert await file_bytes(device, "/f") == bytes(model)
 
 
+@pytest.mark.parametrize("mode", list(OPEN_MODES))
 @trio_test
-async def test_read_past_end_of_file_returns_no_bytes_not_an_error() -> None:
+async def test_read_past_end_of_file_returns_no_bytes_not_an_error(mode: str) -> None:
     async with mounted() as device:
-        fobx = await open_file(device, "/f")
+        fobx = await open_file(device, "/f", options=OPEN_MODES[mode])
         await write(device, fobx, 0, b"abc")
         irp = await read(device, fobx, 10, 5)
         assert irp.io_status.status == NtStatus.STATUS_SUCCESS
@@ -60,10 +73,11 @@ async def test_read_past_end_of_file_returns_no_bytes_not_an_error() -> None:
         assert await read_bytes(device, fobx, 1, 100) == b"bc"
 
 
+@pytest.mark.parametrize("mode", list(OPEN_MODES))
 @trio_test
-async def test_zero_length_write_succeeds_with_information_zero() -> None:
+async def test_zero_length_write_succeeds_with_information_zero(mode: str) -> None:
     async with mounted() as device:
-        fobx = await open_file(device, "/f")
+        fobx = await open_file(device, "/f", options=OPEN_MODES[mode])
         io_status = await write(device, fobx, 5, b"")
         assert (io_status.status, io_status.information) == (NtStatus.STATUS_SUCCESS, 0)
         assert await file_bytes(device, "/f") == b""
