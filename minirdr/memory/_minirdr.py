@@ -242,7 +242,13 @@ class MemoryMiniRdr(MiniRdrDispatch):
         offset = len(node.data) if handle.append else rw.byte_offset
         if max(offset + len(data), len(node.data)) > self._capacity:
             return NtStatus.STATUS_DISK_FULL
-        self._complete_soon(rx_context, lambda: self._write(node, offset, data))
+
+        def work() -> int:
+            # An append goes at the end as it is when the write lands, as a server
+            # places it: appends in flight together must not overwrite each other.
+            return self._write(node, len(node.data) if handle.append else offset, data)
+
+        self._complete_soon(rx_context, work)
         return NtStatus.STATUS_PENDING
 
     @staticmethod

@@ -5,10 +5,13 @@ from __future__ import annotations
 import random
 
 import pytest
-from rxfs.rdbss import NtStatus
+import trio
+from rxfs.rdbss import Fobx, NtStatus, RxDevice
+from rxfs.rdbss.irp import AccessMask, CreateDisposition, IoStatusBlock
 
 from ._harness import (
     OPEN_MODES,
+    create,
     file_bytes,
     mounted,
     open_file,
@@ -81,3 +84,30 @@ async def test_zero_length_write_succeeds_with_information_zero(mode: str) -> No
         io_status = await write(device, fobx, 5, b"")
         assert (io_status.status, io_status.information) == (NtStatus.STATUS_SUCCESS, 0)
         assert await file_bytes(device, "/f") == b""
+
+
+@trio_test
+async def test_concurrent_appends_both_land_at_the_end() -> None:
+    """O_APPEND writes in flight together: each lands after the other, none is lost,
+    and the size the core reports is the size of the file."""
+    async with mounted() as device:
+        fobx = await open_file(device, "/f")
+        await write(device, fobx, 0, b"0123456789")
+        irp = await create(
+            device, "/f", CreateDisposition.FILE_OPEN, access=AccessMask.FILE_APPEND_DATA
+        )
+        appender = irp.file_object
+        assert appender is not None
+        results: list[IoStatusBlock] = []
+        async with trio.open_nursery() as nursery:
+            for chunk in (b"abc", b"xyz"):
+                # The kernel's offset for an append is its idea of the size; stale here.
+                nursery.start_soon(append, device, appender, chunk, results)
+        assert [(r.status, r.information) for r in results] == [(NtStatus.STATUS_SUCCESS, 3)] * 2
+        content = await file_bytes(device, "/f")
+        assert content in (b"0123456789abcxyz", b"0123456789xyzabc")
+        assert appender.fcb is not None and appender.fcb.file_size == len(content)
+
+
+async def append(device: RxDevice, fobx: Fobx, data: bytes, results: list[IoStatusBlock]) -> None:
+    results.append(await write(device, fobx, 0, data))
