@@ -11,6 +11,7 @@ import trio
 from ._dispatch import DISPATCH_TABLE
 from ._objects import NetRoot, SrvCall, VNetRoot, normalize_path
 from ._rxcontext import RxContext, RxContextFlags
+from ._writebehind import MIB, LazyWriter
 from .irp import IoStatusBlock, Irp
 from .ntstatus import NtStatus, NtStatusError, nt_success
 
@@ -42,10 +43,15 @@ class RxDevice:
         minirdr: MiniRdrDispatch,
         url: str | SplitResult,
         options: dict[str, str] | None = None,
+        *,
+        dirty_limit: int = 64 * MIB,
     ) -> None:
         self.minirdr = minirdr
         self.url = urlsplit(url) if isinstance(url, str) else url
         self.options = dict(options or {})
+        self.lazy_writer = LazyWriter(
+            self, dirty_limit=dirty_limit, in_flight_limit=max(dirty_limit // 2, MIB)
+        )
         self._nursery: trio.Nursery | None = None
         self._srv_call: SrvCall | None = None
         self._net_root: NetRoot | None = None
@@ -81,6 +87,7 @@ class RxDevice:
         self._nursery = nursery
         minirdr = self.minirdr
         _check(await minirdr.start(self), "the mini-redirector did not start")
+        await nursery.start(self.lazy_writer.run)
         srv_call = SrvCall(self.url, minirdr)
         srv_call.reference()
         self._srv_call = srv_call
@@ -106,6 +113,7 @@ class RxDevice:
         """Finalize the VNetRoot and SrvCall (the backend disconnects), then MRxStop."""
         minirdr = self.minirdr
         with trio.CancelScope(shield=True):
+            await self.lazy_writer.flush_all()
             if self._v_net_root is not None:
                 await _quietly(minirdr.finalize_v_net_root(self._v_net_root))
             if self._srv_call is not None and nt_success(self._srv_call.status):

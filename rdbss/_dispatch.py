@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from ._objects import Fobx, SrvOpen, SrvOpenFlags, normalize_path
+from ._objects import Fcb, Fobx, SrvOpen, SrvOpenFlags, normalize_path
 from ._readwrite import common_read, common_write, rx_low_io_submit
 from ._rxcontext import LowIoOp, RxContext
 from .irp import (
     AccessMask,
     CreateOptions,
     CreateParameters,
+    FileAttributes,
     FileBasicInformation,
     FileDispositionInformation,
     FileEndOfFileInformation,
@@ -66,8 +67,8 @@ async def common_create(rx_context: RxContext) -> NtStatus:
         fcb.dereference()
         return status
     if irp.attributes is not None:
-        fcb.attributes = irp.attributes
-    fobx = Fobx(srv_open)
+        fcb.attributes = _with_held_size(fcb, irp.attributes)
+    fobx = Fobx(srv_open, write_error_seq=fcb.write_error_seq)
     srv_open.fobxs.append(fobx)
     fcb.srv_opens.append(srv_open)
     irp.file_object = fobx
@@ -91,6 +92,9 @@ async def common_close(rx_context: RxContext) -> NtStatus:
     fobx.srv_open = None
     if srv_open.fobxs or srv_open.closed:
         return NtStatus.STATUS_SUCCESS
+    # The lazy writer sends through an open handle: what this file still holds must
+    # land before the last one that can write goes.
+    await rx_context.device.lazy_writer.flush(fcb)
     try:
         status = await rx_context.device.minirdr.close_srv_open(rx_context)
     finally:
@@ -102,27 +106,34 @@ async def common_close(rx_context: RxContext) -> NtStatus:
 
 
 async def common_flush(rx_context: RxContext) -> NtStatus:
-    """IRP_MJ_FLUSH_BUFFERS: report what did not land, then (fsync) sync remotely.
+    """IRP_MJ_FLUSH_BUFFERS: land what the Fcb holds, report what did not land, then
+    (fsync) ask the server to sync.
 
-    Every close(2) arrives here with IRP_MN_FLUSH_NO_SYNC; an error latched on the
-    descriptor or the Fcb is returned once and then cleared.
+    Every close(2) arrives here with IRP_MN_FLUSH_NO_SYNC. A write error is returned
+    once to each descriptor open when it happened (Fcb.take_write_error).
     """
     fobx, fcb = rx_context.fobx, rx_context.fcb
     if fobx is None or fcb is None or rx_context.srv_open is None:
         return NtStatus.STATUS_FILE_CLOSED
-    latched = fobx.latched_error or fcb.write_error
-    if latched is not None:
-        fobx.latched_error = None
-        fcb.write_error = None
-        return latched
+    await rx_context.device.lazy_writer.flush(fcb)
+    error = fcb.take_write_error(fobx)
+    if error is not None:
+        return error
     if rx_context.irp.minor_function == IRP_MN_FLUSH_NO_SYNC:
         return NtStatus.STATUS_SUCCESS
     status = await rx_context.device.minirdr.flush(rx_context)
     if status == NtStatus.STATUS_NOT_IMPLEMENTED:
-        # Nothing is buffered in the core yet, so all written bytes are at the server;
-        # a backend without a remote sync has nothing more to do.
+        # Every byte is at the server now; a backend without a remote sync has
+        # nothing more it could do.
         return NtStatus.STATUS_SUCCESS
     return status
+
+
+def _with_held_size(fcb: Fcb, attributes: FileAttributes) -> FileAttributes:
+    """The server's attributes, with the size grown to cover bytes still held here."""
+    held_end = fcb.write_behind.end()
+    attributes.size = max(attributes.size, held_end)
+    return attributes
 
 
 def _fcb_for_name(rx_context: RxContext) -> NtStatus:
@@ -147,7 +158,7 @@ async def common_query_information(rx_context: RxContext) -> NtStatus:
     try:
         status = await rx_context.device.minirdr.query_file_info(rx_context)
         if nt_success(status) and rx_context.irp.attributes is not None:
-            fcb.attributes = rx_context.irp.attributes
+            fcb.attributes = _with_held_size(fcb, rx_context.irp.attributes)
     finally:
         fcb.dereference()
     return status
@@ -172,6 +183,8 @@ async def common_set_information(rx_context: RxContext) -> NtStatus:
     buffer = params.buffer
     size_change = isinstance(buffer, FileEndOfFileInformation)
     if size_change:
+        # Held bytes beyond the new end must not land after the truncate.
+        await rx_context.device.lazy_writer.flush(fcb)
         await fcb.resource.acquire_exclusive(owner)
     try:
         if isinstance(buffer, FileRenameInformation | FileLinkInformation):
@@ -214,9 +227,25 @@ async def common_directory_control(rx_context: RxContext) -> NtStatus:
     fcb = rx_context.fcb
     assert fcb is not None
     try:
-        return await rx_context.device.minirdr.query_directory(rx_context)
+        status = await rx_context.device.minirdr.query_directory(rx_context)
     finally:
         fcb.dereference()
+    if nt_success(status):
+        _directory_sizes(rx_context)
+    return status
+
+
+def _directory_sizes(rx_context: RxContext) -> None:
+    """Sizes in a listing cover bytes still held for files being written: the kernel
+    would otherwise shrink its idea of a file that is growing."""
+    fcb = rx_context.fcb
+    assert fcb is not None
+    table = rx_context.device.net_root.fcb_table
+    base = fcb.path.rstrip("/")
+    for entry in rx_context.irp.entries or []:
+        held = table.get(f"{base}/{entry.name}")
+        if held is not None and not held.write_behind.empty:
+            _with_held_size(held, entry.attributes)
 
 
 async def common_query_volume_information(rx_context: RxContext) -> NtStatus:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult
 
 from ._resource import FcbResource
+from ._writebehind import WriteBehindBuffer
 from .irp import AccessMask, FileAttributes
 from .ntstatus import NtStatus
 
@@ -180,8 +181,27 @@ class Fcb(_RefCounted):
         self.state = FcbState(0)
         self.srv_opens: list[SrvOpen] = []
         self.context: Any = None
-        # A write error that no fsync/close has reported yet (DESIGN §4).
+        self.write_behind = WriteBehindBuffer()
+        # The last failure to land written bytes, and how many there have been: each
+        # Fobx reports an error once, at its next flush or fsync (Linux's errseq_t).
         self.write_error: NtStatus | None = None
+        self.write_error_seq = 0
+
+    def latch_write_error(self, status: NtStatus) -> None:
+        self.write_error = status
+        self.write_error_seq += 1
+
+    def take_write_error(self, fobx: Fobx) -> NtStatus | None:
+        """The write error this descriptor has not reported yet, once."""
+        if fobx.write_error_seq == self.write_error_seq:
+            return None
+        fobx.write_error_seq = self.write_error_seq
+        return self.write_error
+
+    def peek_write_error(self, fobx: Fobx) -> NtStatus | None:
+        if fobx.write_error_seq == self.write_error_seq:
+            return None
+        return self.write_error
 
     @property
     def file_size(self) -> int:
@@ -232,7 +252,13 @@ class SrvOpen:
 
     @property
     def may_cache_writes(self) -> bool:
-        return not self.flags & SrvOpenFlags.SRVOPEN_FLAG_DONTUSE_WRITE_CACHING
+        return not self.flags & (
+            SrvOpenFlags.SRVOPEN_FLAG_DONTUSE_WRITE_CACHING | SrvOpenFlags.SRVOPEN_FLAG_APPEND
+        )
+
+    @property
+    def may_write(self) -> bool:
+        return bool(self.desired_access & AccessMask.FILE_WRITE_DATA)
 
 
 @dataclass(eq=False)
@@ -241,8 +267,8 @@ class Fobx:
 
     srv_open: SrvOpen | None
     key: int = field(default_factory=lambda: next(_fobx_keys))
-    # An error for this descriptor that flush/close has not reported yet.
-    latched_error: NtStatus | None = None
+    # The Fcb's write_error_seq this descriptor has reported (see Fcb.take_write_error).
+    write_error_seq: int = 0
     node_type: NodeType = NodeType.RDBSS_NTC_FOBX
 
     @property

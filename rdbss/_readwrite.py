@@ -78,9 +78,10 @@ def _check_open(rx_context: RxContext) -> NtStatus:
 
 
 def _may_cache(rx_context: RxContext) -> bool:
-    """Cached or not (DESIGN §3 step 3). No write-behind buffer exists yet, so no
-    write is cached; this is where the lazy writer's buffer attaches."""
-    return False
+    """Cached or not (DESIGN §3 step 3): the open must allow write caching (not
+    O_SYNC/O_DIRECT, not append-only: the server places appends)."""
+    srv_open = rx_context.srv_open
+    return srv_open is not None and srv_open.may_cache_writes and srv_open.may_write
 
 
 async def common_write(rx_context: RxContext) -> NtStatus:
@@ -99,12 +100,22 @@ async def common_write(rx_context: RxContext) -> NtStatus:
         or params.byte_offset + params.length > MAX_FILE_SIZE
     ):
         return NtStatus.STATUS_INVALID_PARAMETER
+    fcb = rx_context.fcb
+    fobx = rx_context.fobx
+    assert fcb is not None and fobx is not None
+    # After a failed write-behind, further writes fail at once (as NFS does) instead
+    # of filling the cache with bytes that cannot land; close still reports it.
+    error = fcb.peek_write_error(fobx)
+    if error is not None:
+        return error
     if params.length == 0:
         rx_context.io_status.information = 0
         return NtStatus.STATUS_SUCCESS
+    cached = _may_cache(rx_context)
+    if not cached:
+        # Bytes held for this file go first, so writes land in the order made.
+        await rx_context.device.lazy_writer.flush(fcb)
 
-    fcb = rx_context.fcb
-    assert fcb is not None
     low_io = rx_context.low_io
     extending = params.byte_offset + params.length > fcb.file_size
     owner = low_io.resource_thread_id
@@ -116,26 +127,44 @@ async def common_write(rx_context: RxContext) -> NtStatus:
         await fcb.resource.acquire_shared(owner)
     low_io.holds_fcb_resource = True
     try:
-        low_io.operation = LowIoOp.LOWIO_OP_WRITE
-        rw = low_io.read_write
-        rw.byte_offset = params.byte_offset
-        rw.byte_count = params.length
-        rw.key = params.key
-        rw.buffer = buffer
-        rw.flags = LowIoReadWriteFlags(0)
-        if extending:
-            rw.flags |= LowIoReadWriteFlags.LOWIO_READWRITEFLAG_EXTENDING_FILESIZE
-        if _may_cache(rx_context):  # pragma: no cover - write-behind attaches here
-            raise NotImplementedError
+        if cached:
+            await rx_context.device.lazy_writer.write(fcb, params.byte_offset, buffer)
+            end = params.byte_offset + params.length
+            fcb.file_size = max(fcb.file_size, end)
+            rx_context.io_status.information = params.length
+            return NtStatus.STATUS_SUCCESS
+        _fill_write(rx_context, params, buffer, extending)
         return await rx_low_io_submit(rx_context)
     finally:
-        if low_io.holds_fcb_resource and rx_context.completed:
+        if low_io.holds_fcb_resource and (cached or rx_context.completed):
             low_io.holds_fcb_resource = False
             fcb.resource.release_for_owner(owner)
 
 
+def _fill_write(
+    rx_context: RxContext,
+    params: WriteParameters,
+    buffer: bytes | bytearray | memoryview,
+    extending: bool,
+) -> None:
+    low_io = rx_context.low_io
+    low_io.operation = LowIoOp.LOWIO_OP_WRITE
+    rw = low_io.read_write
+    rw.byte_offset = params.byte_offset
+    rw.byte_count = params.length
+    rw.key = params.key
+    rw.buffer = buffer
+    rw.flags = LowIoReadWriteFlags(0)
+    if extending:
+        rw.flags |= LowIoReadWriteFlags.LOWIO_READWRITEFLAG_EXTENDING_FILESIZE
+
+
 async def common_read(rx_context: RxContext) -> NtStatus:
-    """IRP_MJ_READ: fill ``irp.buffer`` with up to Length bytes from ByteOffset."""
+    """IRP_MJ_READ: fill ``irp.buffer`` with up to Length bytes from ByteOffset.
+
+    Bytes the Fcb still holds (dirty or in flight) are laid over what the server
+    returned: a reader sees every write that returned, landed or not.
+    """
     status = _check_open(rx_context)
     if not nt_success(status):
         return status
@@ -144,13 +173,18 @@ async def common_read(rx_context: RxContext) -> NtStatus:
         return NtStatus.STATUS_INVALID_PARAMETER
     fcb = rx_context.fcb
     assert fcb is not None
+    start = params.byte_offset
+    # Copied before the server read: a range that lands meanwhile leaves the buffer
+    # but the server may still answer with the bytes from before it.
+    held = fcb.write_behind.snapshot(start, start + params.length)
+    size = fcb.file_size
     low_io = rx_context.low_io
     await fcb.resource.acquire_shared(low_io.resource_thread_id)
     low_io.holds_fcb_resource = True
     try:
         low_io.operation = LowIoOp.LOWIO_OP_READ
         rw = low_io.read_write
-        rw.byte_offset = params.byte_offset
+        rw.byte_offset = start
         rw.byte_count = params.length
         rw.key = params.key
         status = await rx_low_io_submit(rx_context)
@@ -162,6 +196,26 @@ async def common_read(rx_context: RxContext) -> NtStatus:
         rw.buffer = b""
         rx_context.io_status.information = 0
         status = NtStatus.STATUS_SUCCESS
-    if nt_success(status):
-        rx_context.irp.buffer = rw.buffer[: rx_context.io_status.information]
+    if not nt_success(status):
+        return status
+    data = rw.buffer[: rx_context.io_status.information]
+    end = min(start + params.length, size)
+    if held or (len(data) < end - start and not fcb.write_behind.empty):
+        # Short of the size this file has here: held bytes beyond the server's end,
+        # with a hole before them that reads as zeros.
+        data = _lay_over(data, start, end, held)
+    rx_context.irp.buffer = data
+    rx_context.io_status.information = len(data)
     return status
+
+
+def _lay_over(
+    data: bytes | bytearray | memoryview, start: int, end: int, held: list[tuple[int, bytes]]
+) -> bytearray:
+    """The server's bytes, zero-filled up to ``end`` and overlaid with held ranges."""
+    result = bytearray(data)
+    if len(result) < end - start:
+        result.extend(bytes(end - start - len(result)))
+    for offset, piece in held:
+        result[offset - start : offset - start + len(piece)] = piece
+    return result

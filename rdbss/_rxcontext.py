@@ -120,13 +120,16 @@ class RxContext:
         *,
         fcb: Fcb | None = None,
         fobx: Fobx | None = None,
+        srv_open: SrvOpen | None = None,
         flags: RxContextFlags = RxContextFlags.RX_CONTEXT_FLAG_WAIT,
     ) -> None:
         self.device = device
         self.irp = irp
         self.major_function: IrpMj = irp.major_function
         self.fobx = fobx
-        self.srv_open: SrvOpen | None = fobx.srv_open if fobx is not None else None
+        if srv_open is None and fobx is not None:
+            srv_open = fobx.srv_open
+        self.srv_open = srv_open
         self.fcb = fcb if fcb is not None else (self.srv_open.fcb if self.srv_open else None)
         self.flags = flags
         self.low_io = LowIoContext()

@@ -1,0 +1,282 @@
+"""Write-behind: each Fcb's buffer of dirty ranges, and the mount's lazy writer.
+
+DESIGN §3 steps 3-4 and §4. A cached write copies its bytes into the Fcb's buffer and
+completes at once (Information = Length). The lazy writer sends dirty ranges to the
+backend as paging writes (LOWIO_READWRITEFLAG_PAGING_IO), coalesced into chunks of
+``chunk_size`` bytes, with two bounds that keep memory flat however large the file: the
+dirty bytes of the mount (writers wait when it is reached) and the bytes in flight.
+
+Bytes stay held until the server acknowledges them: a range moves from ``dirty`` to
+``in_flight`` when it is sent and is dropped only when its reply arrives. A range that
+overlaps one in flight is not sent until that one completes, so overlapping writes reach
+the server in the order they were made. A failed paging write latches its status on the
+Fcb; the next fsync() or close() of each descriptor open on the file returns it once
+(the errseq_t rule of Linux).
+
+RDBSS delegates this to the Windows cache manager (CcCopyWrite, the lazy writer's
+CcFlushCache); there is no cache manager here, so the core keeps the buffer itself.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._readwrite import rx_low_io_submit
+from ._rxcontext import LowIoOp, LowIoReadWriteFlags, RxContext
+from .irp import Irp, IrpMj, WriteParameters
+from .ntstatus import NtStatus, nt_success
+
+if TYPE_CHECKING:
+    from ._device import RxDevice
+    from ._objects import Fcb, SrvOpen
+
+__all__ = ["LazyWriter", "WriteBehindBuffer"]
+
+log = logging.getLogger(__name__)
+
+MIB = 1 << 20
+
+
+@dataclass(slots=True)
+class _Extent:
+    offset: int
+    data: bytearray
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.data)
+
+    def overlaps(self, start: int, end: int) -> bool:
+        return self.offset < end and start < self.end
+
+
+@dataclass(eq=False)
+class WriteBehindBuffer:
+    """The dirty and in-flight ranges of one Fcb."""
+
+    dirty: list[_Extent] = field(default_factory=list)
+    in_flight: list[_Extent] = field(default_factory=list)
+    dirty_since: float = 0.0
+    # Set by a flush that wants everything sent now, whatever the chunk size.
+    forced: bool = False
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def dirty_bytes(self) -> int:
+        return sum(len(e.data) for e in self.dirty)
+
+    @property
+    def empty(self) -> bool:
+        return not self.dirty and not self.in_flight
+
+    def end(self) -> int:
+        """The end of the last byte held; the file is at least this long."""
+        ends = [e.end for e in self.dirty] + [e.end for e in self.in_flight]
+        return max(ends, default=0)
+
+    def add(self, offset: int, data: bytes | bytearray | memoryview) -> int:
+        """Buffer a write; returns by how much the dirty byte count grew."""
+        if not self.dirty:
+            self.dirty_since = time.monotonic()
+        end = offset + len(data)
+        last = self.dirty[-1] if self.dirty else None
+        if last is not None and last.end == offset:  # the common case: sequential
+            last.data += data
+            return len(data)
+        starts = [e.offset for e in self.dirty]
+        lo = bisect.bisect_left(starts, offset)
+        if lo > 0 and self.dirty[lo - 1].end >= offset:
+            lo -= 1
+        hi = bisect.bisect_right(starts, end)
+        merged = self.dirty[lo:hi]
+        if not merged:
+            self.dirty.insert(lo, _Extent(offset, bytearray(data)))
+            return len(data)
+        start = min(offset, merged[0].offset)
+        stop = max(end, merged[-1].end)
+        buffer = bytearray(stop - start)
+        for extent in merged:
+            buffer[extent.offset - start : extent.end - start] = extent.data
+        buffer[offset - start : end - start] = data
+        self.dirty[lo:hi] = [_Extent(start, buffer)]
+        return len(buffer) - sum(len(e.data) for e in merged)
+
+    def take(self, chunk_size: int, budget: int) -> list[_Extent]:
+        """Move ranges to send now into ``in_flight``: whole chunks, or everything when
+        forced, never a range that overlaps one already in flight, at most ``budget``
+        bytes (but always at least one range, so a large chunk cannot starve)."""
+        taken: list[_Extent] = []
+        kept: list[_Extent] = []
+        for extent in self.dirty:
+            if any(f.overlaps(extent.offset, extent.end) for f in self.in_flight):
+                kept.append(extent)
+                continue
+            while extent.data and (budget > 0 or not taken):
+                size = min(chunk_size, len(extent.data))
+                if size < chunk_size and not self.forced:
+                    break
+                piece = _Extent(extent.offset, extent.data[:size])
+                del extent.data[:size]
+                extent.offset += size
+                taken.append(piece)
+                budget -= size
+            if extent.data:
+                kept.append(extent)
+        self.dirty = kept
+        if not kept:
+            self.forced = False
+        self.in_flight.extend(taken)
+        return taken
+
+    def landed(self, extent: _Extent) -> None:
+        """The server answered for ``extent`` (either way): stop holding it."""
+        self.in_flight.remove(extent)
+        self._signal()
+
+    def snapshot(self, start: int, end: int) -> list[tuple[int, bytes]]:
+        """Copies of the held bytes in [start, end), oldest first, for a read to lay
+        over what the server returned."""
+        pieces: list[tuple[int, bytes]] = []
+        for extent in [*self.in_flight, *self.dirty]:
+            if extent.overlaps(start, end):
+                lo = max(start, extent.offset)
+                hi = min(end, extent.end)
+                pieces.append((lo, bytes(extent.data[lo - extent.offset : hi - extent.offset])))
+        return pieces
+
+    def _signal(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+class LazyWriter:
+    """One per mount: owns the dirty-byte budget and sends paging writes."""
+
+    def __init__(
+        self,
+        device: RxDevice,
+        *,
+        dirty_limit: int = 64 * MIB,
+        in_flight_limit: int = 32 * MIB,
+        chunk_size: int = MIB,
+        delay: float = 0.5,
+    ) -> None:
+        self.device = device
+        self.dirty_limit = dirty_limit
+        self.in_flight_limit = in_flight_limit
+        self.chunk_size = chunk_size
+        self.delay = delay
+        self.dirty_bytes = 0
+        self.in_flight_bytes = 0
+        self._fcbs: dict[Fcb, None] = {}
+        self._wake = trio.Event()
+        self._space = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                with trio.move_on_after(self.delay):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                self._schedule()
+
+    # -- writers ------------------------------------------------------------------------
+
+    async def write(self, fcb: Fcb, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Buffer a cached write, waiting first while the mount's dirty bytes are at the
+        limit (backpressure)."""
+        while self.dirty_bytes and self.dirty_bytes + len(data) > self.dirty_limit:
+            self._wake.set()
+            await self._space.park()
+        buffer = fcb.write_behind
+        self.dirty_bytes += buffer.add(offset, data)
+        self._fcbs[fcb] = None
+        if buffer.dirty and len(buffer.dirty[-1].data) >= self.chunk_size:
+            self._wake.set()
+
+    async def flush(self, fcb: Fcb) -> None:
+        """Send everything the Fcb holds and wait until the server answered for all of
+        it (success or not: the caller reads the latched error)."""
+        buffer = fcb.write_behind
+        while not buffer.empty:
+            if buffer.dirty:
+                buffer.forced = True
+                self._fcbs[fcb] = None
+                self._wake.set()
+            await buffer.changed.wait()
+
+    async def flush_all(self) -> None:
+        for fcb in list(self._fcbs):
+            await self.flush(fcb)
+
+    # -- the lazy writer proper ---------------------------------------------------------
+
+    def _schedule(self) -> None:
+        now = time.monotonic()
+        pressed = self.dirty_bytes > self.dirty_limit // 2
+        for fcb in list(self._fcbs):
+            buffer = fcb.write_behind
+            if buffer.dirty and (pressed or now - buffer.dirty_since >= self.delay):
+                buffer.forced = True
+            budget = self.in_flight_limit - self.in_flight_bytes
+            if budget <= 0:
+                break
+            for extent in buffer.take(self.chunk_size, budget):
+                self.dirty_bytes -= len(extent.data)
+                self.in_flight_bytes += len(extent.data)
+                assert self._nursery is not None
+                self._nursery.start_soon(self._paging_write, fcb, extent)
+            if buffer.empty:
+                del self._fcbs[fcb]
+        self._space.unpark_all()
+
+    async def _paging_write(self, fcb: Fcb, extent: _Extent) -> None:
+        status = await self._send(fcb, extent)
+        if not nt_success(status):
+            fcb.latch_write_error(status)
+            log.error(
+                "write-behind of %s bytes %d-%d failed: %s",
+                fcb.path,
+                extent.offset,
+                extent.end,
+                status,
+            )
+        self.in_flight_bytes -= len(extent.data)
+        fcb.write_behind.landed(extent)
+        self._wake.set()
+
+    async def _send(self, fcb: Fcb, extent: _Extent) -> NtStatus:
+        srv_open = _writable_open(fcb)
+        if srv_open is None:
+            return NtStatus.STATUS_FILE_CLOSED
+        irp = Irp(
+            IrpMj.IRP_MJ_WRITE,
+            WriteParameters(len(extent.data), extent.offset),
+            buffer=extent.data,
+        )
+        rx_context = RxContext(self.device, irp, fcb=fcb, srv_open=srv_open)
+        low_io = rx_context.low_io
+        low_io.operation = LowIoOp.LOWIO_OP_WRITE
+        rw = low_io.read_write
+        rw.byte_offset, rw.byte_count, rw.buffer = extent.offset, len(extent.data), extent.data
+        rw.flags = LowIoReadWriteFlags.LOWIO_READWRITEFLAG_PAGING_IO
+        status = await rx_low_io_submit(rx_context)
+        if nt_success(status) and rx_context.io_status.information != len(extent.data):
+            return NtStatus.STATUS_IO_DEVICE_ERROR
+        return status
+
+
+def _writable_open(fcb: Fcb) -> SrvOpen | None:
+    for srv_open in fcb.srv_opens:
+        if not srv_open.closed and not srv_open.append and srv_open.may_write:
+            return srv_open
+    return None
