@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 from integration_support import tree_digest
 
 if TYPE_CHECKING:
@@ -81,8 +88,13 @@ def make_machine(target: Target, local: Path) -> type[RuleBasedStateMachine]:
     roots = (local, target.mnt)
 
     class MountVersusLocal(RuleBasedStateMachine):
+        # Descriptors kept open across steps: (local fd, mount fd), or None where the
+        # open failed on both sides. Writes through them race renames and unlinks.
+        handles = Bundle("handles")
+
         def __init__(self) -> None:
             super().__init__()
+            self.open_fds: list[int] = []
             for root in roots:
                 clear(root)
 
@@ -127,12 +139,64 @@ def make_machine(target: Target, local: Path) -> type[RuleBasedStateMachine]:
         def stat(self, name: str) -> None:
             self.both(lambda root: lambda: kind_and_size(root / name))
 
+        @rule(target=handles, name=NAMES, create=st.booleans())
+        def open(self, name: str, create: bool) -> tuple[int, int] | None:
+            flags = os.O_RDWR | (os.O_CREAT if create else 0)
+            opened = [
+                outcome(lambda root=root: os.open(root / name, flags, 0o644)) for root in roots
+            ]
+            fds = [value for kind, value in opened if kind == "ok"]
+            assert isinstance(fds, list)
+            self.open_fds += [fd for fd in fds if isinstance(fd, int)]
+            if len(fds) != 2:
+                assert opened[0] == opened[1], f"mount: {opened[1]}, local: {opened[0]}"
+                return None
+            return (int(fds[0]), int(fds[1]))
+
+        def each_fd(self, handle: tuple[int, int] | None, op: Callable[[int], object]) -> None:
+            if handle is None:
+                return
+            expected, actual = (outcome(lambda fd=fd: op(fd)) for fd in handle)
+            assert actual == expected, f"mount: {actual}, local: {expected}"
+
+        @rule(handle=handles, offset=OFFSETS, length=LENGTHS, seed=st.integers(0, 255))
+        def pwrite(
+            self, handle: tuple[int, int] | None, offset: int, length: int, seed: int
+        ) -> None:
+            data = random.Random(seed).randbytes(length)
+            self.each_fd(handle, lambda fd: os.pwrite(fd, data, offset))
+
+        @rule(handle=handles, offset=OFFSETS, length=LENGTHS)
+        def pread(self, handle: tuple[int, int] | None, offset: int, length: int) -> None:
+            self.each_fd(handle, lambda fd: os.pread(fd, length, offset))
+
+        @rule(handle=handles, size=st.integers(0, 300_000))
+        def ftruncate(self, handle: tuple[int, int] | None, size: int) -> None:
+            self.each_fd(handle, lambda fd: os.ftruncate(fd, size))
+
+        @rule(handle=handles)
+        def fsync(self, handle: tuple[int, int] | None) -> None:
+            self.each_fd(handle, os.fsync)
+
+        @rule(handle=handles)
+        def fstat(self, handle: tuple[int, int] | None) -> None:
+            self.each_fd(handle, lambda fd: os.fstat(fd).st_size)
+
+        @rule(handle=consumes(handles))
+        def close(self, handle: tuple[int, int] | None) -> None:
+            if handle is not None:
+                for fd in handle:
+                    self.open_fds.remove(fd)
+            self.each_fd(handle, os.close)
+
         @invariant()
         def same_listing(self) -> None:
             expected, actual = (outcome(lambda root=root: listing(root)) for root in roots)
             assert actual == expected
 
         def teardown(self) -> None:
+            for fd in self.open_fds:
+                os.close(fd)
             expected = tree_digest(local)
             assert tree_digest(target.mnt) == expected
             if target.server is not None:
