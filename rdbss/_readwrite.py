@@ -117,7 +117,10 @@ async def common_write(rx_context: RxContext) -> NtStatus:
         await rx_context.device.lazy_writer.flush(fcb)
 
     low_io = rx_context.low_io
-    extending = params.byte_offset + params.length > fcb.file_size
+    srv_open = rx_context.srv_open
+    assert srv_open is not None
+    # Every append extends the file, whatever offset the kernel thought it had.
+    extending = srv_open.append or params.byte_offset + params.length > fcb.file_size
     owner = low_io.resource_thread_id
     # Extending writes change the file size: take the resource exclusively so that
     # size updates are ordered; writes inside the file share it.
