@@ -56,6 +56,12 @@ class _Extent:
         return self.offset < end and start < self.end
 
 
+def _join(run: list[_Extent]) -> _Extent:
+    if len(run) == 1:
+        return run[0]
+    return _Extent(run[0].offset, bytearray().join(e.data for e in run))
+
+
 @dataclass(eq=False)
 class WriteBehindBuffer:
     """The dirty and in-flight ranges of one Fcb."""
@@ -80,20 +86,25 @@ class WriteBehindBuffer:
         ends = [e.end for e in self.dirty] + [e.end for e in self.in_flight]
         return max(ends, default=0)
 
-    def add(self, offset: int, data: bytes | bytearray | memoryview) -> int:
-        """Buffer a write; returns by how much the dirty byte count grew."""
+    def add(self, offset: int, data: bytes | bytearray | memoryview, chunk_size: int) -> int:
+        """Buffer a write; returns by how much the dirty byte count grew.
+
+        Extents never grow past ``chunk_size``: a sequential writer fills one chunk
+        after another, so neither appending nor sending ever copies a large buffer.
+        Only overlapping extents merge; adjacent ones are joined when sent.
+        """
         if not self.dirty:
             self.dirty_since = time.monotonic()
         end = offset + len(data)
         last = self.dirty[-1] if self.dirty else None
-        if last is not None and last.end == offset:  # the common case: sequential
-            last.data += data
+        if last is not None and last.end == offset and len(last.data) + len(data) <= chunk_size:
+            last.data += data  # the common case: a sequential writer
             return len(data)
         starts = [e.offset for e in self.dirty]
         lo = bisect.bisect_left(starts, offset)
-        if lo > 0 and self.dirty[lo - 1].end >= offset:
+        if lo > 0 and self.dirty[lo - 1].end > offset:
             lo -= 1
-        hi = bisect.bisect_right(starts, end)
+        hi = bisect.bisect_left(starts, end)
         merged = self.dirty[lo:hi]
         if not merged:
             self.dirty.insert(lo, _Extent(offset, bytearray(data)))
@@ -108,26 +119,36 @@ class WriteBehindBuffer:
         return len(buffer) - sum(len(e.data) for e in merged)
 
     def take(self, chunk_size: int, budget: int) -> list[_Extent]:
-        """Move ranges to send now into ``in_flight``: whole chunks, or everything when
-        forced, never a range that overlaps one already in flight, at most ``budget``
-        bytes (but always at least one range, so a large chunk cannot starve)."""
+        """Move ranges to send now into ``in_flight``: runs of adjacent extents joined
+        up to ``chunk_size``; a run shorter than that only when forced; never a range
+        that overlaps one already in flight; at most ``budget`` bytes (but always at
+        least one range, so that a large one cannot starve). ``dirty`` stays sorted."""
         taken: list[_Extent] = []
         kept: list[_Extent] = []
+        run: list[_Extent] = []
+        run_size = 0
+
+        def close_run() -> None:
+            nonlocal budget, run, run_size
+            if run and (run_size >= chunk_size or self.forced) and (budget > 0 or not taken):
+                taken.append(_join(run))
+                budget -= run_size
+            else:
+                kept.extend(run)
+            run, run_size = [], 0
+
         for extent in self.dirty:
-            if any(f.overlaps(extent.offset, extent.end) for f in self.in_flight):
+            blocked = any(f.overlaps(extent.offset, extent.end) for f in self.in_flight)
+            if run and (
+                blocked or extent.offset != run[-1].end or run_size + len(extent.data) > chunk_size
+            ):
+                close_run()
+            if blocked:
                 kept.append(extent)
-                continue
-            while extent.data and (budget > 0 or not taken):
-                size = min(chunk_size, len(extent.data))
-                if size < chunk_size and not self.forced:
-                    break
-                piece = _Extent(extent.offset, extent.data[:size])
-                del extent.data[:size]
-                extent.offset += size
-                taken.append(piece)
-                budget -= size
-            if extent.data:
-                kept.append(extent)
+            else:
+                run.append(extent)
+                run_size += len(extent.data)
+        close_run()
         self.dirty = kept
         if not kept:
             self.forced = False
@@ -198,9 +219,9 @@ class LazyWriter:
             self._wake.set()
             await self._space.park()
         buffer = fcb.write_behind
-        self.dirty_bytes += buffer.add(offset, data)
+        self.dirty_bytes += buffer.add(offset, data, self.chunk_size)
         self._fcbs[fcb] = None
-        if buffer.dirty and len(buffer.dirty[-1].data) >= self.chunk_size:
+        if len(buffer.dirty) > 1 or len(buffer.dirty[-1].data) >= self.chunk_size:
             self._wake.set()
 
     async def flush(self, fcb: Fcb) -> None:
