@@ -54,14 +54,15 @@ def full_target(tmpfs_dir: tuple[Path, str], sshd: LoopbackSshd, mount: MountFac
     return Target("sftp", mounted.path, mounted, path)
 
 
-def write_until_failure(path: Path, data: bytes, block: int) -> OSError | None:
+def write_until_failure(path: Path, data: bytes, block: int, fsync: bool) -> OSError | None:
     """Write ``data`` in ``block``-sized writes, fsync and close; the first error, if any."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     failure: OSError | None = None
     try:
         for start in range(0, len(data), block):
             os.write(fd, data[start : start + block])
-        os.fsync(fd)
+        if fsync:
+            os.fsync(fd)
     except OSError as exc:
         failure = exc
     try:
@@ -71,12 +72,14 @@ def write_until_failure(path: Path, data: bytes, block: int) -> OSError | None:
     return failure
 
 
-@pytest.mark.parametrize("block", [MIB, 4096])
+@pytest.mark.parametrize(
+    ("block", "fsync"), [(MIB, True), (4096, True), (MIB, False)], ids=["1M", "4K", "close"]
+)
 def test_full_remote_disk_reports_enospc_and_no_phantom_bytes(
-    full_target: Target, block: int
+    full_target: Target, block: int, fsync: bool
 ) -> None:
     data = random.Random(block).randbytes(2 * TMPFS_MIB * MIB)
-    failure = write_until_failure(full_target.mnt / "big", data, block)
+    failure = write_until_failure(full_target.mnt / "big", data, block, fsync)
 
     assert failure is not None, "writing twice the disk's size succeeded"
     assert failure.errno == errno.ENOSPC, f"expected ENOSPC, got {failure!r}"

@@ -230,3 +230,61 @@ def test_close_lands_every_byte_written_through_the_descriptor(target: Target) -
         file.write(data)
     # close-to-open: once close() returned, another client (the server) sees the bytes.
     assert target.landed("closed").read_bytes() == data
+
+
+def test_fsync_lands_bytes_written_through_another_descriptor(target: Target) -> None:
+    path = target.mnt / "shared-fd"
+    path.write_bytes(b"")
+    writer = os.open(path, os.O_WRONLY)
+    syncer = os.open(path, os.O_RDONLY)
+    try:
+        data = random.Random(7).randbytes(MIB + 5)
+        os.write(writer, data)
+        # fsync is about the file, not the descriptor: every byte of it is on the server.
+        os.fsync(syncer)
+        assert target.landed("shared-fd").read_bytes() == data
+        assert os.pread(syncer, len(data) + 10, 0) == data
+    finally:
+        os.close(writer)
+        os.close(syncer)
+
+
+def test_rename_and_unlink_while_open_with_unflushed_writes(target: Target) -> None:
+    fd = os.open(target.mnt / "old", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"before rename;")
+        os.rename(target.mnt / "old", target.mnt / "new")
+        os.write(fd, b"after rename")
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(target.mnt)) == ["new"]
+    assert target.landed("new").read_bytes() == b"before rename;after rename"
+    assert not target.landed("old").exists()
+
+    fd = os.open(target.mnt / "new", os.O_RDWR)
+    try:
+        os.unlink(target.mnt / "new")
+        os.pwrite(fd, b"AFTER", 14)
+        # An unlinked file stays readable and writable through its open descriptor.
+        assert os.pread(fd, 100, 0) == b"before rename;AFTER rename"
+        assert os.fstat(fd).st_size == 26
+    finally:
+        os.close(fd)
+    assert os.listdir(target.mnt) == []
+    assert not target.landed("new").exists()
+
+
+def test_sparse_write_far_past_the_end(target: Target) -> None:
+    offset = 200 * MIB
+    fd = os.open(target.mnt / "sparse", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, b"end", offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert (target.mnt / "sparse").stat().st_size == offset + 3
+    assert target.landed("sparse").stat().st_size == offset + 3
+    with (target.mnt / "sparse").open("rb") as file:
+        assert file.read(4096) == bytes(4096)
+        file.seek(offset - 5)
+        assert file.read() == bytes(5) + b"end"
