@@ -206,14 +206,15 @@ def make_machine(target: Target, local: Path) -> type[RuleBasedStateMachine]:
 
 
 def test_random_operations_match_a_local_directory(target: Target, tmp_path: Path) -> None:
+    """Soak it longer with RXFS_MODEL_EXAMPLES=500 RXFS_MODEL_STEPS=60 (and -p no:randomly)."""
     local = tmp_path / "local"
     local.mkdir()
     machine = make_machine(target, local)
     run_state_machine_as_test(
         machine,
         settings=settings(
-            max_examples=30,
-            stateful_step_count=30,
+            max_examples=int(os.environ.get("RXFS_MODEL_EXAMPLES", "30")),
+            stateful_step_count=int(os.environ.get("RXFS_MODEL_STEPS", "30")),
             deadline=None,
             derandomize=True,
             database=None,

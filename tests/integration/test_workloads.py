@@ -5,10 +5,13 @@ After each, the bytes in the server's directory must be the bytes written, by ha
 
 from __future__ import annotations
 
+import hashlib
+import mmap
 import os
 import random
 import subprocess
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -173,3 +176,44 @@ def test_python_o_append_writers_interleave_whole_records(target: Target) -> Non
     expected = sorted(f"{tag}:{i:05d}:" + "x" * 100 for tag in "AB" for i in range(records))
     for where in (path, target.landed("records")):
         assert sorted(where.read_text().splitlines()) == expected
+
+
+def test_threads_write_interleaved_blocks_through_their_own_descriptors(
+    target: Target,
+) -> None:
+    block = 256 * 1024
+    writers = 4
+    blocks = 64  # 16 MiB in all, each writer every 4th block
+    data = random.Random(8).randbytes(block * blocks)
+    path = target.mnt / "interleaved"
+    path.write_bytes(b"")
+
+    def write_share(index: int) -> None:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            for number in range(index, blocks, writers):
+                chunk = data[number * block : (number + 1) * block]
+                assert os.pwrite(fd, chunk, number * block) == block
+        finally:
+            os.close(fd)
+
+    with ThreadPoolExecutor(writers) as pool:
+        list(pool.map(write_share, range(writers)))
+
+    assert path.stat().st_size == len(data)
+    assert sha256_file(target.landed("interleaved")) == hashlib.sha256(data).hexdigest()
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_shared_mmap_writes_reach_the_server_after_msync(target: Target) -> None:
+    path = target.mnt / "mapped"
+    path.write_bytes(bytes(3 * 4096 + 100))
+    with path.open("r+b") as file, mmap.mmap(file.fileno(), 0) as mapped:
+        mapped[100:105] = b"hello"
+        mapped[8190:8200] = b"0123456789"  # straddles a page boundary
+        mapped.flush()
+    expected = bytearray(3 * 4096 + 100)
+    expected[100:105] = b"hello"
+    expected[8190:8200] = b"0123456789"
+    assert target.landed("mapped").read_bytes() == expected
+    assert path.read_bytes() == expected
