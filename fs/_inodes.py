@@ -5,6 +5,10 @@ table maps between the two and keeps an inode alive while the kernel holds looku
 (every entry returned by lookup, create, mkdir, symlink, link and readdirplus counts one;
 ``forget`` gives them back). An unlinked inode keeps its last attributes so that fstat
 on an open, deleted file still answers.
+
+An inode may have several names: a hard link made through this mount is entered under
+the inode of its source, so tar, cp -a and the kernel's own caches see one file. (SFTP v3
+carries no inode numbers, so links made elsewhere look like separate files, as with sshfs.)
 """
 
 from __future__ import annotations
@@ -25,28 +29,28 @@ ROOT_INODE = InodeT(pyfuse3.ROOT_INODE)
 
 @dataclass(slots=True)
 class _Inode:
-    path: str | None
+    paths: list[str]
     lookups: int = 0
     attributes: FileAttributes | None = None
 
 
 class InodeTable:
     def __init__(self) -> None:
-        self._by_inode: dict[InodeT, _Inode] = {ROOT_INODE: _Inode("/", lookups=1)}
+        self._by_inode: dict[InodeT, _Inode] = {ROOT_INODE: _Inode(["/"], lookups=1)}
         self._by_path: dict[str, InodeT] = {"/": ROOT_INODE}
         self._numbers = itertools.count(ROOT_INODE + 1)
 
     def path_of(self, inode: int) -> str | None:
         """The path of ``inode``; None once the name is gone (unlinked) or unknown."""
         entry = self._by_inode.get(InodeT(inode))
-        return entry.path if entry is not None else None
+        return entry.paths[0] if entry is not None and entry.paths else None
 
     def inode_of(self, path: str) -> InodeT:
         """The inode of ``path``, allocated on first sight (with no lookups yet)."""
         inode = self._by_path.get(path)
         if inode is None:
             inode = InodeT(next(self._numbers))
-            self._by_inode[inode] = _Inode(path)
+            self._by_inode[inode] = _Inode([path])
             self._by_path[path] = inode
         return inode
 
@@ -57,6 +61,18 @@ class InodeTable:
         entry.lookups += 1
         entry.attributes = attributes
         return inode
+
+    def add_link(self, inode: int, path: str, attributes: FileAttributes) -> InodeT:
+        """``path`` is a new hard link to ``inode``: one more name, one more lookup."""
+        entry = self._by_inode.get(InodeT(inode))
+        if entry is None:
+            return self.add_lookup(path, attributes)
+        self.unlink(path)
+        entry.paths.append(path)
+        entry.lookups += 1
+        entry.attributes = attributes
+        self._by_path[path] = InodeT(inode)
+        return InodeT(inode)
 
     def remember(self, inode: int, attributes: FileAttributes) -> None:
         entry = self._by_inode.get(InodeT(inode))
@@ -87,7 +103,7 @@ class InodeTable:
         inode = self._by_path.pop(path, None)
         if inode is not None:
             entry = self._by_inode[inode]
-            entry.path = None
+            entry.paths.remove(path)
             if entry.attributes is not None:
                 entry.attributes.nlink = max(entry.attributes.nlink - 1, 0)
 
@@ -100,13 +116,15 @@ class InodeTable:
         for path in moved:
             inode = self._by_path.pop(path)
             new_path = new + path[len(old) :]
-            self._by_inode[inode].path = new_path
+            paths = self._by_inode[inode].paths
+            paths[paths.index(path)] = new_path
             self._by_path[new_path] = inode
 
     def _forget_entry(self, inode: InodeT, entry: _Inode) -> None:
         del self._by_inode[inode]
-        if entry.path is not None and self._by_path.get(entry.path) == inode:
-            del self._by_path[entry.path]
+        for path in entry.paths:
+            if self._by_path.get(path) == inode:
+                del self._by_path[path]
 
     def __len__(self) -> int:
         return len(self._by_inode)

@@ -488,7 +488,8 @@ class RxOperations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         new = self._child(new_parent_inode, new_name)
         await self._set_info(FileLinkInformation(new), path=self._path(inode))
-        return await self._lookup_entry(new)
+        attrs = await self._stat(new)
+        return _entry(self.inodes.add_link(inode, new, attrs), attrs, self.options)
 
     # -- shutdown -----------------------------------------------------------------------
 

@@ -242,23 +242,33 @@ class SrvOpen:
     fobxs: list[Fobx] = field(default_factory=list)
     node_type: NodeType = NodeType.RDBSS_NTC_SRVOPEN
 
+    # These run on every read and write: plain int tests, since enum.Flag's & costs
+    # microseconds a call.
     @property
     def closed(self) -> bool:
-        return bool(self.flags & SrvOpenFlags.SRVOPEN_FLAG_CLOSED)
+        return _has(self.flags, _CLOSED)
 
     @property
     def append(self) -> bool:
-        return bool(self.flags & SrvOpenFlags.SRVOPEN_FLAG_APPEND)
+        return _has(self.flags, _APPEND)
 
     @property
     def may_cache_writes(self) -> bool:
-        return not self.flags & (
-            SrvOpenFlags.SRVOPEN_FLAG_DONTUSE_WRITE_CACHING | SrvOpenFlags.SRVOPEN_FLAG_APPEND
-        )
+        return not _has(self.flags, _NO_WRITE_CACHE | _APPEND)
 
     @property
     def may_write(self) -> bool:
-        return bool(self.desired_access & AccessMask.FILE_WRITE_DATA)
+        return _has(self.desired_access, _WRITE_DATA)
+
+
+def _has(flags: int, bits: int) -> bool:
+    return int.__and__(flags, bits) != 0
+
+
+_CLOSED = int(SrvOpenFlags.SRVOPEN_FLAG_CLOSED)
+_APPEND = int(SrvOpenFlags.SRVOPEN_FLAG_APPEND)
+_NO_WRITE_CACHE = int(SrvOpenFlags.SRVOPEN_FLAG_DONTUSE_WRITE_CACHING)
+_WRITE_DATA = int(AccessMask.FILE_WRITE_DATA)
 
 
 @dataclass(eq=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from ._rxcontext import LowIoOp, LowIoReadWriteFlags, RxContext, RxContextFlags
+from ._rxcontext import LowIoOp, LowIoReadWriteFlags, RxContext
 from .irp import ReadParameters, WriteParameters
 from .ntstatus import NtStatus, nt_success
 
@@ -41,7 +41,7 @@ async def rx_low_io_submit(rx_context: RxContext) -> NtStatus:
     if status != NtStatus.STATUS_PENDING:
         rx_context._complete(status, rx_context.io_status.information)
         return rx_context.io_status.status
-    if rx_context.flags & RxContextFlags.RX_CONTEXT_FLAG_WAIT:
+    if rx_context.waits:
         return await rx_context.wait()
     return NtStatus.STATUS_PENDING
 

@@ -106,6 +106,8 @@ class LowIoContext:
     holds_fcb_resource: bool = False
 
 
+_WAIT = int(RxContextFlags.RX_CONTEXT_FLAG_WAIT)
+
 CancelRoutine = Callable[["RxContext"], None]
 CompletionRoutine = Callable[["RxContext"], None]
 
@@ -144,6 +146,11 @@ class RxContext:
     @property
     def io_status(self) -> IoStatusBlock:
         return self.irp.io_status
+
+    @property
+    def waits(self) -> bool:
+        """The dispatcher waits for completion (RX_CONTEXT_FLAG_WAIT)."""
+        return int.__and__(self.flags, _WAIT) != 0
 
     @property
     def cancelled(self) -> bool:

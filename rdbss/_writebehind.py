@@ -43,14 +43,30 @@ log = logging.getLogger(__name__)
 MIB = 1 << 20
 
 
-@dataclass(slots=True)
 class _Extent:
-    offset: int
-    data: bytearray
+    """A run of held bytes, kept as the writers' own buffers until it is sent:
+    appending a sequential write is then a list append, not a copy."""
+
+    __slots__ = ("_parts", "length", "offset")
+
+    def __init__(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        self.offset = offset
+        self._parts = [data if isinstance(data, bytes) else bytes(data)]
+        self.length = len(data)
 
     @property
     def end(self) -> int:
-        return self.offset + len(self.data)
+        return self.offset + self.length
+
+    @property
+    def data(self) -> bytes:
+        if len(self._parts) > 1:
+            self._parts = [b"".join(self._parts)]
+        return self._parts[0]
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        self._parts.append(data if isinstance(data, bytes) else bytes(data))
+        self.length += len(data)
 
     def overlaps(self, start: int, end: int) -> bool:
         return self.offset < end and start < self.end
@@ -59,7 +75,7 @@ class _Extent:
 def _join(run: list[_Extent]) -> _Extent:
     if len(run) == 1:
         return run[0]
-    return _Extent(run[0].offset, bytearray().join(e.data for e in run))
+    return _Extent(run[0].offset, b"".join(e.data for e in run))
 
 
 @dataclass(eq=False)
@@ -75,7 +91,7 @@ class WriteBehindBuffer:
 
     @property
     def dirty_bytes(self) -> int:
-        return sum(len(e.data) for e in self.dirty)
+        return sum(e.length for e in self.dirty)
 
     @property
     def empty(self) -> bool:
@@ -97,8 +113,8 @@ class WriteBehindBuffer:
             self.dirty_since = time.monotonic()
         end = offset + len(data)
         last = self.dirty[-1] if self.dirty else None
-        if last is not None and last.end == offset and len(last.data) + len(data) <= chunk_size:
-            last.data += data  # the common case: a sequential writer
+        if last is not None and last.end == offset and last.length + len(data) <= chunk_size:
+            last.append(data)  # the common case: a sequential writer
             return len(data)
         starts = [e.offset for e in self.dirty]
         lo = bisect.bisect_left(starts, offset)
@@ -107,7 +123,7 @@ class WriteBehindBuffer:
         hi = bisect.bisect_left(starts, end)
         merged = self.dirty[lo:hi]
         if not merged:
-            self.dirty.insert(lo, _Extent(offset, bytearray(data)))
+            self.dirty.insert(lo, _Extent(offset, data))
             return len(data)
         start = min(offset, merged[0].offset)
         stop = max(end, merged[-1].end)
@@ -116,7 +132,7 @@ class WriteBehindBuffer:
             buffer[extent.offset - start : extent.end - start] = extent.data
         buffer[offset - start : end - start] = data
         self.dirty[lo:hi] = [_Extent(start, buffer)]
-        return len(buffer) - sum(len(e.data) for e in merged)
+        return len(buffer) - sum(e.length for e in merged)
 
     def take(self, chunk_size: int, budget: int) -> list[_Extent]:
         """Move ranges to send now into ``in_flight``: runs of adjacent extents joined
@@ -140,14 +156,14 @@ class WriteBehindBuffer:
         for extent in self.dirty:
             blocked = any(f.overlaps(extent.offset, extent.end) for f in self.in_flight)
             if run and (
-                blocked or extent.offset != run[-1].end or run_size + len(extent.data) > chunk_size
+                blocked or extent.offset != run[-1].end or run_size + extent.length > chunk_size
             ):
                 close_run()
             if blocked:
                 kept.append(extent)
             else:
                 run.append(extent)
-                run_size += len(extent.data)
+                run_size += extent.length
         close_run()
         self.dirty = kept
         if not kept:
@@ -221,7 +237,7 @@ class LazyWriter:
         buffer = fcb.write_behind
         self.dirty_bytes += buffer.add(offset, data, self.chunk_size)
         self._fcbs[fcb] = None
-        if len(buffer.dirty) > 1 or len(buffer.dirty[-1].data) >= self.chunk_size:
+        if len(buffer.dirty) > 1 or buffer.dirty[-1].length >= self.chunk_size:
             self._wake.set()
 
     async def flush(self, fcb: Fcb) -> None:
@@ -252,8 +268,8 @@ class LazyWriter:
             if budget <= 0:
                 break
             for extent in buffer.take(self.chunk_size, budget):
-                self.dirty_bytes -= len(extent.data)
-                self.in_flight_bytes += len(extent.data)
+                self.dirty_bytes -= extent.length
+                self.in_flight_bytes += extent.length
                 assert self._nursery is not None
                 self._nursery.start_soon(self._paging_write, fcb, extent)
             if buffer.empty:
@@ -271,7 +287,7 @@ class LazyWriter:
                 extent.end,
                 status,
             )
-        self.in_flight_bytes -= len(extent.data)
+        self.in_flight_bytes -= extent.length
         fcb.write_behind.landed(extent)
         self._wake.set()
 
