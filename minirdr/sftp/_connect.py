@@ -69,6 +69,7 @@ _DEFAULT_IDENTITY_FILES = ("~/.ssh/id_rsa", "~/.ssh/id_ecdsa", "~/.ssh/id_ed2551
 _DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 _GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 _SSH_PORT = 22
+_KNOWN_HOSTS_LOCK = threading.Lock()
 # Host key algorithms paramiko negotiates for each key type a known_hosts line can hold.
 _ALGORITHMS_FOR_KEY_TYPE = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256")}
 
@@ -244,7 +245,7 @@ def _option_port(opts: dict[str, str]) -> int | None:
 
 def _parse_port(value: str, what: str) -> int:
     """``what`` names the setting as the user wrote it, e.g. ``-o Port=abc``."""
-    if not value.isdigit() or not 1 <= int(value) <= 65535:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 65535:
         _invalid(f"{what}: expected a port number from 1 to 65535")
     return int(value)
 
@@ -644,6 +645,12 @@ def _fingerprint(blob: bytes) -> str:
 
 def _verify_host_key(key: paramiko.PKey, settings: ConnectSettings) -> None:
     """Check the server's key against known_hosts before any credential is sent."""
+    # Serialised so that a mount's parallel first connections add a new key only once.
+    with _KNOWN_HOSTS_LOCK:
+        _check_known_hosts(key, settings)
+
+
+def _check_known_hosts(key: paramiko.PKey, settings: ConnectSettings) -> None:
     blob: bytes = key.asbytes()
     key_type = _blob_key_type(blob) or key.get_name()
     name = settings.known_hosts_name
@@ -751,6 +758,7 @@ def _authenticate(
 ) -> None:
     who = f"{settings.user}@{settings.hostname}"
     tried = _AuthLog()
+    allowed: list[str] = []
     try:
         allowed = _auth_none(transport, settings.user)
         if "publickey" in allowed:
@@ -761,9 +769,10 @@ def _authenticate(
             return
         if "password" in allowed or "keyboard-interactive" in allowed:
             _auth_password(transport, settings, credentials, password_prompt, tried)
-    except paramiko.SSHException as error:
-        if isinstance(error, paramiko.AuthenticationException):
-            raise
+    except paramiko.AuthenticationException as error:
+        # e.g. the server gave up on us (MaxAuthTries) or an auth timeout: a failed login.
+        log.debug("login to %s ended early: %s", settings.target, error)
+    except (paramiko.SSHException, EOFError, OSError) as error:
         raise NtStatusError(
             NtStatus.STATUS_CONNECTION_DISCONNECTED,
             f"connection to {settings.hostname}:{settings.port} lost while logging in: {error}",

@@ -522,6 +522,7 @@ def test_every_connect_option_is_understood(tmp_path: Path) -> None:
     [
         ("sftp://h/", {"Port": "abc"}, "-o Port=abc: expected a port number from 1 to 65535"),
         ("sftp://h/", {"Port": "70000"}, "-o Port=70000: expected a port number"),
+        ("sftp://h/", {"Port": "²"}, "-o Port=²: expected a port number"),
         ("sftp://h/", {"User": "a b"}, "-o User=a b: expected a login name"),
         ("sftp://h/", {"StrictHostKeyChecking": "maybe"}, "expected yes, accept-new or no"),
         ("sftp://h/", {"ConnectTimeout": "-1"}, "-o ConnectTimeout=-1: expected a number"),
