@@ -9,6 +9,9 @@ host key checking on. It listens on 127.0.0.1 only and talks to nothing else.
         subprocess.run(["rxfs", "mount", sshd.url(), "/mnt/x",
                         *sshd.mount_option_args()])
 
+From a shell, ``python -m rxfs.minirdr.sftp.loopback`` runs one until Ctrl-C (or SIGTERM)
+and prints the URL and the ``rxfs mount`` command line for it.
+
 Lessons from these machines (see DESIGN.md section 8): sshd wants /run/sshd; keys in a temp
 dir need ``StrictModes no``; with ``UsePAM no`` an account whose password field is ``!`` is
 refused even for key logins, so :func:`ensure_test_account` creates accounts with ``*``.
@@ -16,6 +19,7 @@ refused even for key logins, so :func:`ensure_test_account` creates accounts wit
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import hashlib
@@ -26,6 +30,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -401,3 +406,33 @@ def _child_pids(parent: int) -> list[int]:
 def random_password() -> str:
     """A password for a throwaway test account."""
     return secrets.token_urlsafe(16)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a loopback sshd until SIGINT/SIGTERM, printing how to mount it."""
+    parser = argparse.ArgumentParser(
+        prog="python -m rxfs.minirdr.sftp.loopback",
+        description="Serve a directory over SFTP on 127.0.0.1 with throwaway keys.",
+    )
+    parser.add_argument("--user", help="login account (default: the current user)")
+    parser.add_argument("--root", help="directory to serve (default: a fresh temp dir)")
+    args = parser.parse_args(argv)
+    # SIGTERM becomes SystemExit, so the with-block below still cleans up.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
+    try:
+        with LoopbackSshd(args.user, root=args.root) as sshd:
+            print(f"sftp URL: {sshd.url()}")
+            options = " ".join(sshd.mount_option_args())
+            print(f"mount:    rxfs mount {sshd.url()} MOUNTPOINT {options}")
+            print(f"host key: {sshd.host_key_fingerprint}; Ctrl-C stops the server", flush=True)
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
+    except SshdError as error:
+        print(f"loopback sshd: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

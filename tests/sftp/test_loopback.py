@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import socket
 import subprocess
+import sys
 
 import paramiko
 import pytest
@@ -189,3 +191,26 @@ def test_missing_sshd_says_how_to_install_it(
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SshdNotFoundError, match=r"apt-get install openssh-server"):
         LoopbackSshd().start()
+
+
+def test_command_line_server_prints_how_to_mount_and_cleans_up_on_sigterm() -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rxfs.minirdr.sftp.loopback"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        url_line = server.stdout.readline()
+        mount_line = server.stdout.readline()
+        assert url_line.startswith("sftp URL: sftp://")
+        assert "rxfs mount sftp://" in mount_line
+        assert "-o IdentityFile=" in mount_line
+        state_dir = pathlib.Path(mount_line.split("IdentityFile=")[1].split(",")[0]).parent
+        assert state_dir.is_dir()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=15) == 0
+        if server.stdout is not None:
+            server.stdout.close()
+    assert not state_dir.exists()
