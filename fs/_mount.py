@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 from rxfs.minirdr import MiniRdrDispatch
-from rxfs.rdbss import MountError, NtStatus, RxDevice
+from rxfs.rdbss import CoreOptions, MountError, NtStatus, RxDevice
 
 from ._operations import FsOptions, RxOperations
 
@@ -32,6 +32,7 @@ class MountRequest:
     url: str
     mountpoint: str
     fs_options: FsOptions = field(default_factory=FsOptions)
+    core_options: CoreOptions = field(default_factory=CoreOptions)
     backend_options: dict[str, str] = field(default_factory=dict)
     allow_other: bool = False
 
@@ -58,7 +59,7 @@ async def serve(request: MountRequest, minirdr: MiniRdrDispatch, ready: ReadyCal
 
     ``ready`` hears None once the mount is usable, or the reason it never will be.
     """
-    device = RxDevice(minirdr, request.url, request.backend_options)
+    device = RxDevice(minirdr, request.url, request.backend_options, request.core_options)
     operations = RxOperations(device, request.fs_options)
     failure: MountFailedError | None = None
     async with trio.open_nursery() as nursery:

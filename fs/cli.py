@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from rxfs.minirdr import MiniRdrDispatch, UnknownSchemeError, available_backends, load_backend
+from rxfs.rdbss import CORE_OPTIONS, CoreOptions
 
 from ._mount import MountRequest, pid_alive, run
 from ._operations import FsOptions
@@ -86,9 +87,11 @@ def parse_options(groups: Sequence[str]) -> dict[str, str]:
 
 def split_options(
     options: dict[str, str], minirdr: type[MiniRdrDispatch]
-) -> tuple[FsOptions, dict[str, str], bool]:
-    """Sort ``-o`` options to the front end and the backend; refuse unknown names."""
+) -> tuple[FsOptions, CoreOptions, dict[str, str], bool]:
+    """Sort ``-o`` options to the front end, the core and the backend; refuse unknown
+    names and bad values."""
     fs_options = FsOptions()
+    core: dict[str, str] = {}
     backend: dict[str, str] = {}
     allow_other = False
     for name, value in options.items():
@@ -104,14 +107,20 @@ def split_options(
             allow_other = True
         elif name == "default_permissions":
             pass
+        elif name in CORE_OPTIONS:
+            core[name] = value
         elif name in minirdr.option_names:
             backend[name] = value
         else:
-            known = sorted([*FsOptions.NAMES, *minirdr.option_names])
+            known = sorted([*FsOptions.NAMES, *CORE_OPTIONS, *minirdr.option_names])
             raise UsageError(
                 f"unknown option -o {name} for {minirdr.scheme}:// (known: {', '.join(known)})"
             )
-    return fs_options, backend, allow_other
+    try:
+        core_options = CoreOptions.parse(core)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return fs_options, core_options, backend, allow_other
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -144,8 +153,12 @@ def _build_request(args: argparse.Namespace) -> tuple[MountRequest, type[MiniRdr
     except UnknownSchemeError as exc:
         raise UsageError(str(exc)) from None
     mountpoint = _check_mountpoint(args.mountpoint)
-    fs_options, backend_options, allow_other = split_options(parse_options(args.options), minirdr)
-    request = MountRequest(args.url, mountpoint, fs_options, backend_options, allow_other)
+    fs_options, core_options, backend_options, allow_other = split_options(
+        parse_options(args.options), minirdr
+    )
+    request = MountRequest(
+        args.url, mountpoint, fs_options, core_options, backend_options, allow_other
+    )
     return request, minirdr
 
 

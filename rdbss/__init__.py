@@ -4,7 +4,7 @@ Never imports pyfuse3: the front end (rxfs.fs) builds IRPs and maps the NTSTATUS
 back; backends (rxfs.minirdr) implement the dispatch table.
 """
 
-from ._device import MountError, RxDevice
+from ._device import CORE_OPTIONS, CoreOptions, MountError, RxDevice
 from ._dispatch import IRP_MN_FLUSH_NO_SYNC
 from ._objects import (
     Fcb,
@@ -19,6 +19,7 @@ from ._objects import (
     normalize_path,
 )
 from ._readwrite import MAX_FILE_SIZE
+from ._reconnect import RETRYABLE, Reconnector, SrvCallState
 from ._resource import FcbResource
 from ._rxcontext import (
     CancelRoutine,
@@ -32,9 +33,12 @@ from ._rxcontext import (
 from .ntstatus import NtStatus, NtStatusError, nt_success
 
 __all__ = [
+    "CORE_OPTIONS",
     "IRP_MN_FLUSH_NO_SYNC",
     "MAX_FILE_SIZE",
+    "RETRYABLE",
     "CancelRoutine",
+    "CoreOptions",
     "Fcb",
     "FcbResource",
     "FcbState",
@@ -48,10 +52,12 @@ __all__ = [
     "NtStatus",
     "NtStatusError",
     "ReadWriteParams",
+    "Reconnector",
     "RxContext",
     "RxContextFlags",
     "RxDevice",
     "SrvCall",
+    "SrvCallState",
     "SrvOpen",
     "SrvOpenFlags",
     "VNetRoot",

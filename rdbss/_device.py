@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, urlsplit
 
 import trio
 
-from ._dispatch import DISPATCH_TABLE
-from ._objects import NetRoot, SrvCall, VNetRoot, normalize_path
+from ._dispatch import DISPATCH_TABLE, Routine
+from ._objects import NetRoot, SrvCall, SrvOpen, VNetRoot, normalize_path
+from ._reconnect import RETRYABLE, Reconnector
 from ._rxcontext import RxContext, RxContextFlags
 from ._writebehind import MIB, LazyWriter
 from .irp import IoStatusBlock, Irp
@@ -18,9 +20,52 @@ from .ntstatus import NtStatus, NtStatusError, nt_success
 if TYPE_CHECKING:
     from rxfs.minirdr import MiniRdrDispatch
 
-__all__ = ["MountError", "RxDevice"]
+__all__ = ["CORE_OPTIONS", "CoreOptions", "MountError", "RxDevice"]
 
 log = logging.getLogger(__name__)
+
+
+CORE_OPTIONS = {
+    "dirty_limit": "bytes written but not yet sent that a mount may hold before writers "
+    "wait (default 64M; K, M, G suffixes)",
+    "reconnect_timeout": "seconds to keep reconnecting to a lost server before I/O fails "
+    "(default 120)",
+}
+
+_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+@dataclass(slots=True)
+class CoreOptions:
+    """The core's own mount options (``-o dirty_limit=...``)."""
+
+    dirty_limit: int = 64 * MIB
+    reconnect_timeout: float = 120.0
+
+    @classmethod
+    def parse(cls, options: dict[str, str]) -> CoreOptions:
+        """Raises ValueError with a one-line message for a bad value."""
+        core = cls()
+        if "dirty_limit" in options:
+            text = options["dirty_limit"].strip().upper().removesuffix("B")
+            number, suffix = (text[:-1], text[-1]) if text[-1:] in "KMG" else (text, "")
+            if not number.isdigit() or int(number) * _SUFFIXES[suffix] < MIB:
+                raise ValueError(
+                    f"-o dirty_limit= wants a size of at least 1M (e.g. 64M), "
+                    f"not {options['dirty_limit']!r}"
+                )
+            core.dirty_limit = int(number) * _SUFFIXES[suffix]
+        if "reconnect_timeout" in options:
+            try:
+                core.reconnect_timeout = float(options["reconnect_timeout"])
+            except ValueError:
+                core.reconnect_timeout = -1
+            if core.reconnect_timeout < 0:
+                raise ValueError(
+                    "-o reconnect_timeout= wants a number of seconds >= 0, "
+                    f"not {options['reconnect_timeout']!r}"
+                )
+        return core
 
 
 class MountError(Exception):
@@ -43,15 +88,20 @@ class RxDevice:
         minirdr: MiniRdrDispatch,
         url: str | SplitResult,
         options: dict[str, str] | None = None,
-        *,
-        dirty_limit: int = 64 * MIB,
+        core: CoreOptions | None = None,
     ) -> None:
         self.minirdr = minirdr
         self.url = urlsplit(url) if isinstance(url, str) else url
         self.options = dict(options or {})
+        self.core = core or CoreOptions()
         self.lazy_writer = LazyWriter(
-            self, dirty_limit=dirty_limit, in_flight_limit=max(dirty_limit // 2, MIB)
+            self,
+            dirty_limit=self.core.dirty_limit,
+            in_flight_limit=max(self.core.dirty_limit // 2, MIB),
         )
+        self.reconnector = Reconnector(self, self.core.reconnect_timeout)
+        # Every SrvOpen not yet closed: a reconnect reopens them all.
+        self.srv_opens: set[SrvOpen] = set()
         self._nursery: trio.Nursery | None = None
         self._srv_call: SrvCall | None = None
         self._net_root: NetRoot | None = None
@@ -133,17 +183,26 @@ class RxDevice:
         if routine is None:
             irp.io_status.status = NtStatus.STATUS_INVALID_DEVICE_REQUEST
             return irp.io_status
-        rx_context = RxContext(self, irp, fobx=irp.file_object, flags=flags)
-        try:
-            status = await routine(rx_context)
-        except NtStatusError as exc:
-            log.info("%r failed: %s", rx_context, exc.message)
-            status = exc.status
+        generation = self.reconnector.generation
+        status = await self._run(routine, irp, flags)
+        # The connection went away under the request: replay it on a new one.
+        while status in RETRYABLE and await self.reconnector.recover(generation):
+            generation = self.reconnector.generation
+            irp.io_status = IoStatusBlock()
+            status = await self._run(routine, irp, flags)
         if status == NtStatus.STATUS_PENDING and flags & RxContextFlags.RX_CONTEXT_FLAG_WAIT:
-            log.error("%r returned STATUS_PENDING to a waiting caller", rx_context)
+            log.error("%s returned STATUS_PENDING to a waiting caller", irp.major_function.name)
             status = NtStatus.STATUS_UNSUCCESSFUL
         irp.io_status.status = status
         return irp.io_status
+
+    async def _run(self, routine: Routine, irp: Irp, flags: RxContextFlags) -> NtStatus:
+        rx_context = RxContext(self, irp, fobx=irp.file_object, flags=flags)
+        try:
+            return await routine(rx_context)
+        except NtStatusError as exc:
+            log.info("%r failed: %s", rx_context, exc.message)
+            return exc.status
 
 
 def _check(status: NtStatus, message: str) -> None:

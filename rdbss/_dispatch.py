@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from ._objects import Fcb, Fobx, SrvOpen, SrvOpenFlags, normalize_path
 from ._readwrite import common_read, common_write, rx_low_io_submit
+from ._reconnect import RETRYABLE
 from ._rxcontext import LowIoOp, RxContext
 from .irp import (
     AccessMask,
@@ -71,6 +72,7 @@ async def common_create(rx_context: RxContext) -> NtStatus:
     fobx = Fobx(srv_open, write_error_seq=fcb.write_error_seq)
     srv_open.fobxs.append(fobx)
     fcb.srv_opens.append(srv_open)
+    rx_context.device.srv_opens.add(srv_open)
     irp.file_object = fobx
     return status
 
@@ -95,8 +97,13 @@ async def common_close(rx_context: RxContext) -> NtStatus:
     # The lazy writer sends through an open handle: what this file still holds must
     # land before the last one that can write goes.
     await rx_context.device.lazy_writer.flush(fcb)
+    rx_context.device.srv_opens.discard(srv_open)
     try:
         status = await rx_context.device.minirdr.close_srv_open(rx_context)
+        if status in RETRYABLE:
+            # The handle died with its connection: closed all the same. What was
+            # written through it landed before (the flush above), or is latched.
+            status = NtStatus.STATUS_SUCCESS
     finally:
         srv_open.flags |= SrvOpenFlags.SRVOPEN_FLAG_CLOSED
         if srv_open in fcb.srv_opens:

@@ -145,8 +145,12 @@ class MemoryMiniRdr(MiniRdrDispatch):
         return NtStatus.STATUS_SUCCESS
 
     async def create_srv_call(self, srv_call: SrvCall) -> NtStatus:
+        # The core calls this again to reconnect after a lost connection; the tree is
+        # this process's memory and stays as it is.
         share = srv_call.url.netloc
-        self._tree = _Lookup(_TREES.setdefault(share, _new_dir()) if share else _new_dir())
+        if share and srv_call.context is None:
+            self._tree = _Lookup(_TREES.setdefault(share, _new_dir()))
+        srv_call.context = share
         return NtStatus.STATUS_SUCCESS
 
     async def create_v_net_root(self, v_net_root: VNetRoot) -> NtStatus:

@@ -1,0 +1,154 @@
+"""Surviving a lost connection: reconnect the SrvCall, reopen SrvOpens, replay.
+
+DESIGN §4: a dropped connection is not a failure of the data. A request that fails with
+a status saying the connection is gone (or a deadline passed, which counts as the same)
+asks the device's :class:`Reconnector` to recover. One reconnect runs at a time; every
+request that failed meanwhile waits for it and is then replayed (a positioned write is
+idempotent). The reconnect calls the backend's ``create_srv_call`` again, which drops
+what is left of the old connection and connects anew, then reopens every SrvOpen with
+FILE_OPEN (never truncating) so that descriptors opened before the drop keep working.
+
+Attempts back off with jitter up to ``reconnect_timeout`` seconds after the loss. Past
+that the waiting requests fail and held bytes are reported as not landed; the next
+request after that tries once more at once, so a server that comes back is used again
+without remounting.
+
+RDBSS does this through SrvCall/NetRoot state transitions and the mini-redirector's
+reconnect on create; the shape here is the same with the policy in one place.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._rxcontext import RxContext
+from .irp import AccessMask, CreateDisposition, CreateOptions, CreateParameters, Irp, IrpMj
+from .ntstatus import NtStatus, NtStatusError, nt_success
+
+if TYPE_CHECKING:
+    from ._device import RxDevice
+    from ._objects import SrvOpen
+
+__all__ = ["RETRYABLE", "Reconnector", "SrvCallState"]
+
+log = logging.getLogger(__name__)
+
+# Statuses that mean "the connection is gone", not "the server said no".
+RETRYABLE = frozenset(
+    {
+        NtStatus.STATUS_CONNECTION_DISCONNECTED,
+        NtStatus.STATUS_IO_TIMEOUT,
+        NtStatus.STATUS_UNEXPECTED_NETWORK_ERROR,
+        NtStatus.STATUS_NETWORK_NAME_DELETED,
+    }
+)
+
+
+class SrvCallState(enum.Enum):
+    ACTIVE = "active"
+    RECONNECTING = "reconnecting"
+    # The last recovery ran out of time; the next request tries once more.
+    UNREACHABLE = "unreachable"
+
+
+class Reconnector:
+    def __init__(
+        self,
+        device: RxDevice,
+        reconnect_timeout: float = 120.0,
+        first_delay: float = 0.2,
+        max_delay: float = 10.0,
+    ) -> None:
+        self.device = device
+        self.reconnect_timeout = reconnect_timeout
+        self.first_delay = first_delay
+        self.max_delay = max_delay
+        self.state = SrvCallState.ACTIVE
+        # Bumped by every successful reconnect: a request that failed on an older
+        # connection knows a newer one exists and simply replays.
+        self.generation = 0
+        self.reconnects = 0
+        self._done: trio.Event | None = None
+
+    async def recover(self, seen_generation: int) -> bool:
+        """Called by a request that failed with a RETRYABLE status on the connection of
+        ``seen_generation``. True: a newer connection is up, replay. False: the server
+        stayed away; fail the request."""
+        if self.generation > seen_generation:
+            return True
+        if self._done is not None:
+            await self._done.wait()
+            return self.generation > seen_generation
+        self._done = trio.Event()
+        try:
+            budget = 0.0 if self.state is SrvCallState.UNREACHABLE else self.reconnect_timeout
+            return await self._reconnect(budget)
+        finally:
+            done, self._done = self._done, None
+            done.set()
+
+    async def _reconnect(self, budget: float) -> bool:
+        self.state = SrvCallState.RECONNECTING
+        deadline = time.monotonic() + budget
+        delay = self.first_delay
+        name = self.device.srv_call.name
+        log.warning("connection to %s lost; reconnecting (for up to %gs)", name, budget)
+        while True:
+            status = await self._reconnect_once()
+            if nt_success(status):
+                self.generation += 1
+                self.reconnects += 1
+                self.state = SrvCallState.ACTIVE
+                log.warning("reconnected to %s", name)
+                return True
+            wait = delay * random.uniform(0.5, 1.0)
+            if time.monotonic() + wait > deadline:
+                self.state = SrvCallState.UNREACHABLE
+                log.error("%s unreachable (%s); failing what waits for it", name, status)
+                return False
+            await trio.sleep(wait)
+            delay = min(delay * 2, self.max_delay)
+
+    async def _reconnect_once(self) -> NtStatus:
+        device = self.device
+        srv_call = device.srv_call
+        try:
+            status = await device.minirdr.create_srv_call(srv_call)
+        except NtStatusError as exc:
+            status = exc.status
+            srv_call.status_message = exc.message
+        srv_call.status = status
+        if not nt_success(status):
+            return status
+        for srv_open in list(device.srv_opens):
+            status = await self._reopen(srv_open)
+            if status in RETRYABLE:
+                return status
+        return NtStatus.STATUS_SUCCESS
+
+    async def _reopen(self, srv_open: SrvOpen) -> NtStatus:
+        """Reopen a handle that died with the connection, without truncating. A file
+        that cannot be reopened (deleted meanwhile) keeps its error for its writers."""
+        fcb = srv_open.fcb
+        is_dir = fcb.is_directory
+        params = CreateParameters(
+            srv_open.desired_access & ~AccessMask.DELETE,
+            CreateDisposition.FILE_OPEN,
+            CreateOptions.FILE_DIRECTORY_FILE if is_dir else CreateOptions.FILE_NON_DIRECTORY_FILE,
+        )
+        irp = Irp(IrpMj.IRP_MJ_CREATE, params, file_name=fcb.path)
+        rx_context = RxContext(self.device, irp, fcb=fcb, srv_open=srv_open)
+        try:
+            status = await self.device.minirdr.create(rx_context)
+        except NtStatusError as exc:
+            status = exc.status
+        if not nt_success(status) and status not in RETRYABLE:
+            log.error("cannot reopen %s after reconnecting: %s", fcb.path, status)
+            fcb.latch_write_error(status)
+        return status
