@@ -585,14 +585,19 @@ class _ReadSeg:
     start: int
     length: int
     done: trio.Event = field(default_factory=trio.Event)
-    data: bytes = b""
+    data: memoryview | bytes = b""
     error: SftpError | None = None
+    used: int = 0  # bytes handed out to readers
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
 
     def resolve(self, reply: Reply | SftpError) -> None:
         if isinstance(reply, SftpError):
             self.error = reply
         elif reply.kind == PacketType.DATA:
-            self.data = bytes(reply.body.view())
+            self.data = reply.body.view()
         else:
             error = _status_of(reply)
             if error is not None and error.code != SftpStatusCode.SSH_FX_EOF:
@@ -727,53 +732,109 @@ class RemoteFile:
     async def read(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset``; fewer only at the end of the file.
 
-        Sequential reads are served from a read-ahead window of pipelined READ
-        requests that doubles with each sequential hit, up to 4 MiB.
+        Reads that stay inside (or just past) the read-ahead window are served from it,
+        and the window, made of pipelined READ requests, doubles with each such hit up
+        to 4 MiB. The kernel sends a sequential reader's requests several at a time and
+        not always in order, so a hit is any offset the window covers, not only its
+        first byte; a read just behind the window (a straggler whose segment its
+        neighbours already used up) is fetched on its own and leaves the window alone.
+        Only a read elsewhere starts a new window.
         """
-        if not self._ahead or self._ahead[0].start != offset:
-            self.invalidate_read_ahead()
-            self._ahead_size = length
-        else:
-            self._ahead_size = min(max(2 * self._ahead_size, length), _MAX_READ_AHEAD)
-        await self._extend_window(offset, offset + length)
-        self._extend_read_ahead(offset, offset + length + self._ahead_size)
-        out: list[bytes] = []
-        wanted = length
-        while wanted > 0 and self._ahead:
-            seg = self._ahead[0]
+        end = offset + length
+        while True:
+            segs = await self._segments_for(offset, end)
+            if _covers(segs, offset, end):
+                break
+            # A write or another read reshaped the window while we waited for room.
+        out: list[memoryview | bytes] = []
+        pos = offset
+        for seg in segs:
             await seg.done.wait()
             if seg.error is not None:
-                self.invalidate_read_ahead()
+                self._forget(seg)
                 raise seg.error
-            piece = seg.data[:wanted]
+            piece = seg.data[pos - seg.start : end - seg.start]
             out.append(piece)
-            wanted -= len(piece)
+            pos += len(piece)
+            seg.used += len(piece)
             if len(seg.data) < seg.length:
                 # The file ends here; what was read beyond is not to be trusted.
-                self.invalidate_read_ahead()
+                self._forget(seg)
                 break
-            if len(piece) == len(seg.data):
-                self._ahead.popleft()
-            else:
-                seg.data = seg.data[len(piece) :]
-                seg.start += len(piece)
-                seg.length -= len(piece)
+        self._drop_used()
         return b"".join(out)
 
-    def _window_end(self, offset: int) -> int:
-        return self._ahead[-1].start + self._ahead[-1].length if self._ahead else offset
+    async def _segments_for(self, offset: int, end: int) -> list[_ReadSeg]:
+        """The segments holding [offset, end), asked for where missing, read-ahead
+        extended past them."""
+        ahead = self._ahead
+        if ahead and ahead[0].start <= offset <= self._window_end(offset):
+            self._ahead_size = min(max(2 * self._ahead_size, end - offset), _MAX_READ_AHEAD)
+        elif (
+            ahead
+            and ahead[0].start - _MAX_READ_AHEAD <= offset < ahead[0].start
+            and end <= self._window_end(offset)
+        ):
+            window_start = ahead[0].start
+            return await self._fetch(offset, window_start) + self._overlapping(window_start, end)
+        else:
+            self.invalidate_read_ahead()
+            self._ahead_size = end - offset
+        self._trim(offset)
+        await self._fill_window(offset, end)
+        self._extend_read_ahead(offset, end + self._ahead_size)
+        return self._overlapping(offset, end)
 
-    async def _extend_window(self, offset: int, end: int) -> None:
-        """Queue the READ requests a caller waits for (waiting for room if need be)."""
+    def _overlapping(self, offset: int, end: int) -> list[_ReadSeg]:
+        return [seg for seg in self._ahead if seg.start < end and seg.end > offset]
+
+    def _window_end(self, offset: int) -> int:
+        return self._ahead[-1].end if self._ahead else offset
+
+    def _forget(self, seg: _ReadSeg) -> None:
+        """Drop the window if ``seg`` (failed, or short at the end of the file) is in it."""
+        if seg in self._ahead:
+            self.invalidate_read_ahead()
+
+    def _trim(self, offset: int) -> None:
+        """Segments far behind the reader will not be asked for again."""
+        while self._ahead and self._ahead[0].end <= offset - _MAX_READ_AHEAD:
+            self._ahead.popleft()
+
+    def _drop_used(self) -> None:
+        """Segments whose every byte has been handed out leave the window."""
+        while self._ahead and self._ahead[0].used >= self._ahead[0].length:
+            self._ahead.popleft()
+
+    async def _fill_window(self, offset: int, end: int) -> None:
+        """Extend the window to ``end`` with requests a caller waits for (waiting for
+        room in the budget if need be). Each segment joins the window as soon as it is
+        asked for, so a concurrent read sees it and does not ask again."""
         session = self.session
-        pos = self._window_end(offset)
-        while pos < end:
-            seg = _ReadSeg(pos, min(session.max_read, end - pos))
-            await session._budget.acquire(seg.length)
-            session._enqueue(self._read_builder(seg), seg.resolve, seg.length)
-            session.stats.read_requests += 1
-            self._ahead.append(seg)
-            pos += seg.length
+        while self._window_end(offset) < end:
+            length = session.max_read
+            await session._budget.acquire(length)
+            pos = self._window_end(offset)  # another read may have extended it meanwhile
+            if pos >= end:
+                session._budget.release(length)
+                return
+            self._ahead.append(self._send_read(pos, length))
+
+    async def _fetch(self, offset: int, end: int) -> list[_ReadSeg]:
+        """READ requests for [offset, end) outside the window, for one caller."""
+        segs: list[_ReadSeg] = []
+        for pos in range(offset, end, self.session.max_read):
+            length = min(self.session.max_read, end - pos)
+            await self.session._budget.acquire(length)
+            segs.append(self._send_read(pos, length))
+        return segs
+
+    def _send_read(self, pos: int, length: int) -> _ReadSeg:
+        """Queue one READ whose budget is already taken."""
+        seg = _ReadSeg(pos, length)
+        self.session._enqueue(self._read_builder(seg), seg.resolve, length)
+        self.session.stats.read_requests += 1
+        return seg
 
     def _extend_read_ahead(self, offset: int, end: int) -> None:
         """Queue read-ahead only while the session has room: it must never hold up a
@@ -783,13 +844,10 @@ class RemoteFile:
         while pos < end:
             # Whole server-sized requests: a window that grows by each small read must
             # not turn into as many small requests.
-            seg = _ReadSeg(pos, session.max_read)
-            if not session._budget.try_acquire(seg.length):
+            if not session._budget.try_acquire(session.max_read):
                 return
-            session._enqueue(self._read_builder(seg), seg.resolve, seg.length)
-            session.stats.read_requests += 1
-            self._ahead.append(seg)
-            pos += seg.length
+            self._ahead.append(self._send_read(pos, session.max_read))
+            pos += session.max_read
 
     def _read_builder(self, seg: _ReadSeg) -> Callable[[int], bytes]:
         fields = (self._handle_field, u64(seg.start), u32(seg.length))
@@ -862,6 +920,16 @@ class SessionPool:
             session.close()
         for transport in self.transports:
             transport.close()
+
+
+def _covers(segs: list[_ReadSeg], offset: int, end: int) -> bool:
+    """Whether ``segs`` are contiguous from ``offset`` to ``end``."""
+    pos = offset
+    for seg in segs:
+        if seg.start > pos:
+            return False
+        pos = max(pos, seg.end)
+    return pos >= end
 
 
 def _whole_pages(limit: int) -> int:

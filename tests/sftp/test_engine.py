@@ -153,6 +153,38 @@ async def test_sequential_reads_are_served_from_read_ahead(
 
 
 @trio_test
+async def test_concurrent_out_of_order_reads_share_one_read_ahead_window(
+    sshd: LoopbackSshd, workdir: Path
+) -> None:
+    """The kernel sends a sequential reader's 128 KiB reads several at a time, and they
+    reach the backend slightly out of order: each must still be a read-ahead hit."""
+    piece = 128 * 1024
+    content = os.urandom(64 * piece + 7)
+    (workdir / "c").write_bytes(content)
+    got: dict[int, bytes] = {}
+    async with session_on(sshd) as session:
+        remote, _ = await session.open_file(str(workdir / "c"), OpenFlags.SSH_FXF_READ)
+
+        async def read_at(offset: int) -> None:
+            got[offset] = await remote.read(offset, piece)
+
+        for first in range(0, len(content), 4 * piece):
+            async with trio.open_nursery() as nursery:
+                # Second, first, fourth, third: as FUSE's worker tasks may run them.
+                for offset in (first + piece, first, first + 3 * piece, first + 2 * piece):
+                    if offset < len(content):  # the kernel never reads past the end
+                        nursery.start_soon(read_at, offset)
+                        await trio.lowlevel.checkpoint()
+        await remote.close()
+        requests = session.stats.read_requests
+    assert b"".join(got[offset] for offset in sorted(got)) == content
+    # Whole server-sized requests, each asked for once; a few more at the window's
+    # start, and read-ahead that ran past the end of the file (up to 4 MiB of it).
+    past_the_end = 4 * 1024 * 1024 // session.max_read
+    assert requests <= len(content) // session.max_read + past_the_end + 6
+
+
+@trio_test
 async def test_extensions_statvfs_fsync_hardlink_posix_rename(
     sshd: LoopbackSshd, workdir: Path
 ) -> None:
