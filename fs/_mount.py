@@ -11,6 +11,7 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyfuse3
 import trio
@@ -35,6 +36,8 @@ class MountRequest:
     core_options: CoreOptions = field(default_factory=CoreOptions)
     backend_options: dict[str, str] = field(default_factory=dict)
     allow_other: bool = False
+    # Where the lines about data that could not be flushed at unmount go.
+    report_path: Path | None = None
 
 
 class MountFailedError(Exception):
@@ -66,12 +69,13 @@ async def serve(request: MountRequest, minirdr: MiniRdrDispatch, ready: ReadyCal
         failure = await _attach(request, device, operations, nursery)
         if failure is None:
             ready(None)
-            nursery.start_soon(_unmount_on_signal, operations)
+            shutdown = _Shutdown(operations, device, request.report_path)
+            nursery.start_soon(_watch_signals, shutdown, nursery)
             try:
                 await pyfuse3.main()
             finally:
                 with trio.CancelScope(shield=True):
-                    await _teardown(operations, device)
+                    await shutdown.teardown()
         nursery.cancel_scope.cancel()
     if failure is not None:
         ready(str(failure))
@@ -98,24 +102,66 @@ async def _attach(
     return None
 
 
-async def _teardown(operations: RxOperations, device: RxDevice) -> None:
-    failed = await operations.close_all()
-    for line in failed:
-        log.error("not flushed at unmount: %s", line)
-    pyfuse3.close(unmount=True)
-    await device.stop()
-    log.info("unmounted")
+class _Shutdown:
+    """Unmount in order: flush every open file and every held byte, then end the FUSE
+    loop, unmount and disconnect. A second signal stops waiting for the flush; what did
+    not land is logged and written to the report ``rxfs umount`` prints."""
+
+    def __init__(
+        self, operations: RxOperations, device: RxDevice, report_path: Path | None
+    ) -> None:
+        self.operations = operations
+        self.device = device
+        self.report_path = report_path
+        self.unflushed: list[str] = []
+        self.forced = False
+        self._flush_scope: trio.CancelScope | None = None
+
+    async def flush(self) -> None:
+        with trio.CancelScope() as self._flush_scope:
+            self.unflushed += await self.operations.close_all()
+            await self.device.lazy_writer.flush_all()
+        if self._flush_scope.cancelled_caught:
+            self.unflushed += [
+                f"{path}: bytes {start}-{end} (unmount forced)"
+                for path, start, end in self.device.lazy_writer.held()
+            ]
+
+    async def flush_then_unmount(self) -> None:
+        await self.flush()
+        pyfuse3.terminate()
+
+    def force(self) -> None:
+        self.forced = True
+        if self._flush_scope is not None:
+            self._flush_scope.cancel()
+        pyfuse3.terminate()
+
+    async def teardown(self) -> None:
+        if not self.forced:
+            await self.flush()
+        pyfuse3.close(unmount=True)
+        await self.device.stop(flush=not self.forced)
+        for line in self.unflushed:
+            log.error("not flushed: %s", line)
+        if self.report_path is not None and self.unflushed:
+            self.report_path.write_text("".join(f"{line}\n" for line in self.unflushed))
+        log.info("unmounted")
 
 
-async def _unmount_on_signal(operations: RxOperations) -> None:
-    """SIGINT/SIGTERM: flush what is open, then end the FUSE loop (which unmounts)."""
+async def _watch_signals(shutdown: _Shutdown, nursery: trio.Nursery) -> None:
+    """First SIGINT/SIGTERM: flush, then unmount. A second one: unmount now."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        first = True
         async for signum in signals:
-            log.info("%s: flushing and unmounting", signal.Signals(signum).name)
-            for line in await operations.close_all():
-                log.error("not flushed: %s", line)
-            pyfuse3.terminate()
-            return
+            name = signal.Signals(signum).name
+            if first:
+                log.info("%s: flushing, then unmounting (send it again to force)", name)
+                nursery.start_soon(shutdown.flush_then_unmount)
+                first = False
+            else:
+                log.warning("%s again: unmounting without waiting for the flush", name)
+                shutdown.force()
 
 
 def run(request: MountRequest, minirdr: MiniRdrDispatch, ready: ReadyCallback) -> int:

@@ -156,8 +156,10 @@ def _build_request(args: argparse.Namespace) -> tuple[MountRequest, type[MiniRdr
     fs_options, core_options, backend_options, allow_other = split_options(
         parse_options(args.options), minirdr
     )
+    report = _state_file(mountpoint, "unflushed")
+    report.unlink(missing_ok=True)
     request = MountRequest(
-        args.url, mountpoint, fs_options, core_options, backend_options, allow_other
+        args.url, mountpoint, fs_options, core_options, backend_options, allow_other, report
     )
     return request, minirdr
 
@@ -264,6 +266,8 @@ def cmd_umount(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
     with contextlib.suppress(FileNotFoundError):
         pid_file.unlink()
+    if _print_unflushed(mountpoint):
+        return EXIT_FAILURE
     if mounted_at(mountpoint) is None:
         if pid is None:
             raise UsageError(f"{args.mountpoint} is not mounted")
@@ -280,6 +284,19 @@ def cmd_umount(args: argparse.Namespace) -> int:
         print(f"rxfs: cannot unmount {args.mountpoint}: {result.stderr.strip()}", file=sys.stderr)
         return EXIT_FAILURE
     return 0
+
+
+def _print_unflushed(mountpoint: str) -> bool:
+    """Say what the mount process could not flush; True if anything."""
+    report = _state_file(mountpoint, "unflushed")
+    try:
+        lines = report.read_text().splitlines()
+    except FileNotFoundError:
+        return False
+    report.unlink()
+    for line in lines:
+        print(f"rxfs: not flushed: {line}", file=sys.stderr)
+    return bool(lines)
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
@@ -302,6 +319,13 @@ def cmd_backends(args: argparse.Namespace) -> int:
             "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4]
         )
     return 0
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    """Mount URL and run the conformance kit (rxfs.testing) against it through pytest."""
+    from rxfs.testing import run_conformance
+
+    return run_conformance(args.url, args.options, ["-k", args.k] if args.k else [])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,6 +368,18 @@ def build_parser() -> argparse.ArgumentParser:
     umount.set_defaults(func=cmd_umount)
     backends = sub.add_parser("backends", help="list the installed mini-redirectors")
     backends.set_defaults(func=cmd_backends)
+    conformance = sub.add_parser(
+        "conformance",
+        help="run the backend conformance kit against URL",
+        description="Mount URL through FUSE, run the behavioural suite against the mount "
+        "and print pytest's summary; exits non-zero when a test fails.",
+    )
+    conformance.add_argument("url", metavar="URL")
+    conformance.add_argument(
+        "-o", dest="options", action="append", default=[], metavar="opt[=val],..."
+    )
+    conformance.add_argument("-k", metavar="EXPR", help="only tests matching EXPR (pytest -k)")
+    conformance.set_defaults(func=cmd_conformance)
     return parser
 
 

@@ -159,11 +159,13 @@ class RxDevice:
             status, message = exc.status, exc.message
         _check(status, message)
 
-    async def stop(self) -> None:
-        """Finalize the VNetRoot and SrvCall (the backend disconnects), then MRxStop."""
+    async def stop(self, *, flush: bool = True) -> None:
+        """Land what is held (unless told not to wait), finalize the VNetRoot and SrvCall
+        (the backend disconnects), then MRxStop."""
         minirdr = self.minirdr
         with trio.CancelScope(shield=True):
-            await self.lazy_writer.flush_all()
+            if flush:
+                await self.lazy_writer.flush_all()
             if self._v_net_root is not None:
                 await _quietly(minirdr.finalize_v_net_root(self._v_net_root))
             if self._srv_call is not None and nt_success(self._srv_call.status):

@@ -252,6 +252,14 @@ class LazyWriter:
                 self._wake.set()
             await buffer.changed.wait()
 
+    def held(self) -> list[tuple[str, int, int]]:
+        """(path, start, end) of every range not yet acknowledged by the server."""
+        return [
+            (fcb.path, extent.offset, extent.end)
+            for fcb in self._fcbs
+            for extent in [*fcb.write_behind.in_flight, *fcb.write_behind.dirty]
+        ]
+
     async def flush_all(self) -> None:
         for fcb in list(self._fcbs):
             await self.flush(fcb)
