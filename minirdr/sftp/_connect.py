@@ -428,6 +428,8 @@ class _ProxyCommand(paramiko.ProxyCommand):  # type: ignore[misc]
         # Lives as long as the process; close() closes it.
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
         self._stderr_tail = ""
+        # The transport's thread may close us while a failure message reads the tail.
+        self._stderr_lock = threading.Lock()
         self.process = subprocess.Popen(
             self.cmd,
             stdin=subprocess.PIPE,
@@ -451,30 +453,34 @@ class _ProxyCommand(paramiko.ProxyCommand):  # type: ignore[misc]
         return os.read(stdout.fileno(), size)
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        # End of input first: ssh -W and nc leave by themselves, and a proxy that is
+        # failing gets to finish writing why before it is stopped.
         for pipe in self._pipes:
             pipe.close()
-        if not self._stderr.closed:
-            self._stderr_tail = self._read_stderr_tail()
-            self._stderr.close()
+        for stop, grace in ((None, 1.0), (self.process.terminate, 5.0), (self.process.kill, 5.0)):
+            if stop is not None:
+                stop()
+            try:
+                self.process.wait(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        with self._stderr_lock:
+            if not self._stderr.closed:
+                self._stderr_tail = self._read_stderr_tail()
+                self._stderr.close()
 
     def stderr_tail(self) -> str:
         """The last line the command wrote to stderr."""
-        if self._stderr.closed:
-            return self._stderr_tail
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=1)  # let a dying proxy finish its complaint
-        return self._read_stderr_tail()
+        with self._stderr_lock:
+            return self._stderr_tail if self._stderr.closed else self._read_stderr_tail()
 
     def _read_stderr_tail(self) -> str:
-        self._stderr.seek(0)
-        lines = self._stderr.read().decode(errors="replace").strip().splitlines()
+        fd = self._stderr.fileno()
+        text = os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+        lines = text.strip().splitlines()
         return lines[-1] if lines else ""
 
 
