@@ -29,7 +29,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -55,7 +55,9 @@ if TYPE_CHECKING:
     import paramiko
 
 __all__ = [
+    "ChannelLink",
     "EngineStats",
+    "Link",
     "RemoteFile",
     "SessionPool",
     "SftpError",
@@ -96,6 +98,21 @@ class SftpError(Exception):
         super().__init__(f"{code.name}: {message}" if message else code.name)
         self.code = code
         self.message = message
+
+
+class Link(Protocol):
+    """The byte stream an SFTP session runs on: a paramiko channel (:class:`ChannelLink`)
+    or the pipes of an OpenSSH client (``_openssh.PipeLink``). ``send_all`` is called by
+    the session's sender thread only and ``recv_exact`` by its reader thread only;
+    ``close`` from any thread, and it makes both of them fail promptly."""
+
+    def send_all(self, data: bytes) -> None: ...
+
+    def recv_exact(self, n: int) -> bytes:
+        """Exactly ``n`` bytes; EOFError when the stream ends first."""
+        ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -184,7 +201,7 @@ class SftpSession:
 
     def __init__(
         self,
-        channel: paramiko.Channel,
+        link: Link,
         token: trio.lowlevel.TrioToken,
         extensions: dict[str, bytes],
         *,
@@ -192,7 +209,7 @@ class SftpSession:
         max_inflight_requests: int = DEFAULT_MAX_INFLIGHT_REQUESTS,
     ) -> None:
         self.name = f"sftp-{next(self._names)}"
-        self.channel = channel
+        self.link = link
         self.extensions = extensions
         self.limits = Limits(0, _DEFAULT_MAX_IO, _DEFAULT_MAX_IO, 0)
         self.stats = EngineStats()
@@ -218,21 +235,33 @@ class SftpSession:
         token: trio.lowlevel.TrioToken,
         **budget: int,
     ) -> SftpSession:
-        """Blocking: open the channel, exchange INIT/VERSION, ask for limits, start the
-        threads. Raises SftpError(NO_CONNECTION) when the subsystem cannot start."""
+        """Blocking: open a channel running the sftp subsystem on ``transport`` and
+        start a session on it (see :meth:`over`)."""
         try:
             channel = transport.open_session(
                 window_size=_WINDOW_SIZE, max_packet_size=_MAX_PACKET_SIZE
             )
             channel.invoke_subsystem("sftp")
-            _send_all(channel, packet(PacketType.INIT, SFTP_VERSION))
-            kind, body = _read_packet(channel)
-        except (OSError, EOFError, Exception) as exc:
+        except Exception as exc:
+            raise SftpError(
+                SftpStatusCode.SSH_FX_NO_CONNECTION, f"cannot start the sftp subsystem: {exc}"
+            ) from exc
+        return cls.over(ChannelLink(channel), token, **budget)
+
+    @classmethod
+    def over(cls, link: Link, token: trio.lowlevel.TrioToken, **budget: int) -> SftpSession:
+        """Blocking: exchange INIT/VERSION on ``link``, ask for limits, start the
+        threads. Raises SftpError(NO_CONNECTION) when the subsystem cannot start."""
+        try:
+            link.send_all(packet(PacketType.INIT, SFTP_VERSION))
+            kind, body = _read_packet(link)
+        except Exception as exc:
+            link.close()
             raise SftpError(
                 SftpStatusCode.SSH_FX_NO_CONNECTION, f"cannot start the sftp subsystem: {exc}"
             ) from exc
         if kind != PacketType.VERSION:
-            channel.close()
+            link.close()
             raise SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE, "the server did not speak SFTP")
         reader = Reader(body)
         version = reader.u32()
@@ -241,7 +270,7 @@ class SftpSession:
             name = reader.text()
             extensions[name] = reader.bytes()
         log.debug("SFTP version %d, extensions %s", version, sorted(extensions))
-        session = cls(channel, token, extensions, **budget)
+        session = cls(link, token, extensions, **budget)
         if EXT_LIMITS in extensions:
             session._ask_limits_blocking()
         for thread in session._threads:
@@ -249,13 +278,10 @@ class SftpSession:
         return session
 
     def _ask_limits_blocking(self) -> None:
-        """Before the threads start, this thread owns the channel: ask synchronously."""
+        """Before the threads start, this thread owns the link: ask synchronously."""
         request_id = next(self._ids)
-        _send_all(
-            self.channel,
-            packet(PacketType.EXTENDED, request_id, pack_string(EXT_LIMITS)),
-        )
-        kind, body = _read_packet(self.channel)
+        self.link.send_all(packet(PacketType.EXTENDED, request_id, pack_string(EXT_LIMITS)))
+        kind, body = _read_packet(self.link)
         reader = Reader(body)
         if reader.u32() != request_id or kind != PacketType.EXTENDED_REPLY:
             log.warning("the server's answer to %s was not understood", EXT_LIMITS)
@@ -269,10 +295,10 @@ class SftpSession:
         )
 
     def close(self) -> None:
-        """Blocking-free: stop the threads and close the channel. Outstanding requests
+        """Blocking-free: stop the threads and close the link. Outstanding requests
         fail with CONNECTION_LOST."""
         self._outbox.put(None)
-        self.channel.close()
+        self.link.close()
 
     def join(self, timeout: float = 5.0) -> None:
         """Blocking: wait for the threads to end (call from a worker thread)."""
@@ -319,7 +345,7 @@ class SftpSession:
                 pieces.append(more)
                 size += len(more)
             try:
-                _send_all(self.channel, pieces[0] if len(pieces) == 1 else b"".join(pieces))
+                self.link.send_all(pieces[0] if len(pieces) == 1 else b"".join(pieces))
             except Exception as exc:  # the channel or the transport is gone
                 self._die(SftpError(SftpStatusCode.SSH_FX_CONNECTION_LOST, str(exc)))
                 return
@@ -328,7 +354,7 @@ class SftpSession:
         """Reader thread: the only reader of this channel; hands replies to the loop."""
         try:
             while True:
-                kind, body = _read_packet(self.channel)
+                kind, body = _read_packet(self.link)
                 reader = Reader(body)
                 request_id = reader.u32()
                 with self._lock:
@@ -363,7 +389,7 @@ class SftpSession:
         for waiter in waiters:
             self._deliver(waiter, error)
         self._outbox.put(None)
-        self.channel.close()
+        self.link.close()
 
     # -- requests (trio loop) -----------------------------------------------------------
 
@@ -936,33 +962,42 @@ def _whole_pages(limit: int) -> int:
     return max(4096, limit - limit % 4096)
 
 
-def _send_all(channel: paramiko.Channel, data: bytes) -> None:
-    """Channel.sendall re-slices the whole remainder after every packet (quadratic for
-    large buffers); send packet-sized slices of a memoryview instead."""
-    view = memoryview(data)
-    step = max(4096, int(getattr(channel, "out_max_packet_size", 32768)))
-    pos = 0
-    while pos < len(view):
-        sent = channel.send(bytes(view[pos : pos + step]))
-        if sent <= 0:
-            raise EOFError("the SFTP channel is closed")
-        pos += sent
+class ChannelLink:
+    """A paramiko channel running the sftp subsystem."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self.channel = channel
+
+    def send_all(self, data: bytes) -> None:
+        """Channel.sendall re-slices the whole remainder after every packet (quadratic
+        for large buffers); send packet-sized slices of a memoryview instead."""
+        channel = self.channel
+        view = memoryview(data)
+        step = max(4096, int(getattr(channel, "out_max_packet_size", 32768)))
+        pos = 0
+        while pos < len(view):
+            sent = channel.send(bytes(view[pos : pos + step]))
+            if sent <= 0:
+                raise EOFError("the SFTP channel is closed")
+            pos += sent
+
+    def recv_exact(self, n: int) -> bytes:
+        parts: list[bytes] = []
+        while n > 0:
+            chunk: bytes = self.channel.recv(n)
+            if not chunk:
+                raise EOFError("the SFTP channel is closed")
+            parts.append(chunk)
+            n -= len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        self.channel.close()
 
 
-def _recv_exact(channel: paramiko.Channel, n: int) -> bytes:
-    parts: list[bytes] = []
-    while n > 0:
-        chunk: bytes = channel.recv(n)
-        if not chunk:
-            raise EOFError("the SFTP channel is closed")
-        parts.append(chunk)
-        n -= len(chunk)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _read_packet(channel: paramiko.Channel) -> tuple[int, bytes]:
-    header = _recv_exact(channel, 5)
+def _read_packet(link: Link) -> tuple[int, bytes]:
+    header = link.recv_exact(5)
     length = int.from_bytes(header[:4], "big")
     if length < 1 or length > 16 * 1024 * 1024:
         raise EOFError(f"SFTP packet of {length} bytes: the stream is out of step")
-    return header[4], _recv_exact(channel, length - 1) if length > 1 else b""
+    return header[4], link.recv_exact(length - 1) if length > 1 else b""

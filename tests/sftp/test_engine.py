@@ -20,6 +20,7 @@ from rxfs.minirdr.sftp._engine import (
     EXT_LIMITS,
     EXT_POSIX_RENAME,
     EXT_STATVFS,
+    ChannelLink,
     SftpError,
     SftpSession,
 )
@@ -215,7 +216,8 @@ async def test_extensions_statvfs_fsync_hardlink_posix_rename(
 async def test_a_dead_session_fails_requests_with_connection_lost(sshd: LoopbackSshd) -> None:
     async with session_on(sshd) as session:
         assert await session.realpath("/") == "/"
-        session.channel.get_transport().close()
+        assert isinstance(session.link, ChannelLink)
+        session.link.channel.get_transport().close()
         with pytest.raises(SftpError) as lost:
             for _ in range(50):  # the reader sees the close promptly; bounded anyway
                 await session.stat("/")
