@@ -1,0 +1,596 @@
+"""rxfs against sshfs on one loopback sshd: throughput, small files, latency, memory.
+
+    python -m benchmarks.run [--rounds N] [--quick] [--backend sftp|memory]
+
+Run from the repository root, as root (FUSE and sshd). See benchmarks/README.md for what
+is measured and how to read the output. The Markdown report goes to stdout, progress to
+stderr, and everything also to benchmarks/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from rxfs.minirdr.sftp.loopback import LoopbackSshd
+
+from tests.support.faultproxy import FaultProxy
+
+from ._mounts import (
+    BenchmarkError,
+    MountedFs,
+    RssMonitor,
+    SshEndpoint,
+    cpu_seconds,
+    mount,
+    rxfs_command,
+    ssh_helper_marker,
+    sshfs_command,
+    unmount,
+    watchdog,
+)
+from ._workloads import (
+    GIB,
+    KIB,
+    MIB,
+    Pattern,
+    Sample,
+    check_file,
+    check_small_files,
+    make_file,
+    read_sequential,
+    small_files,
+    write_sequential,
+    write_small_files,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+SYSTEMS = ("rxfs", "sshfs")
+LATENCY = 0.005  # seconds each way through the fault proxy
+SEED = 20240601
+# A workload gets this long plus an allowance for its size before its mount is killed.
+BASE_TIMEOUT = 60.0
+SECONDS_PER_MIB = 0.25  # a floor of 4 MiB/s
+SECONDS_PER_FILE = 0.2
+
+
+@dataclass(frozen=True)
+class Sizes:
+    seq_1m: int
+    seq_4k: int
+    small_count: int
+    small_max: int
+    read: int
+    latency_seq_1m: int
+    latency_small_count: int
+    rss_write: int
+
+
+FULL = Sizes(GIB, 64 * MIB, 1000, 64 * KIB, GIB, 256 * MIB, 1000, 2 * GIB)
+QUICK = Sizes(64 * MIB, 8 * MIB, 100, 64 * KIB, 64 * MIB, 32 * MIB, 100, 256 * MIB)
+
+
+@dataclass
+class Target:
+    """One mounted file system under test and what the workloads need to know of it."""
+
+    system: str
+    fs: MountedFs
+
+    @property
+    def path(self) -> Path:
+        return self.fs.path
+
+    @property
+    def server_dir(self) -> Path | None:
+        return self.fs.server_dir
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    unit: str  # "MiB/s" or "files/s"
+    proxied: bool
+    run: Callable[[Bench, Target, str], Sample]
+    timeout: float
+
+
+@dataclass
+class Bench:
+    """State shared by the workloads of one run."""
+
+    sizes: Sizes
+    pattern: Pattern
+    files: list[bytes]
+    latency_files: list[bytes]
+    log: Callable[[str], None]
+    samples: dict[str, dict[str, list[Sample]]] = field(default_factory=dict)
+
+    # -- workloads: each returns the timed sample after checking the bytes ------------
+
+    def sequential_write(self, target: Target, tag: str, size: int, block: int) -> Sample:
+        name = f"seq-{tag}.bin"
+        sample = write_sequential(target.path / name, self.pattern, size, block)
+        self._check(target, name, lambda path: check_file(path, size, self.pattern.sha256(size)))
+        return sample
+
+    def small_write(self, target: Target, tag: str, contents: list[bytes]) -> Sample:
+        name = f"small-{tag}"
+        (target.path / name).mkdir()
+        sample = write_small_files(target.path / name, contents)
+        self._check(target, name, lambda path: check_small_files(path, contents))
+        return sample
+
+    def sequential_read(self, target: Target, tag: str) -> Sample:
+        # A name never read before: neither client's cache can hold any of it.
+        name = f"read-{tag}.bin"
+        size = self.sizes.read
+        home = target.server_dir or target.path
+        make_file(home / name, self.pattern, size)
+        os.sync()
+        sample = read_sequential(target.path / name, self.pattern, size)
+        (home / name).unlink()
+        return sample
+
+    def _check(self, target: Target, name: str, check: Callable[[Path], None]) -> None:
+        """Check the bytes on the server (through the mount for memory://, which has no
+        server side), then remove them and flush the server's page cache so the next run
+        does not pay for this one's writeback."""
+        home = target.server_dir or target.path
+        check(home / name)
+        if (home / name).is_dir():
+            shutil.rmtree(home / name)
+        else:
+            (home / name).unlink()
+        os.sync()
+
+
+def workloads(sizes: Sizes) -> list[Workload]:
+    def timeout(nbytes: int, files: int = 1) -> float:
+        return BASE_TIMEOUT + nbytes / MIB * SECONDS_PER_MIB + files * SECONDS_PER_FILE
+
+    small_bytes = sizes.small_count * sizes.small_max
+    latency_small_bytes = sizes.latency_small_count * sizes.small_max
+    lat = f"{LATENCY * 1000:g} ms each way"
+    return [
+        Workload(
+            "seq_write_1m",
+            f"write {_size(sizes.seq_1m)} in 1 MiB blocks, fsync, close",
+            "MiB/s",
+            False,
+            lambda b, t, tag: b.sequential_write(t, tag, b.sizes.seq_1m, MIB),
+            timeout(sizes.seq_1m),
+        ),
+        Workload(
+            "seq_write_4k",
+            f"write {_size(sizes.seq_4k)} in 4 KiB blocks, fsync, close",
+            "MiB/s",
+            False,
+            lambda b, t, tag: b.sequential_write(t, tag, b.sizes.seq_4k, 4 * KIB),
+            timeout(sizes.seq_4k),
+        ),
+        Workload(
+            "small_files",
+            f"create {sizes.small_count} files of 0-64 KiB",
+            "files/s",
+            False,
+            lambda b, t, tag: b.small_write(t, tag, b.files),
+            timeout(small_bytes, sizes.small_count),
+        ),
+        Workload(
+            "seq_read",
+            f"read {_size(sizes.read)} in 1 MiB blocks (uncached)",
+            "MiB/s",
+            False,
+            lambda b, t, tag: b.sequential_read(t, tag),
+            timeout(sizes.read),
+        ),
+        Workload(
+            "latency_seq_write_1m",
+            f"write {_size(sizes.latency_seq_1m)} in 1 MiB blocks, fsync, close; {lat}",
+            "MiB/s",
+            True,
+            lambda b, t, tag: b.sequential_write(t, tag, b.sizes.latency_seq_1m, MIB),
+            timeout(sizes.latency_seq_1m),
+        ),
+        Workload(
+            "latency_small_files",
+            f"create {sizes.latency_small_count} files of 0-64 KiB; {lat}",
+            "files/s",
+            True,
+            lambda b, t, tag: b.small_write(t, tag, b.latency_files),
+            timeout(latency_small_bytes, sizes.latency_small_count),
+        ),
+    ]
+
+
+def _size(nbytes: int) -> str:
+    if nbytes >= GIB and nbytes % GIB == 0:
+        return f"{nbytes // GIB} GiB"
+    return f"{nbytes // MIB} MiB"
+
+
+# -- mounts ------------------------------------------------------------------------------
+
+
+@dataclass
+class Servers:
+    """The sshd, the proxy in front of it, and how each client reaches either."""
+
+    sshd: LoopbackSshd
+    proxy: FaultProxy
+    known_hosts: Path  # trusts the host key at the sshd's and at the proxy's port
+
+    def endpoint(self, proxied: bool) -> SshEndpoint:
+        port = self.proxy.port if proxied else self.sshd.port
+        return SshEndpoint(
+            self.sshd.user, self.sshd.host, port, self.sshd.client_key_path, self.known_hosts
+        )
+
+
+def trust_proxy_port(sshd: LoopbackSshd, proxy: FaultProxy, path: Path) -> Path:
+    """A known_hosts file that also names the proxy's port, so that both clients keep
+    strict host key checking when they connect through it."""
+    lines = sshd.known_hosts_path.read_text().splitlines()
+    direct = f"[{sshd.host}]:{sshd.port} "
+    proxied = [line.replace(direct, f"[{proxy.host}]:{proxy.port} ", 1) for line in lines]
+    path.write_text("\n".join([*lines, *proxied]) + "\n")
+    return path
+
+
+class Mounts:
+    """Every mount of the run; all are taken down by :meth:`close`, whatever happened."""
+
+    def __init__(self, servers: Servers, work: Path, backend: str, rxfs_options: list[str]):
+        self._servers = servers
+        self._work = work
+        self._backend = backend
+        self._rxfs_options = rxfs_options
+        self._mounted: list[MountedFs] = []
+
+    def start(self, system: str, proxied: bool, label: str) -> Target:
+        remote = self._servers.sshd.root / label
+        remote.mkdir(exist_ok=True)
+        mountpoint = self._work / f"mnt-{label}"
+        log = self._work / f"{label}.log"
+        endpoint = self._servers.endpoint(proxied)
+        helper_marker = None
+        if system == "sshfs":
+            argv = sshfs_command(endpoint, remote, mountpoint)
+            server_dir: Path | None = remote
+            helper_marker = ssh_helper_marker(endpoint)
+        elif self._backend == "memory":
+            argv = rxfs_command("memory://", mountpoint, self._extra_options())
+            server_dir = None
+        else:
+            url = f"sftp://{endpoint.user}@{endpoint.host}:{endpoint.port}{remote}"
+            options = {
+                "IdentityFile": str(endpoint.identity_file),
+                "UserKnownHostsFile": str(endpoint.known_hosts),
+                **self._extra_options(),
+            }
+            argv = rxfs_command(url, mountpoint, options)
+            server_dir = remote
+        mounted = mount(system, argv, mountpoint, log, server_dir, helper_marker)
+        self._mounted.append(mounted)
+        return Target(system, mounted)
+
+    def stop(self, target: Target) -> None:
+        self._mounted.remove(target.fs)
+        problems = unmount(target.fs)
+        if problems:
+            raise BenchmarkError("\n".join(problems))
+
+    def close(self) -> list[str]:
+        problems = []
+        for mounted in reversed(self._mounted):
+            problems += unmount(mounted)
+        self._mounted.clear()
+        return problems
+
+    def _extra_options(self) -> dict[str, str]:
+        return dict(option.partition("=")[::2] for option in self._rxfs_options)
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+def run_rounds(
+    bench: Bench,
+    targets: dict[tuple[str, bool], Target],
+    rounds: int,
+    chosen: list[Workload],
+    deadline: float,
+) -> None:
+    for round_no in range(rounds):
+        # rxfs first in even rounds, sshfs first in odd ones: neither always goes first.
+        order = SYSTEMS if round_no % 2 == 0 else SYSTEMS[::-1]
+        for workload in chosen:
+            for system in order:
+                if time.monotonic() > deadline:
+                    raise BenchmarkError("the run exceeded --timeout")
+                target = targets.get((system, workload.proxied))
+                if target is None:
+                    continue
+                tag = f"{workload.key}-{system}-{round_no}"
+                with watchdog(workload.timeout, target.fs.kill, f"{tag}"):
+                    sample = workload.run(bench, target, tag)
+                bench.samples.setdefault(workload.key, {}).setdefault(system, []).append(sample)
+                bench.log(f"round {round_no + 1} {system:5} {workload.key:22} {_rate(sample)}")
+
+
+def _rate(sample: Sample) -> str:
+    if sample.files > 1:
+        return f"{sample.files_per_s:9.1f} files/s ({sample.seconds:.2f} s)"
+    return f"{sample.mib_per_s:9.1f} MiB/s ({sample.seconds:.2f} s)"
+
+
+def measure_rss_while_writing(
+    bench: Bench, mounts: Mounts, monitor: RssMonitor, systems: list[str]
+) -> dict[str, dict[str, float]]:
+    """Peak RSS of a fresh mount process while one file of ``rss_write`` bytes is written
+    in 1 MiB blocks (fsync, close): the write-behind must keep memory flat."""
+    results = {}
+    size = bench.sizes.rss_write
+    for system in systems:
+        target = mounts.start(system, False, f"rss-{system}")
+        pids = target.fs.pids
+        for pid in pids:
+            monitor.watch(pid)
+        idle = sum(monitor.peak(pid) for pid in pids)
+        with watchdog(BASE_TIMEOUT + size / MIB * SECONDS_PER_MIB, target.fs.kill, "rss"):
+            sample = bench.sequential_write(target, f"rss-{system}", size, MIB)
+        peak = sum(monitor.peak(pid) for pid in pids)
+        mounts.stop(target)
+        results[system] = {
+            "idle_rss_bytes": idle,
+            "peak_rss_bytes": peak,
+            "mib_per_s": sample.mib_per_s,
+            "bytes_written": size,
+        }
+        bench.log(f"rss   {system:5} writing {_size(size)}: peak {peak / MIB:.0f} MiB")
+    return results
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def summarize(chosen: list[Workload], bench: Bench) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for workload in chosen:
+        per_system = bench.samples.get(workload.key, {})
+        row: dict[str, object] = {"key": workload.key, "title": workload.title}
+        row["unit"] = workload.unit
+        medians = {}
+        for system, samples in per_system.items():
+            rates = [s.files_per_s if workload.unit == "files/s" else s.mib_per_s for s in samples]
+            medians[system] = statistics.median(rates)
+            row[system] = {
+                "median": medians[system],
+                "min": min(rates),
+                "max": max(rates),
+                "samples": [asdict(s) for s in samples],
+            }
+        if medians.get("rxfs") and medians.get("sshfs"):
+            row["ratio_rxfs_over_sshfs"] = medians["rxfs"] / medians["sshfs"]
+        rows.append(row)
+    return rows
+
+
+def markdown(
+    meta: dict[str, object], rows: list[dict[str, object]], memory: dict[str, object]
+) -> str:
+    lines = [
+        f"## rxfs vs sshfs ({meta['rxfs_url']}), {meta['rounds']} round(s)"
+        f"{', --quick' if meta['quick'] else ''}",
+        "",
+        f"{meta['date']}, {meta['machine']}; rxfs {meta['rxfs_commit']}, {meta['sshfs']}."
+        " Medians with (min-max); ratio of medians, higher = rxfs faster.",
+        "",
+        "| workload | unit | rxfs | sshfs | rxfs/sshfs |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        cells = [_cell(row.get(system)) for system in SYSTEMS]
+        ratio = row.get("ratio_rxfs_over_sshfs")
+        ratio_text = f"{ratio:.2f}" if isinstance(ratio, float) else "n/a"
+        lines.append(
+            f"| {row['title']} | {row['unit']} | {cells[0]} | {cells[1]} | {ratio_text} |"
+        )
+    lines += ["", "| mount process | peak RSS | CPU s |", "|---|---:|---:|"]
+    for name, usage in memory.items():
+        if isinstance(usage, dict) and "peak_rss_bytes" in usage:
+            cpu = usage.get("cpu_seconds")
+            cpu_text = f"{cpu:.1f}" if isinstance(cpu, float) else ""
+            lines.append(f"| {name} | {usage['peak_rss_bytes'] / MIB:.0f} MiB | {cpu_text} |")
+        else:
+            lines.append(f"| {name} | {usage} | |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(stats: object) -> str:
+    if not isinstance(stats, dict):
+        return "n/a"
+    return f"{stats['median']:.1f} ({stats['min']:.1f}-{stats['max']:.1f})"
+
+
+def describe_machine(rxfs_url: str, rounds: int, quick: bool, sizes: Sizes) -> dict[str, object]:
+    def output(argv: list[str]) -> str:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+            lines = (done.stdout + done.stderr).strip().splitlines()
+            # sshfs --version starts with fusermount3's version; keep the line naming argv[0].
+            return next((line for line in lines if argv[0] in line.lower()), lines[0])
+        return "unknown"
+
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
+        "load_average_at_start": os.getloadavg(),
+        "rxfs_commit": output(["git", "rev-parse", "--short", "HEAD"]),
+        "sshfs": output(["sshfs", "--version"]),
+        "ssh": output(["ssh", "-V"]),
+        "python": platform.python_version(),
+        "rxfs_url": rxfs_url,
+        "rounds": rounds,
+        "quick": quick,
+        "sizes": asdict(sizes),
+        "latency_each_way_s": LATENCY,
+    }
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="rounds (default 3; 1 with --quick)"
+    )
+    parser.add_argument("--quick", action="store_true", help="1 round, small sizes: a smoke test")
+    parser.add_argument(
+        "--backend",
+        choices=("sftp", "memory"),
+        default="sftp",
+        help="rxfs on sftp:// to the same sshd (default), or memory:// to test the harness",
+    )
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="KEY", help="run only this workload"
+    )
+    parser.add_argument("--no-rss", action="store_true", help="skip the 2 GiB memory run")
+    parser.add_argument(
+        "-o",
+        dest="rxfs_options",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra rxfs mount option (repeatable)",
+    )
+    parser.add_argument("--timeout", type=float, default=3600.0, help="bound on the run (s)")
+    parser.add_argument("--json", type=Path, default=RESULTS, help=f"default {RESULTS}")
+    args = parser.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.rounds < 1:
+        parser.error("--rounds wants at least 1")
+    return args
+
+
+def _terminate_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(f"signal {signum}: cleaning up")
+
+
+@contextlib.contextmanager
+def scratch() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="rxfs-bench-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.getuid() != 0:
+        print("benchmarks.run: run as root (FUSE mounts and a loopback sshd)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _terminate_on_sigterm)
+    sizes = QUICK if args.quick else FULL
+    chosen = [w for w in workloads(sizes) if not args.only or w.key in args.only]
+    started = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"[{time.monotonic() - started:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+    log("preparing data")
+    bench = Bench(
+        sizes,
+        Pattern(SEED),
+        small_files(SEED + 1, sizes.small_count, sizes.small_max),
+        small_files(SEED + 2, sizes.latency_small_count, sizes.small_max),
+        log,
+    )
+    for size in {sizes.seq_1m, sizes.seq_4k, sizes.latency_seq_1m, sizes.rss_write}:
+        bench.pattern.sha256(size)
+    problems: list[str] = []
+    with contextlib.ExitStack() as stack:
+        work = stack.enter_context(scratch())
+        sshd = stack.enter_context(LoopbackSshd())
+        proxy = stack.enter_context(FaultProxy((sshd.host, sshd.port), latency=LATENCY))
+        servers = Servers(sshd, proxy, trust_proxy_port(sshd, proxy, work / "known_hosts"))
+        rxfs_url = "memory://" if args.backend == "memory" else "sftp://"
+        meta = describe_machine(rxfs_url, args.rounds, args.quick, sizes)
+        mounts = Mounts(servers, work, args.backend, args.rxfs_options)
+        stack.callback(lambda: problems.extend(mounts.close()))
+        monitor = stack.enter_context(RssMonitor())
+
+        targets: dict[tuple[str, bool], Target] = {}
+        for proxied in sorted({w.proxied for w in chosen}):
+            for system in SYSTEMS:
+                if proxied and system == "rxfs" and args.backend == "memory":
+                    continue  # memory:// has no network to delay
+                label = f"{system}{'-proxied' if proxied else ''}"
+                targets[system, proxied] = mounts.start(system, proxied, label)
+                for pid in targets[system, proxied].fs.pids:
+                    monitor.watch(pid)
+                log(f"mounted {label} at {targets[system, proxied].path}")
+
+        deadline = started + args.timeout
+        run_rounds(bench, targets, args.rounds, chosen, deadline)
+
+        memory: dict[str, object] = {}
+        for (system, proxied), target in targets.items():
+            name = f"{system}{'+ssh' if target.fs.helpers else ''}"
+            name += ", through the proxy" if proxied else ", direct"
+            memory[name] = {
+                "peak_rss_bytes": sum(monitor.peak(pid) for pid in target.fs.pids),
+                "cpu_seconds": sum(cpu_seconds(pid) for pid in target.fs.pids),
+            }
+        if args.no_rss:
+            pass
+        elif args.backend == "memory":
+            memory[f"writing {_size(sizes.rss_write)}"] = "n/a: memory:// keeps files in RAM"
+        else:
+            for system, usage in measure_rss_while_writing(
+                bench, mounts, monitor, list(SYSTEMS)
+            ).items():
+                memory[f"{system}, fresh mount writing {_size(sizes.rss_write)}"] = usage
+
+        rows = summarize(chosen, bench)
+        report = markdown(meta, rows, memory)
+        meta["elapsed_s"] = time.monotonic() - started
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps({"meta": meta, "workloads": rows, "memory": memory}, indent=2) + "\n"
+        )
+        print(report)
+        log(f"done in {meta['elapsed_s']:.0f} s; JSON in {args.json}")
+    for problem in problems:
+        log(f"FAILED at unmount: {problem}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchmarkError as exc:
+        print(f"benchmarks.run: FAILED: {exc}", file=sys.stderr)
+        sys.exit(1)
