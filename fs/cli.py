@@ -323,7 +323,8 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 def cmd_conformance(args: argparse.Namespace) -> int:
     """Mount URL and run the conformance kit (rxfs.testing) against it through pytest."""
-    from rxfs.testing import run_conformance
+    # Imported here: pytest and the kit load only for this command.
+    from rxfs.testing import run_conformance  # noqa: PLC0415
 
     return run_conformance(args.url, args.options, ["-k", args.k] if args.k else [])
 

@@ -45,6 +45,9 @@ class Capability(enum.Flag):
     CHOWN = enum.auto()
     TIMES = enum.auto()
     STATFS = enum.auto()
+    # Files outlive the mount process and every mount of the URL sees the same files
+    # (memory:// holds its tree in the process: it does not).
+    PERSISTENT = enum.auto()
 
 
 class MiniRdrDispatch:

@@ -351,7 +351,10 @@ class MemoryMiniRdr(MiniRdrDispatch):
             self._set(path, node, params.buffer)
         except NtStatusError as fail:
             return fail.status
-        rx_context.irp.attributes = node.attributes()
+        # A deleted name has no attributes to report; the Fcb's stay those of the file
+        # its open descriptors still write to.
+        if not isinstance(params.buffer, FileDispositionInformation):
+            rx_context.irp.attributes = node.attributes()
         return NtStatus.STATUS_SUCCESS
 
     def _set(self, path: str, node: _Node, info: object) -> None:
