@@ -288,3 +288,24 @@ def test_sparse_write_far_past_the_end(target: Target) -> None:
         assert file.read(4096) == bytes(4096)
         file.seek(offset - 5)
         assert file.read() == bytes(5) + b"end"
+
+
+def test_write_right_after_another_descriptor_closed_lands(target: Target) -> None:
+    # FUSE sends RELEASE after close(2) returns, so the first descriptor's handle is still
+    # being closed while the second one writes: the write must not use that handle.
+    data = random.Random(9).randbytes(1204)
+    failures = []
+    for index in range(200):
+        path = target.mnt / f"f{index % 7}"
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.pwrite(fd, data, 0)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            failures.append(f"round {index}: {exc!r}")
+    assert failures == []
+    for index in range(7):
+        assert target.landed(f"f{index}").read_bytes() == data
