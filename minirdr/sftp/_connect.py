@@ -498,7 +498,7 @@ def _open_socket(settings: ConnectSettings) -> socket.socket | _ProxyCommand:
     log.debug("connecting to %s", where)
     timeout = settings.connect_timeout
     try:
-        return socket.create_connection((settings.hostname, settings.port), timeout=timeout)
+        sock = socket.create_connection((settings.hostname, settings.port), timeout=timeout)
     except ConnectionRefusedError:
         raise NtStatusError(
             NtStatus.STATUS_CONNECTION_REFUSED,
@@ -521,6 +521,10 @@ def _open_socket(settings: ConnectSettings) -> socket.socket | _ProxyCommand:
             else NtStatus.STATUS_UNEXPECTED_NETWORK_ERROR,
             f"cannot reach {where}: {error.strerror or error}",
         ) from None
+    # SFTP is request/reply: without NODELAY, Nagle's algorithm holds each small request
+    # back until the previous one is acknowledged, and delayed ACKs make that ~40 ms.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def _negotiate(transport: paramiko.Transport, settings: ConnectSettings, deadline: float) -> None:
