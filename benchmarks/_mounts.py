@@ -102,6 +102,7 @@ def mount(
     mountpoint: Path,
     log: Path,
     server_dir: Path | None,
+    *,
     helper_marker: list[str] | None = None,
 ) -> MountedFs:
     """Start a foreground mount process and wait until the kernel lists the mount."""
