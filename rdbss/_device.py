@@ -14,7 +14,7 @@ from ._objects import NetRoot, SrvCall, SrvOpen, VNetRoot, normalize_path
 from ._reconnect import RETRYABLE, Reconnector
 from ._rxcontext import RxContext, RxContextFlags
 from ._writebehind import MIB, LazyWriter
-from .irp import IoStatusBlock, Irp
+from .irp import IoStatusBlock, Irp, ReadParameters, WriteParameters
 from .ntstatus import NtStatus, NtStatusError, nt_success
 
 if TYPE_CHECKING:
@@ -185,6 +185,8 @@ class RxDevice:
         if routine is None:
             irp.io_status.status = NtStatus.STATUS_INVALID_DEVICE_REQUEST
             return irp.io_status
+        # Described before it runs: a close detaches the file object it names.
+        debug = _describe(irp) if log.isEnabledFor(logging.DEBUG) else None
         generation = self.reconnector.generation
         status = await self._run(routine, irp, flags)
         # The connection went away under the request: replay it on a new one.
@@ -196,6 +198,8 @@ class RxDevice:
             log.error("%s returned STATUS_PENDING to a waiting caller", irp.major_function.name)
             status = NtStatus.STATUS_UNSUCCESSFUL
         irp.io_status.status = status
+        if debug is not None:  # the write path is hot: nothing is formatted otherwise
+            log.debug("%s -> %s", debug, _status_name(status))
         return irp.io_status
 
     async def _run(self, routine: Routine, irp: Irp, flags: RxContextFlags) -> NtStatus:
@@ -205,6 +209,24 @@ class RxDevice:
         except NtStatusError as exc:
             log.info("%r failed: %s", rx_context, exc.message)
             return exc.status
+
+
+def _describe(irp: Irp) -> str:
+    """``IRP_MJ_WRITE /a/f offset=0 length=4096`` for --debug."""
+    fcb = irp.file_object.fcb if irp.file_object is not None else None
+    path = fcb.path if fcb is not None else irp.file_name
+    text = f"{irp.major_function.name} {path}"
+    params = irp.parameters
+    if isinstance(params, ReadParameters | WriteParameters):
+        text += f" offset={params.byte_offset} length={params.length}"
+    return text
+
+
+def _status_name(status: int) -> str:
+    try:
+        return NtStatus(status).name
+    except ValueError:
+        return f"0x{status:08X}"
 
 
 def _check(status: NtStatus, message: str) -> None:

@@ -32,6 +32,8 @@ async def rx_low_io_submit(rx_context: RxContext) -> NtStatus:
     minirdr = rx_context.device.minirdr
     rx_context.completion_routine = _low_io_completion
     op = rx_context.low_io.operation
+    if log.isEnabledFor(logging.DEBUG):  # the write path is hot: no formatting else
+        _log_submit(rx_context)
     try:
         status = await minirdr.lowio_submit[op](rx_context)
     except BaseException:
@@ -44,6 +46,20 @@ async def rx_low_io_submit(rx_context: RxContext) -> NtStatus:
     if rx_context.waits:
         return await rx_context.wait()
     return NtStatus.STATUS_PENDING
+
+
+def _log_submit(rx_context: RxContext) -> None:
+    low_io = rx_context.low_io
+    rw = low_io.read_write
+    paging = rw.flags & LowIoReadWriteFlags.LOWIO_READWRITEFLAG_PAGING_IO
+    log.debug(
+        "MRxLowIOSubmit[%s] %s offset=%d count=%d%s",
+        low_io.operation.name,
+        rx_context.fcb.path if rx_context.fcb is not None else "?",
+        rw.byte_offset,
+        rw.byte_count,
+        " PAGING_IO" if paging else "",
+    )
 
 
 def _low_io_completion(rx_context: RxContext) -> None:

@@ -14,6 +14,7 @@ FAILURE hides the cause.
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 import posixpath
@@ -54,6 +55,7 @@ from ._engine import (
     SftpSession,
     WriteBatch,
 )
+from ._openssh import open_openssh_session
 from ._status import NTSTATUS_OF_SFTP, TIMEOUT_STATUS, Probe, nt_status_of
 from ._wire import Attrs, OpenFlags
 
@@ -72,6 +74,13 @@ DEFAULT_TIMEOUT = 60.0
 _CONNECT_THREADS = 4
 
 
+class Transport(enum.Enum):
+    """What carries the SSH connection (``-o transport``)."""
+
+    PARAMIKO = "paramiko"  # in this process, in Python
+    OPENSSH = "openssh"  # the system's ssh client, as sshfs does (keys or agent only)
+
+
 @dataclass
 class _Tuning:
     """This backend's own -o options."""
@@ -79,10 +88,21 @@ class _Tuning:
     max_conns: int = DEFAULT_MAX_CONNS
     channels: int = DEFAULT_CHANNELS
     timeout: float = DEFAULT_TIMEOUT
+    transport: Transport = Transport.PARAMIKO
+    ssh_command: str = "ssh"
 
     @classmethod
     def from_options(cls, options: dict[str, str]) -> _Tuning:
         tuning = cls()
+        if "transport" in options:
+            try:
+                tuning.transport = Transport(options["transport"])
+            except ValueError:
+                raise NtStatusError(
+                    NtStatus.STATUS_INVALID_PARAMETER,
+                    f"-o transport={options['transport']}: expected paramiko or openssh",
+                ) from None
+        tuning.ssh_command = options.get("ssh_command", tuning.ssh_command)
         for name, parse in (("max_conns", int), ("channels", int), ("timeout", float)):
             if name not in options:
                 continue
@@ -211,12 +231,16 @@ class SftpMiniRdr(MiniRdrDispatch):
         | Capability.CHOWN
         | Capability.TIMES
         | Capability.STATFS
+        | Capability.PERSISTENT
     )
     option_names: ClassVar[dict[str, str]] = {
         **CONNECT_OPTIONS,
         "max_conns": f"SSH connections to open (default {DEFAULT_MAX_CONNS})",
         "channels": f"SFTP sessions per SSH connection (default {DEFAULT_CHANNELS})",
         "timeout": f"seconds before a request fails with ETIMEDOUT (default {DEFAULT_TIMEOUT:g})",
+        "transport": "paramiko (default) or openssh: run the system's ssh client for the "
+        "connections, as sshfs does (keys or agent only, no password)",
+        "ssh_command": "the ssh client that transport=openssh runs (default ssh)",
     }
 
     def __init__(self) -> None:
@@ -256,6 +280,10 @@ class SftpMiniRdr(MiniRdrDispatch):
         sessions: list[SftpSession] = []
 
         def connect() -> None:
+            if self.tuning.transport == Transport.OPENSSH:
+                for _ in range(self.tuning.channels):
+                    sessions.append(open_openssh_session(settings, token, self.tuning.ssh_command))
+                return
             transport = open_transport(settings, credentials=credentials)
             transports.append(transport)
             for _ in range(self.tuning.channels):
