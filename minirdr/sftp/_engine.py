@@ -992,7 +992,10 @@ class ChannelLink:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def close(self) -> None:
-        self.channel.close()
+        # paramiko sends CHANNEL_CLOSE here, which raises EOFError or OSError once the
+        # transport is dead; a dying session's threads call this and must not crash.
+        with contextlib.suppress(EOFError, OSError):
+            self.channel.close()
 
 
 def _read_packet(link: Link) -> tuple[int, bytes]:
