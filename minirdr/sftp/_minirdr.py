@@ -621,7 +621,9 @@ class SftpMiniRdr(MiniRdrDispatch):
             try:
                 attrs = await (session.stat(path) if ctx is not None else session.lstat(path))
             except SftpError as exc:
-                raise await _fail(exc, session, Probe.OPEN, path) from None
+                # No parent probe: a lookup answers ENOENT for a missing name and for a
+                # missing parent alike, and every new file starts with such a lookup.
+                raise await _fail(exc, session, Probe.NONE, path) from None
         rx_context.irp.attributes = _file_attributes(attrs)
         return NtStatus.STATUS_SUCCESS
 

@@ -651,7 +651,7 @@ async def test_fallbacks_when_the_server_lacks_extensions(sshd: LoopbackSshd, sh
 
 
 @trio_test
-async def test_a_dropped_connection_is_connection_disconnected(
+async def test_a_dropped_connection_is_reconnected_and_the_request_replayed(
     sshd: LoopbackSshd, share: Path
 ) -> None:
     async with mounted(sshd, share, max_conns="1") as (device, minirdr):
@@ -659,4 +659,5 @@ async def test_a_dropped_connection_is_connection_disconnected(
             transport.close()
         await trio.sleep(0.2)
         status, _ = await stat_path(device, "/")
-        assert status == NtStatus.STATUS_CONNECTION_DISCONNECTED
+        assert status == NtStatus.STATUS_SUCCESS
+        assert device.reconnector.reconnects == 1
