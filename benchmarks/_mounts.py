@@ -90,8 +90,8 @@ def sshfs_command(endpoint: SshEndpoint, remote_dir: Path, mountpoint: Path) -> 
 def ssh_helper_marker(endpoint: SshEndpoint) -> list[str]:
     """Arguments that single out the ssh process sshfs starts for ``endpoint``.
 
-    sshfs detaches ssh (its parent becomes init), so it is found as a process that was
-    not there before the mount and whose command line names our key and port.
+    sshfs detaches ssh (its parent becomes init), so it is found as a process started no
+    earlier than sshfs whose command line names our key and port.
     """
     return [f"-oIdentityFile={endpoint.identity_file}", f"-oPort={endpoint.port}"]
 
@@ -107,7 +107,6 @@ def mount(
 ) -> MountedFs:
     """Start a foreground mount process and wait until the kernel lists the mount."""
     mountpoint.mkdir(parents=True, exist_ok=True)
-    existing = set(_pids())
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
     mounted = MountedFs(system, mountpoint, process, log, server_dir)
@@ -121,10 +120,11 @@ def mount(
             )
         time.sleep(0.05)
     if helper_marker:
+        started = _start_time(process.pid)
         mounted.helpers = [
             pid
-            for pid in set(_pids()) - existing
-            if all(arg in _cmdline(pid) for arg in helper_marker)
+            for pid in _pids()
+            if all(arg in _cmdline(pid) for arg in helper_marker) and _start_time(pid) >= started
         ]
     return mounted
 
@@ -174,6 +174,15 @@ def is_mounted(path: Path) -> bool:
 
 def _pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _start_time(pid: int) -> int:
+    """Clock ticks after boot at which ``pid`` started (field 22 of /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError):
+        return -1
 
 
 def _cmdline(pid: int) -> list[str]:
