@@ -229,6 +229,14 @@ def test_stop_resets_connections_and_closes_the_listener(echo: tuple[str, int]) 
         socket.create_connection(proxy.address, timeout=SOCKET_TIMEOUT).close()
 
 
+def test_starts_again_after_stop(echo: tuple[str, int]) -> None:
+    proxy = FaultProxy(echo)
+    proxy.start()
+    proxy.stop()
+    with proxy, connect(proxy) as sock:
+        assert echo_round_trip(sock, b"twice") == b"twice"
+
+
 def test_controls_work_from_a_thread_running_trio(proxy: FaultProxy) -> None:
     async def drive() -> int:
         proxy.set_latency(0.01)

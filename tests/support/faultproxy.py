@@ -141,6 +141,8 @@ class FaultProxy:
         """Start the loop thread; return once the proxy accepts connections."""
         if self._thread is not None:
             raise FaultProxyError("FaultProxy is already running")
+        self._ready.clear()
+        self._error = self._token = self._stop_scope = None
         self._thread = threading.Thread(
             target=self._run_loop, name=f"FaultProxy->{self.target[1]}", daemon=True
         )
