@@ -450,7 +450,7 @@ def describe_machine(rxfs_url: str, rounds: int, quick: bool, sizes: Sizes) -> d
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
         "load_average_at_start": os.getloadavg(),
-        "rxfs_commit": output(["git", "rev-parse", "--short", "HEAD"]),
+        "rxfs_commit": output(["git", "describe", "--always", "--dirty"]),
         "sshfs": output(["sshfs", "--version"]),
         "ssh": output(["ssh", "-V"]),
         "python": platform.python_version(),
