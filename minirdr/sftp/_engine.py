@@ -114,6 +114,10 @@ class Link(Protocol):
 
     def close(self) -> None: ...
 
+    def wait_closed(self, timeout: float) -> None:
+        """Blocking: release what ``close`` left for after the threads have ended."""
+        ...
+
 
 @dataclass
 class EngineStats:
@@ -305,6 +309,7 @@ class SftpSession:
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout)
+        self.link.wait_closed(timeout)
 
     @property
     def alive(self) -> bool:
@@ -996,6 +1001,9 @@ class ChannelLink:
         # transport is dead; a dying session's threads call this and must not crash.
         with contextlib.suppress(EOFError, OSError):
             self.channel.close()
+
+    def wait_closed(self, timeout: float) -> None:
+        """Nothing to wait for: paramiko's transport thread owns the socket."""
 
 
 def _read_packet(link: Link) -> tuple[int, bytes]:

@@ -1,0 +1,213 @@
+"""``-o transport=openssh``: SFTP sessions carried by the system's OpenSSH client.
+
+sshfs's way: run ``ssh ... -s <host> sftp`` as a child process and speak SFTP over its
+standard input and output. The SSH ciphers and MACs then run in C in another process
+(on another core) instead of in paramiko under our GIL, and a 256 KiB request costs us
+one pipe write instead of eight encrypted packets built in Python.
+
+ssh runs in BatchMode: it never prompts (the mount owns no terminal), so this transport
+logs in with keys or an agent only; a password login needs the paramiko transport. The
+options the mount resolved (user, port, keys, known_hosts files, host key policy,
+timeouts, ProxyCommand) are passed to ssh explicitly; ssh also reads ~/.ssh/config.
+A failure to connect is reported with the last line ssh wrote to its standard error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import subprocess
+import tempfile
+import threading
+from typing import IO
+
+import trio
+from rxfs.rdbss import NtStatus, NtStatusError
+
+from ._connect import ConnectSettings
+from ._engine import SftpError, SftpSession
+
+__all__ = ["PipeLink", "open_openssh_session", "ssh_argv"]
+
+log = logging.getLogger(__name__)
+
+# Big pipes: a 256 KiB WRITE leaves in one or two system calls, and the reader thread
+# wakes once per reply rather than once per 64 KiB.
+_PIPE_SIZE = 1024 * 1024
+_READ_BUFFER = 1024 * 1024
+# What ssh's last words mean; the first match wins, the rest is a network error.
+_STATUS_OF_SSH_ERROR = (
+    ("host key verification failed", NtStatus.STATUS_ACCESS_DENIED),
+    ("remote host identification has changed", NtStatus.STATUS_ACCESS_DENIED),
+    ("permission denied", NtStatus.STATUS_LOGON_FAILURE),
+    ("connection refused", NtStatus.STATUS_CONNECTION_REFUSED),
+    ("timed out", NtStatus.STATUS_IO_TIMEOUT),
+    ("could not resolve hostname", NtStatus.STATUS_HOST_UNREACHABLE),
+    ("no route to host", NtStatus.STATUS_HOST_UNREACHABLE),
+    ("network is unreachable", NtStatus.STATUS_HOST_UNREACHABLE),
+)
+
+
+def ssh_argv(settings: ConnectSettings, ssh: str = "ssh") -> list[str]:
+    """The ssh command line that runs the sftp subsystem for ``settings``."""
+    options = [
+        ("BatchMode", "yes"),
+        ("ClearAllForwardings", "yes"),
+        ("StrictHostKeyChecking", settings.strict_host_key_checking.value),
+        ("UserKnownHostsFile", _path_list(settings.known_hosts_files)),
+        ("GlobalKnownHostsFile", _path_list(settings.global_known_hosts_files)),
+        ("ConnectTimeout", str(max(1, round(settings.connect_timeout)))),
+        ("ServerAliveInterval", str(round(settings.server_alive_interval))),
+        ("Port", str(settings.port)),
+        ("User", settings.user),
+        *(("IdentityFile", _quoted(path)) for path in settings.identity_files),
+    ]
+    if settings.host_key_alias is not None:
+        options.append(("HostKeyAlias", settings.host_key_alias))
+    if settings.proxy_command is not None:
+        options.append(("ProxyCommand", settings.proxy_command))
+    return [
+        ssh,
+        "-x",  # no X11 forwarding
+        "-a",  # no agent forwarding
+        "-T",  # no terminal
+        *(f"-o{name}={value}" for name, value in options),
+        "-s",
+        "--",
+        settings.hostname,
+        "sftp",
+    ]
+
+
+def _quoted(path: str) -> str:
+    return f'"{path}"' if " " in path else path
+
+
+def _path_list(paths: tuple[str, ...]) -> str:
+    return " ".join(_quoted(path) for path in paths) if paths else "none"
+
+
+class PipeLink:
+    """The standard input and output of one ``ssh -s ... sftp`` process."""
+
+    def __init__(self, process: subprocess.Popen[bytes], stderr: IO[bytes]) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self.process = process
+        self._stdin = process.stdin
+        self._stdout = process.stdout
+        self._reader = open(  # noqa: SIM115  (closed by wait_closed)
+            process.stdout.fileno(), "rb", buffering=_READ_BUFFER, closefd=False
+        )
+        self._stderr = stderr
+        self._stderr_lock = threading.Lock()
+        for pipe in (self._stdin, self._stdout):
+            with contextlib.suppress(OSError):  # an older kernel, or a lower limit
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+
+    def send_all(self, data: bytes) -> None:
+        fd = self._stdin.fileno()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    def recv_exact(self, n: int) -> bytes:
+        data = self._reader.read(n)
+        if len(data) < n:
+            raise EOFError(self.why_closed())
+        return data
+
+    def close(self) -> None:
+        """Stop ssh; the reader then sees the end of its output, the sender EPIPE.
+        The pipes stay open until :meth:`wait_closed`: another thread may be using them."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.terminate()
+
+    def wait_closed(self, timeout: float = 5.0) -> None:
+        """Blocking: reap ssh and close the pipes."""
+        self.close()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._reader.close()
+        self._stdout.close()
+        self._stdin.close()
+        with self._stderr_lock:
+            self._stderr.close()
+
+    def why_closed(self) -> str:
+        """ssh's last line on standard error, once it has exited (or a generic text)."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5.0)
+        with self._stderr_lock:
+            if self._stderr.closed:
+                return "ssh exited"
+            self._stderr.seek(0)
+            lines = self._stderr.read()[-4096:].decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"ssh exited with status {self.process.returncode}"
+
+
+def open_openssh_session(
+    settings: ConnectSettings, token: trio.lowlevel.TrioToken, ssh: str = "ssh", **budget: int
+) -> SftpSession:
+    """Blocking: start ssh for ``settings`` and an SFTP session on its pipes. Raises
+    NtStatusError with ssh's own explanation when it cannot log in."""
+    link = _start_ssh(settings, ssh)
+    timed_out = threading.Event()
+
+    def give_up() -> None:
+        timed_out.set()
+        link.close()
+
+    # ssh's ConnectTimeout covers the TCP connect; this bounds the handshake and login.
+    watchdog = threading.Timer(2 * settings.connect_timeout, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        return SftpSession.over(link, token, **budget)
+    except SftpError as exc:
+        said = link.why_closed()
+        link.wait_closed()
+        if timed_out.is_set():
+            raise NtStatusError(
+                NtStatus.STATUS_IO_TIMEOUT,
+                f"{settings.target}: no SFTP session within {2 * settings.connect_timeout:g}s",
+            ) from exc
+        lowered = said.lower()
+        status = next(
+            (status for text, status in _STATUS_OF_SSH_ERROR if text in lowered),
+            NtStatus.STATUS_UNEXPECTED_NETWORK_ERROR,
+        )
+        raise NtStatusError(status, f"{settings.target}: ssh: {said}") from exc
+    finally:
+        watchdog.cancel()
+
+
+def _start_ssh(settings: ConnectSettings, ssh: str) -> PipeLink:
+    if settings.password_stdin:
+        raise NtStatusError(
+            NtStatus.STATUS_NOT_SUPPORTED,
+            "-o transport=openssh logs in with keys only (ssh runs in BatchMode); "
+            "drop password_stdin or use the default transport",
+        )
+    argv = ssh_argv(settings, ssh)
+    log.debug("starting %s", " ".join(argv))
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed by PipeLink.wait_closed)
+    try:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            bufsize=0,
+            start_new_session=True,  # a Ctrl-C at the mount's terminal is ours to handle
+        )
+    except OSError as exc:
+        stderr.close()
+        raise NtStatusError(
+            NtStatus.STATUS_NOT_SUPPORTED, f"cannot run {ssh}: {exc.strerror}"
+        ) from exc
+    return PipeLink(process, stderr)
