@@ -42,14 +42,15 @@ __all__ = [
     "SshdError",
     "SshdNotFoundError",
     "ensure_test_account",
-    "random_password",
     "set_account_password",
+    "shared_password",
 ]
 
 DEFAULT_TEST_ACCOUNT = "rxfs-test"
 SSHD_PATH = "/usr/sbin/sshd"
 _PRIVSEP_DIR = Path("/run/sshd")
 _LOOPBACK = "127.0.0.1"
+_PASSWORD_DIR = Path("/var/lib/rxfs-test")
 # A port picked by binding to 0 can be taken by someone else before sshd binds it.
 _BIND_ATTEMPTS = 3
 
@@ -72,7 +73,13 @@ def ensure_test_account(name: str = DEFAULT_TEST_ACCOUNT) -> pwd.struct_passwd:
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
-        _run(["useradd", "--create-home", "--shell", "/bin/sh", "--password", "*", name])
+        try:
+            _run(["useradd", "--create-home", "--shell", "/bin/sh", "--password", "*", name])
+        except SshdError:
+            # Another test session may have created it a moment ago.
+            with contextlib.suppress(KeyError):
+                return pwd.getpwnam(name)
+            raise
         return pwd.getpwnam(name)
     if _shadow_field(name).startswith("!"):
         _run(["usermod", "--password", "*", name])
@@ -89,12 +96,36 @@ def set_account_password(name: str, password: str) -> None:
     )
 
 
+def shared_password(name: str = DEFAULT_TEST_ACCOUNT) -> str:
+    """The password for test account ``name``: random once per machine, then stable.
+
+    Every LoopbackSshd that allows password logins sets the account's password, and an
+    account has one: a fresh password per server would lock out the servers already
+    running (two fixtures in one test session, or two sessions side by side). Kept in a
+    root-only file under /var/lib/rxfs-test.
+    """
+    _require_root("a test account password")
+    _PASSWORD_DIR.mkdir(mode=0o700, exist_ok=True)
+    path = _PASSWORD_DIR / f"{name}.password"
+    if not path.exists():
+        # Write aside, then link into place: link fails if another process won the race,
+        # and nobody ever reads a half-written file.
+        fd, staging = tempfile.mkstemp(dir=_PASSWORD_DIR)
+        with os.fdopen(fd, "w") as staged:
+            staged.write(secrets.token_urlsafe(16))
+        with contextlib.suppress(FileExistsError):
+            os.link(staging, path)
+        os.unlink(staging)
+    return path.read_text().strip()
+
+
 class LoopbackSshd:
     """One sshd on 127.0.0.1:<free port>, serving ``root`` to ``user``.
 
     ``user`` defaults to the current user (root here; root logins are allowed with keys
     only). Give ``password`` to also allow password logins; that needs a non-root account
-    (see :func:`ensure_test_account`), whose password is set with chpasswd.
+    (see :func:`ensure_test_account`), whose password is set with chpasswd: pass
+    :func:`shared_password` so that servers for the same account agree on it.
 
     ``root`` is the directory the tests use on the server side; by default a fresh temp
     dir owned by ``user``, removed by :meth:`stop`. ``extra_config`` lines go first in
@@ -401,11 +432,6 @@ def _child_pids(parent: int) -> list[int]:
         if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
             children.append(int(entry.name))
     return children
-
-
-def random_password() -> str:
-    """A password for a throwaway test account."""
-    return secrets.token_urlsafe(16)
 
 
 def main(argv: list[str] | None = None) -> int:

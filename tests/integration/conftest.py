@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from integration_support import Target
-from rxfs.minirdr.sftp.loopback import LoopbackSshd, ensure_test_account, random_password
+from rxfs.minirdr.sftp.loopback import LoopbackSshd, ensure_test_account, shared_password
 
 if TYPE_CHECKING:
     from conftest import MountFactory
@@ -43,7 +43,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackSshd]:
 def sshd_user() -> Iterator[LoopbackSshd]:
     """sshd for the non-root test account; its root is a dir owned by that account."""
     account = ensure_test_account()
-    with LoopbackSshd(account.pw_name, password=random_password()) as server:
+    with LoopbackSshd(account.pw_name, password=shared_password(account.pw_name)) as server:
         yield server
 
 

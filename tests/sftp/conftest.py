@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from rxfs.minirdr.sftp.loopback import LoopbackSshd, ensure_test_account, random_password
+from rxfs.minirdr.sftp.loopback import LoopbackSshd, ensure_test_account, shared_password
 
 
 @pytest.fixture(scope="session")
@@ -25,5 +25,5 @@ def sshd_user() -> Iterator[LoopbackSshd]:
     Its root is a fresh dir owned by that account (pytest's tmp dirs are private to root).
     """
     account = ensure_test_account()
-    with LoopbackSshd(account.pw_name, password=random_password()) as server:
+    with LoopbackSshd(account.pw_name, password=shared_password(account.pw_name)) as server:
         yield server

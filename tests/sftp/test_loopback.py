@@ -6,6 +6,7 @@ import os
 import pathlib
 import signal
 import socket
+import stat
 import subprocess
 import sys
 
@@ -214,3 +215,16 @@ def test_command_line_server_prints_how_to_mount_and_cleans_up_on_sigterm() -> N
         if server.stdout is not None:
             server.stdout.close()
     assert not state_dir.exists()
+
+
+def test_shared_password_is_stable_and_root_only() -> None:
+    first = loopback.shared_password("rxfs-test")
+    assert first == loopback.shared_password("rxfs-test")
+    assert len(first) >= 16
+    stored = loopback._PASSWORD_DIR / "rxfs-test.password"
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    assert stat.S_IMODE(loopback._PASSWORD_DIR.stat().st_mode) == 0o700
+    try:
+        assert loopback.shared_password("rxfs-other") != first
+    finally:
+        (loopback._PASSWORD_DIR / "rxfs-other.password").unlink()
