@@ -172,8 +172,9 @@ def _setup_logging(debug: bool, logfile: Path | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-    # paramiko's transport chatter is not ours to show unless debugging.
-    logging.getLogger("paramiko").setLevel(logging.DEBUG if debug else logging.WARNING)
+    # paramiko's transport chatter is not ours to show unless debugging: it logs every
+    # failed handshake as a traceback at ERROR; our own log says what the loss means.
+    logging.getLogger("paramiko").setLevel(logging.DEBUG if debug else logging.CRITICAL)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
