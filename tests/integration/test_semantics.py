@@ -309,3 +309,60 @@ def test_write_right_after_another_descriptor_closed_lands(target: Target) -> No
     assert failures == []
     for index in range(7):
         assert target.landed(f"f{index}").read_bytes() == data
+
+
+ODD_NAMES = [
+    "with space",
+    "ünïcödé-名前",
+    "per%20cent",
+    "q?mark",
+    "hash#tag",
+    "back\\slash",
+    "new\nline",
+    "colon:semi;",
+    "star*",
+    "-leading-dash",
+    ".hidden",
+    "x" * 255,
+]
+
+
+def test_odd_file_names_arrive_unchanged(target: Target) -> None:
+    for index, name in enumerate(ODD_NAMES):
+        (target.mnt / name).write_bytes(f"{index}".encode())
+    (target.mnt / "dir with space").mkdir()
+    (target.mnt / "dir with space" / "per%2Fcent").write_bytes(b"nested")
+
+    expected = sorted([*ODD_NAMES, "dir with space"])
+    assert sorted(os.listdir(target.mnt)) == expected
+    assert sorted(os.listdir(target.landed(""))) == expected
+    for index, name in enumerate(ODD_NAMES):
+        assert target.landed(name).read_bytes() == f"{index}".encode()
+    assert target.landed("dir with space/per%2Fcent").read_bytes() == b"nested"
+    with pytest.raises(OSError) as raised:
+        (target.mnt / ("y" * 256)).write_bytes(b"")
+    assert raised.value.errno == errno.ENAMETOOLONG
+
+
+def test_rm_r_of_a_large_directory_while_listing_it(target: Target) -> None:
+    big = target.mnt / "big"
+    big.mkdir()
+    for index in range(300):
+        (big / f"entry-{index:04d}").write_bytes(b"")
+    assert len(os.listdir(big)) == 300
+    assert run(["find", str(big), "-type", "f"]).count("\n") == 300
+    # rm -r reads the directory while it unlinks its entries: no entry may be skipped.
+    run(["rm", "-r", str(big)])
+    assert not big.exists()
+    assert not target.landed("big").exists()
+
+
+def test_statvfs_reports_the_servers_file_system(target: Target) -> None:
+    seen = os.statvfs(target.mnt)
+    assert seen.f_bsize > 0
+    assert seen.f_blocks > 0
+    assert seen.f_bfree <= seen.f_blocks
+    if target.server is not None:
+        server = os.statvfs(target.server)
+        assert seen.f_blocks * seen.f_frsize == server.f_blocks * server.f_frsize
+        assert seen.f_namemax == server.f_namemax
