@@ -6,6 +6,7 @@ a full disk, a read-only directory for the non-root account.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -170,3 +171,28 @@ def test_missing_parent_and_wrong_types_give_their_errnos(target: Target) -> Non
         with pytest.raises(OSError) as raised:
             attempt()
         assert raised.value.errno == expected, raised.value
+
+
+def test_enospc_reaches_a_descriptor_that_did_not_write(full_target: Target) -> None:
+    path = full_target.mnt / "shared"
+    path.write_bytes(b"")
+    writer = os.open(path, os.O_WRONLY)
+    watcher = os.open(path, os.O_RDONLY)
+    data = random.Random(10).randbytes(MIB)
+    try:
+        failures: list[OSError] = []
+        for index in range(2 * TMPFS_MIB):
+            try:
+                os.pwrite(writer, data, index * MIB)
+            except OSError as exc:  # the write itself may already say so
+                failures.append(exc)
+                break
+        # The bytes of the file did not all land: fsync of any descriptor says why.
+        with pytest.raises(OSError) as raised:
+            os.fsync(watcher)
+        assert raised.value.errno == errno.ENOSPC
+        assert all(failure.errno == errno.ENOSPC for failure in failures)
+    finally:
+        os.close(watcher)
+        with contextlib.suppress(OSError):
+            os.close(writer)
