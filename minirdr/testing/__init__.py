@@ -152,15 +152,16 @@ def rxfs_second_mount(
 
 
 @pytest.fixture
-def rxfs_dir(
-    request: pytest.FixtureRequest, rxfs_mount: MountedBackend, rxfs_workdir: Path
-) -> Iterator[Path]:
+def rxfs_dir(request: pytest.FixtureRequest, rxfs_mount: MountedBackend) -> Iterator[Path]:
     """A fresh empty directory on the mount for one test; removed after it."""
+    # Capabilities first: a backend that cannot even make the work directory still
+    # gets its skips reported as skips.
     for marker in request.node.iter_markers("rxfs_requires"):
         _require(rxfs_mount, marker.args[0])
     if rxfs_mount.process.poll() is not None:
         pytest.fail(f"the mount process has exited:\n{rxfs_mount.output()}")
-    path = rxfs_workdir / f"{next(_test_dirs):03d}-{request.node.name[:60]}"
+    workdir: Path = request.getfixturevalue("rxfs_workdir")
+    path = workdir / f"{next(_test_dirs):03d}-{request.node.name[:60]}"
     path.mkdir()
     watchdog = threading.Timer(TEST_TIMEOUT, rxfs_mount.kill)
     watchdog.daemon = True
