@@ -95,7 +95,7 @@ def test_unreachable_host_fails_within_connect_timeout(
     line = one_line(done.stderr)
     assert "127.0.0.1" in line
     assert str(closed_port) in line
-    assert elapsed < 2 + 3, f"took {elapsed:.1f} s with ConnectTimeout=2"
+    assert elapsed < 2 + 6, f"took {elapsed:.1f} s with ConnectTimeout=2"
 
 
 def test_silent_server_fails_within_connect_timeout(
@@ -111,4 +111,4 @@ def test_silent_server_fails_within_connect_timeout(
 
     assert done.returncode == 1
     one_line(done.stderr)
-    assert 1.5 < elapsed < 2 + 3, f"took {elapsed:.1f} s with ConnectTimeout=2"
+    assert 1.5 < elapsed < 2 + 6, f"took {elapsed:.1f} s with ConnectTimeout=2"
