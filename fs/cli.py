@@ -378,7 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conformance.add_argument("url", metavar="URL")
     conformance.add_argument(
-        "-o", dest="options", action="append", default=[], metavar="opt[=val],..."
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="opt[=val],...",
+        help="mount options, as for 'rxfs mount'",
     )
     conformance.add_argument("-k", metavar="EXPR", help="only tests matching EXPR (pytest -k)")
     conformance.set_defaults(func=cmd_conformance)
