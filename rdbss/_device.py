@@ -30,6 +30,8 @@ CORE_OPTIONS = {
     "wait (default 64M; K, M, G suffixes)",
     "reconnect_timeout": "seconds to keep reconnecting to a lost server before I/O fails "
     "(default 120)",
+    "attr_timeout": "seconds attributes may be answered from the cache, here and in the "
+    "kernel (default 1)",
 }
 
 _SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -41,6 +43,7 @@ class CoreOptions:
 
     dirty_limit: int = 64 * MIB
     reconnect_timeout: float = 120.0
+    attr_timeout: float = 1.0
 
     @classmethod
     def parse(cls, options: dict[str, str]) -> CoreOptions:
@@ -55,17 +58,20 @@ class CoreOptions:
                     f"not {options['dirty_limit']!r}"
                 )
             core.dirty_limit = int(number) * _SUFFIXES[suffix]
-        if "reconnect_timeout" in options:
-            try:
-                core.reconnect_timeout = float(options["reconnect_timeout"])
-            except ValueError:
-                core.reconnect_timeout = -1
-            if core.reconnect_timeout < 0:
-                raise ValueError(
-                    "-o reconnect_timeout= wants a number of seconds >= 0, "
-                    f"not {options['reconnect_timeout']!r}"
-                )
+        for name in ("reconnect_timeout", "attr_timeout"):
+            if name in options:
+                setattr(core, name, _seconds(name, options[name]))
         return core
+
+
+def _seconds(name: str, text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ValueError(f"-o {name}= wants a number of seconds >= 0, not {text!r}")
+    return seconds
 
 
 class MountError(Exception):

@@ -68,7 +68,7 @@ async def common_create(rx_context: RxContext) -> NtStatus:
         fcb.dereference()
         return status
     if irp.attributes is not None:
-        fcb.attributes = _with_held_size(fcb, irp.attributes)
+        fcb.set_attributes(_with_held_size(fcb, irp.attributes))
     fobx = Fobx(srv_open, write_error_seq=fcb.write_error_seq)
     srv_open.fobxs.append(fobx)
     fcb.srv_opens.append(srv_open)
@@ -94,22 +94,37 @@ async def common_close(rx_context: RxContext) -> NtStatus:
     fobx.srv_open = None
     if srv_open.fobxs or srv_open.closed:
         return NtStatus.STATUS_SUCCESS
-    # The lazy writer sends through an open handle: what this file still holds must
-    # land before the last one that can write goes.
+    # The lazy writer sends through an open handle: what this file holds must land
+    # before the last one that can write goes, and nothing may still be on its way
+    # through this one when the server closes it.
+    srv_open.closing = True
     await rx_context.device.lazy_writer.flush(fcb)
+    await srv_open.wait_paging_idle()
     rx_context.device.srv_opens.discard(srv_open)
+    srv_open.flags |= SrvOpenFlags.SRVOPEN_FLAG_CLOSED
+    if srv_open in fcb.srv_opens:
+        fcb.srv_opens.remove(srv_open)
+    # Every byte written through the handle is acknowledged (or its error latched and
+    # reported by flush), so nobody needs to wait for the server to close it: the
+    # remote close goes on in the background, a round trip less per file. RDBSS
+    # defers closes too (delayed close of SrvOpens).
+    rx_context.device.nursery.start_soon(_close_remote, rx_context)
+    return NtStatus.STATUS_SUCCESS
+
+
+async def _close_remote(rx_context: RxContext) -> None:
+    fcb = rx_context.fcb
+    assert fcb is not None
     try:
         status = await rx_context.device.minirdr.close_srv_open(rx_context)
-        if status in RETRYABLE:
-            # The handle died with its connection: closed all the same. What was
-            # written through it landed before (the flush above), or is latched.
-            status = NtStatus.STATUS_SUCCESS
+    except Exception:
+        log.exception("closing the remote handle of %s failed", fcb.path)
+    else:
+        # A handle that died with its connection is closed all the same.
+        if not nt_success(status) and status not in RETRYABLE:
+            log.warning("closing the remote handle of %s: %s", fcb.path, status)
     finally:
-        srv_open.flags |= SrvOpenFlags.SRVOPEN_FLAG_CLOSED
-        if srv_open in fcb.srv_opens:
-            fcb.srv_opens.remove(srv_open)
         fcb.dereference()
-    return status
 
 
 async def common_flush(rx_context: RxContext) -> NtStatus:
@@ -163,9 +178,15 @@ async def common_query_information(rx_context: RxContext) -> NtStatus:
     fcb = rx_context.fcb
     assert fcb is not None
     try:
+        # The attribute cache (-o attr_timeout): answered here while the Fcb's
+        # attributes are fresh; every change made through this mount keeps them true.
+        cached = fcb.cached_attributes(rx_context.device.core.attr_timeout)
+        if cached is not None:
+            rx_context.irp.attributes = _with_held_size(fcb, cached)
+            return NtStatus.STATUS_SUCCESS
         status = await rx_context.device.minirdr.query_file_info(rx_context)
         if nt_success(status) and rx_context.irp.attributes is not None:
-            fcb.attributes = _with_held_size(fcb, rx_context.irp.attributes)
+            fcb.set_attributes(_with_held_size(fcb, rx_context.irp.attributes))
     finally:
         fcb.dereference()
     return status
@@ -214,16 +235,27 @@ def _after_set_information(rx_context: RxContext, buffer: object) -> None:
         fcb.file_size = buffer.end_of_file
     elif isinstance(buffer, FileRenameInformation):
         net_root.rename_fcbs(fcb.path, buffer.new_name)
+    elif isinstance(buffer, FileLinkInformation):
+        net_root.forget_attributes(buffer.new_name)
     elif isinstance(buffer, FileDispositionInformation) and buffer.delete_file:
         net_root.orphan_fcb(fcb.path)
-    elif (
-        isinstance(buffer, FileBasicInformation)
-        and fcb.attributes is not None
-        and buffer.mode is not None
-    ):
-        fcb.attributes.mode = (fcb.attributes.mode & ~0o7777) | (buffer.mode & 0o7777)
+    elif isinstance(buffer, FileBasicInformation) and fcb.attributes is not None:
+        _apply_basic(fcb.attributes, buffer)
     if rx_context.irp.attributes is not None:
-        fcb.attributes = rx_context.irp.attributes
+        fcb.set_attributes(rx_context.irp.attributes)
+
+
+def _apply_basic(attributes: FileAttributes, basic: FileBasicInformation) -> None:
+    if basic.mode is not None:
+        attributes.mode = (attributes.mode & ~0o7777) | (basic.mode & 0o7777)
+    if basic.atime_ns is not None:
+        attributes.atime_ns = basic.atime_ns
+    if basic.mtime_ns is not None:
+        attributes.mtime_ns = basic.mtime_ns
+    if basic.uid is not None:
+        attributes.uid = basic.uid
+    if basic.gid is not None:
+        attributes.gid = basic.gid
 
 
 async def common_directory_control(rx_context: RxContext) -> NtStatus:

@@ -7,13 +7,17 @@ parent's table) when the last one goes. Backends hang their own state on ``conte
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import itertools
 import posixpath
 import stat
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult
+
+import trio
 
 from ._resource import FcbResource
 from ._writebehind import WriteBehindBuffer
@@ -64,6 +68,9 @@ class SrvOpenFlags(enum.IntFlag):
     SRVOPEN_FLAG_FILE_RENAMED = 0x8
     SRVOPEN_FLAG_FILE_DELETED = 0x10
     SRVOPEN_FLAG_APPEND = 0x20
+
+
+_ATTRIBUTE_CACHE_SIZE = 4096
 
 
 def normalize_path(path: str) -> str:
@@ -121,6 +128,9 @@ class NetRoot(_RefCounted):
         self.srv_call = srv_call
         self.root = root
         self.fcb_table: dict[str, Fcb] = {}
+        # Attributes of files whose Fcb went away, with when they were true: a stat
+        # right after close need not ask the server (the core's attribute cache).
+        self.attribute_cache: dict[str, tuple[FileAttributes, float]] = {}
         srv_call.reference()
 
     def find_fcb(self, path: str) -> Fcb | None:
@@ -132,12 +142,33 @@ class NetRoot(_RefCounted):
         if fcb is None:
             fcb = Fcb(self, path)
             self.fcb_table[path] = fcb
+            remembered = self.attribute_cache.pop(path, None)
+            if remembered is not None:
+                fcb.attributes, fcb.attributes_time = remembered
         fcb.reference()
         return fcb
+
+    def remember_attributes(self, fcb: Fcb) -> None:
+        if fcb.attributes is None or fcb.orphaned:
+            return
+        if len(self.attribute_cache) >= _ATTRIBUTE_CACHE_SIZE:
+            # Oldest first (insertion order): drop the older half.
+            for path in list(self.attribute_cache)[: _ATTRIBUTE_CACHE_SIZE // 2]:
+                del self.attribute_cache[path]
+        self.attribute_cache[fcb.path] = (fcb.attributes, fcb.attributes_time)
+
+    def forget_attributes(self, path: str) -> None:
+        """Our own change to ``path`` or below: cached attributes are no longer true."""
+        self.attribute_cache.pop(path, None)
+        prefix = path.rstrip("/") + "/"
+        for stale in [p for p in self.attribute_cache if p.startswith(prefix)]:
+            del self.attribute_cache[stale]
 
     def rename_fcbs(self, old: str, new: str) -> None:
         """Re-key ``old`` and everything below it after a rename; an Fcb already at the
         new name (a replaced target) is orphaned: its opens keep their handles."""
+        self.forget_attributes(old)
+        self.forget_attributes(new)
         prefix = old.rstrip("/") + "/"
         moved = [p for p in self.fcb_table if p == old or p.startswith(prefix)]
         for path in moved:
@@ -149,6 +180,7 @@ class NetRoot(_RefCounted):
             self.fcb_table[fcb.path] = fcb
 
     def orphan_fcb(self, path: str) -> None:
+        self.forget_attributes(path)
         fcb = self.fcb_table.pop(path, None)
         if fcb is not None:
             fcb.orphan()
@@ -178,6 +210,8 @@ class Fcb(_RefCounted):
         self.path = path
         self.resource = FcbResource()
         self.attributes: FileAttributes | None = None
+        # When the attributes were last true at the server (time.monotonic()).
+        self.attributes_time = 0.0
         self.state = FcbState(0)
         self.srv_opens: list[SrvOpen] = []
         self.context: Any = None
@@ -203,6 +237,17 @@ class Fcb(_RefCounted):
             return None
         return self.write_error
 
+    def set_attributes(self, attributes: FileAttributes) -> None:
+        """Fresh attributes from the server or from a change made through this mount."""
+        self.attributes = attributes
+        self.attributes_time = time.monotonic()
+
+    def cached_attributes(self, max_age: float) -> FileAttributes | None:
+        """The attributes if younger than ``max_age`` seconds (a copy), else None."""
+        if self.attributes is None or time.monotonic() - self.attributes_time >= max_age:
+            return None
+        return dataclasses.replace(self.attributes)
+
     @property
     def file_size(self) -> int:
         return self.attributes.size if self.attributes is not None else 0
@@ -226,6 +271,7 @@ class Fcb(_RefCounted):
     def _finalize(self) -> None:
         if self.net_root.fcb_table.get(self.path) is self:
             del self.net_root.fcb_table[self.path]
+            self.net_root.remember_attributes(self)
 
 
 _fobx_keys = itertools.count(1)
@@ -241,6 +287,16 @@ class SrvOpen:
     context: Any = None
     fobxs: list[Fobx] = field(default_factory=list)
     node_type: NodeType = NodeType.RDBSS_NTC_SRVOPEN
+    # Its last descriptor is closing: the lazy writer sends through it only when the
+    # file has no other writable handle, and the remote close waits for those writes.
+    closing: bool = False
+    paging_writes: int = 0
+    paging_idle: trio.Event = field(default_factory=trio.Event)
+
+    async def wait_paging_idle(self) -> None:
+        while self.paging_writes:
+            self.paging_idle = trio.Event()
+            await self.paging_idle.wait()
 
     # These run on every read and write: plain int tests, since enum.Flag's & costs
     # microseconds a call.

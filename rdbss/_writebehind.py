@@ -48,12 +48,15 @@ class _Extent:
     """A run of held bytes, kept as the writers' own buffers until it is sent:
     appending a sequential write is then a list append, not a copy."""
 
-    __slots__ = ("_parts", "length", "offset")
+    __slots__ = ("_parts", "length", "offset", "seq")
 
-    def __init__(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+    def __init__(self, offset: int, data: bytes | bytearray | memoryview, seq: int = 0) -> None:
         self.offset = offset
         self._parts = [data if isinstance(data, bytes) else bytes(data)]
         self.length = len(data)
+        # The oldest write whose bytes this holds: a flush waits for extents holding
+        # writes made before it, not for ones a busy writer makes after.
+        self.seq = seq
 
     @property
     def end(self) -> int:
@@ -76,7 +79,7 @@ class _Extent:
 def _join(run: list[_Extent]) -> _Extent:
     if len(run) == 1:
         return run[0]
-    return _Extent(run[0].offset, b"".join(e.data for e in run))
+    return _Extent(run[0].offset, b"".join(e.data for e in run), min(e.seq for e in run))
 
 
 @dataclass(eq=False)
@@ -88,6 +91,8 @@ class WriteBehindBuffer:
     dirty_since: float = 0.0
     # Set by a flush that wants everything sent now, whatever the chunk size.
     forced: bool = False
+    # Numbers the writes; see _Extent.seq.
+    seq: int = 0
     changed: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -112,6 +117,7 @@ class WriteBehindBuffer:
         """
         if not self.dirty:
             self.dirty_since = time.monotonic()
+        self.seq += 1
         end = offset + len(data)
         last = self.dirty[-1] if self.dirty else None
         if last is not None and last.end == offset and last.length + len(data) <= chunk_size:
@@ -124,7 +130,7 @@ class WriteBehindBuffer:
         hi = bisect.bisect_left(starts, end)
         merged = self.dirty[lo:hi]
         if not merged:
-            self.dirty.insert(lo, _Extent(offset, data))
+            self.dirty.insert(lo, _Extent(offset, data, self.seq))
             return len(data)
         start = min(offset, merged[0].offset)
         stop = max(end, merged[-1].end)
@@ -132,7 +138,7 @@ class WriteBehindBuffer:
         for extent in merged:
             buffer[extent.offset - start : extent.end - start] = extent.data
         buffer[offset - start : end - start] = data
-        self.dirty[lo:hi] = [_Extent(start, buffer)]
+        self.dirty[lo:hi] = [_Extent(start, buffer, min(e.seq for e in merged))]
         return len(buffer) - sum(e.length for e in merged)
 
     def take(self, chunk_size: int, budget: int) -> list[_Extent]:
@@ -171,6 +177,9 @@ class WriteBehindBuffer:
             self.forced = False
         self.in_flight.extend(taken)
         return taken
+
+    def holds_writes_up_to(self, seq: int) -> bool:
+        return any(e.seq <= seq for e in self.dirty) or any(e.seq <= seq for e in self.in_flight)
 
     def landed(self, extent: _Extent) -> None:
         """The server answered for ``extent`` (either way): stop holding it."""
@@ -242,10 +251,12 @@ class LazyWriter:
             self._wake.set()
 
     async def flush(self, fcb: Fcb) -> None:
-        """Send everything the Fcb holds and wait until the server answered for all of
-        it (success or not: the caller reads the latched error)."""
+        """Send every byte written to the Fcb before this call and wait until the
+        server answered for all of it (success or not: the caller reads the latched
+        error). Writes made meanwhile, by another descriptor, are not waited for."""
         buffer = fcb.write_behind
-        while not buffer.empty:
+        target = buffer.seq
+        while buffer.holds_writes_up_to(target):
             if buffer.dirty:
                 buffer.forced = True
                 self._fcbs[fcb] = None
@@ -322,14 +333,27 @@ class LazyWriter:
         rw = low_io.read_write
         rw.byte_offset, rw.byte_count, rw.buffer = extent.offset, len(extent.data), extent.data
         rw.flags = LowIoReadWriteFlags.LOWIO_READWRITEFLAG_PAGING_IO
-        status = await rx_low_io_submit(rx_context)
+        srv_open.paging_writes += 1
+        try:
+            status = await rx_low_io_submit(rx_context)
+        finally:
+            srv_open.paging_writes -= 1
+            if not srv_open.paging_writes:
+                srv_open.paging_idle.set()
         if nt_success(status) and rx_context.io_status.information != len(extent.data):
             return NtStatus.STATUS_IO_DEVICE_ERROR
         return status
 
 
 def _writable_open(fcb: Fcb) -> SrvOpen | None:
-    for srv_open in fcb.srv_opens:
-        if not srv_open.closed and not srv_open.append and srv_open.may_write:
+    """A handle to send through: one that is not being closed if there is one, so that
+    a close need not wait for writes made through another descriptor."""
+    usable = [
+        srv_open
+        for srv_open in fcb.srv_opens
+        if not srv_open.closed and not srv_open.append and srv_open.may_write
+    ]
+    for srv_open in usable:
+        if not srv_open.closing:
             return srv_open
-    return None
+    return usable[0] if usable else None
