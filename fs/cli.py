@@ -95,24 +95,24 @@ def split_options(
     backend: dict[str, str] = {}
     allow_other = False
     for name, value in options.items():
+        if name in CORE_OPTIONS:
+            core[name] = value
         if name in ("attr_timeout", "entry_timeout"):
             try:
                 seconds = float(value)
             except ValueError:
                 seconds = -1.0
-            if seconds < 0:
+            if not seconds >= 0:
                 raise UsageError(f"-o {name}= wants a number of seconds >= 0, not {value!r}")
             setattr(fs_options, name, seconds)
         elif name == "allow_other":
             allow_other = True
-        elif name == "default_permissions":
+        elif name == "default_permissions" or name in CORE_OPTIONS:
             pass
-        elif name in CORE_OPTIONS:
-            core[name] = value
         elif name in minirdr.option_names:
             backend[name] = value
         else:
-            known = sorted([*FsOptions.NAMES, *CORE_OPTIONS, *minirdr.option_names])
+            known = sorted({*FsOptions.NAMES, *CORE_OPTIONS, *minirdr.option_names})
             raise UsageError(
                 f"unknown option -o {name} for {minirdr.scheme}:// (known: {', '.join(known)})"
             )

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import ParamSpec
 
 import trio
+import trio.testing
 from rxfs.minirdr import MiniRdrDispatch
 from rxfs.minirdr.memory import MemoryMiniRdr
 from rxfs.rdbss import Fobx, NtStatus, RxContext, RxContextFlags, RxDevice
@@ -162,9 +163,12 @@ async def read_bytes(device: RxDevice, fobx: Fobx, offset: int, length: int) -> 
 
 
 async def close(device: RxDevice, fobx: Fobx) -> NtStatus:
-    """What release does: IRP_MJ_CLEANUP then IRP_MJ_CLOSE."""
+    """What release does: IRP_MJ_CLEANUP then IRP_MJ_CLOSE, then waits until the remote
+    handle, which the core closes in the background, is closed too."""
     await device.dispatch(Irp(IrpMj.IRP_MJ_CLEANUP, file_object=fobx))
-    return (await device.dispatch(Irp(IrpMj.IRP_MJ_CLOSE, file_object=fobx))).status
+    status = (await device.dispatch(Irp(IrpMj.IRP_MJ_CLOSE, file_object=fobx))).status
+    await trio.testing.wait_all_tasks_blocked()
+    return status
 
 
 async def stat_path(device: RxDevice, path: str) -> tuple[NtStatus, FileAttributes | None]:
