@@ -101,8 +101,9 @@ def test_git_init_add_commit_and_fsck(target: Target) -> None:
     assert run([*git, "log", "--format=%s"], cwd=repo).split() == ["second", "first"]
     assert run([*git, "status", "--porcelain"], cwd=repo) == ""
     if target.server is not None:
-        # The server's copy is a valid repository by itself, with the same head.
+        # The server's copy holds the same bytes and is a valid repository by itself.
         server_repo = target.server_path("repo")
+        assert tree_digest(server_repo) == tree_digest(repo)
         run([*git, "fsck", "--full", "--strict"], cwd=server_repo)
         head = run([*git, "rev-parse", "HEAD"], cwd=repo)
         assert run([*git, "rev-parse", "HEAD"], cwd=server_repo) == head
