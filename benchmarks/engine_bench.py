@@ -6,12 +6,13 @@ Both file systems mount the same loopback OpenSSH server (:class:`LoopbackSshd`)
     read    dd if=MNT/f of=/dev/null bs=1M                      (another fresh mount,
                                                                   so no page cache helps)
 
-Each round runs rxfs then sshfs; the summary gives the median MB/s of the rounds with
-the spread (min-max) and the ratio rxfs/sshfs of the medians. Run as root (sshd and
-FUSE); needs sshfs for the comparison (``--no-sshfs`` to skip it).
+Each round runs every rxfs variant then sshfs; the summary gives the median MB/s of the
+rounds with the spread (min-max) and the ratio of each variant to sshfs (medians). Run
+as root (sshd and FUSE); needs sshfs for the comparison (``--no-sshfs`` to skip it).
+The load average is printed before and after: other work on the machine shows there.
 
     .venv/bin/python benchmarks/engine_bench.py --size 256 --rounds 3
-    .venv/bin/python benchmarks/engine_bench.py -o transport=openssh
+    .venv/bin/python benchmarks/engine_bench.py --variant rxfs= --variant openssh=transport=openssh
 """
 
 from __future__ import annotations
@@ -38,15 +39,16 @@ DD_TIMEOUT = 600.0
 
 @dataclass
 class Results:
-    """MB/s per (file system, direction), one value per round."""
+    """Per (file system, metric): one value per round. Metrics: "write" and "read" in
+    MB/s, "write cpu" and "read cpu" in CPU seconds per GiB moved."""
 
     runs: dict[tuple[str, str], list[float]] = field(default_factory=dict)
 
-    def add(self, fs: str, direction: str, mb_per_s: float) -> None:
-        self.runs.setdefault((fs, direction), []).append(mb_per_s)
+    def add(self, fs: str, metric: str, value: float) -> None:
+        self.runs.setdefault((fs, metric), []).append(value)
 
-    def median(self, fs: str, direction: str) -> float | None:
-        values = self.runs.get((fs, direction))
+    def median(self, fs: str, metric: str) -> float | None:
+        values = self.runs.get((fs, metric))
         return statistics.median(values) if values else None
 
 
@@ -59,26 +61,47 @@ def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
     return predicate()
 
 
+@dataclass
+class Mounted:
+    """A running mount process; :meth:`cpu_seconds` is the user + system time of it and
+    its live descendants (ssh), which is less sensitive than MB/s to other load on the
+    machine."""
+
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        parents: dict[int, int] = {}
+        ticks: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue  # exited meanwhile
+            pid = int(entry.name)
+            parents[pid] = int(fields[1])
+            ticks[pid] = int(fields[11]) + int(fields[12])  # utime, stime
+        tree = {self.pid}
+        grew = True
+        while grew:
+            children = {pid for pid, parent in parents.items() if parent in tree} - tree
+            grew = bool(children)
+            tree |= children
+        return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def rxfs_mount(
-    server: LoopbackSshd, mnt: Path, remote_dir: str, extra: list[str]
-) -> Iterator[None]:
-    """``rxfs mount -f`` in a subprocess; unmounted (and waited for) on exit."""
-    rxfs = Path(sys.executable).with_name("rxfs")
-    options = ",".join([*(f"{k}={v}" for k, v in server.mount_options().items()), *extra])
+def foreground_mount(argv: list[str], mnt: Path) -> Iterator[Mounted]:
+    """Run a FUSE file system in the foreground; unmount and wait for it on exit."""
     log = mnt.with_suffix(".log").open("ab")
-    process = subprocess.Popen(
-        [str(rxfs), "mount", "-f", server.url(remote_dir), str(mnt), "-o", options],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-    )
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
         if not _wait_until(lambda: os.path.ismount(mnt) or process.poll() is not None, 30):
-            raise RuntimeError(f"rxfs did not mount {mnt}")
+            raise RuntimeError(f"{argv[0]} did not mount {mnt}")
         if process.poll() is not None:
-            raise RuntimeError(f"rxfs mount exited {process.returncode}; see {log.name}")
-        yield
+            raise RuntimeError(f"{argv[0]} exited {process.returncode}; see {log.name}")
+        yield Mounted(process.pid)
     finally:
         if os.path.ismount(mnt):
             subprocess.run(["fusermount3", "-u", str(mnt)], timeout=120, check=False)
@@ -90,8 +113,19 @@ def rxfs_mount(
         log.close()
 
 
-@contextmanager
-def sshfs_mount(server: LoopbackSshd, mnt: Path, remote_dir: str) -> Iterator[None]:
+def rxfs_mount(
+    server: LoopbackSshd, mnt: Path, remote_dir: str, extra: list[str]
+) -> AbstractContextManager[Mounted]:
+    rxfs = Path(sys.executable).with_name("rxfs")
+    options = ",".join([*(f"{k}={v}" for k, v in server.mount_options().items()), *extra])
+    return foreground_mount(
+        [str(rxfs), "mount", "-f", server.url(remote_dir), str(mnt), "-o", options], mnt
+    )
+
+
+def sshfs_mount(
+    server: LoopbackSshd, mnt: Path, remote_dir: str
+) -> AbstractContextManager[Mounted]:
     """sshfs with the same key and known_hosts; defaults otherwise (as a user runs it)."""
     remote = f"{server.user}@{server.host}:{server.root / remote_dir}"
     options = [
@@ -101,21 +135,17 @@ def sshfs_mount(server: LoopbackSshd, mnt: Path, remote_dir: str) -> Iterator[No
         "BatchMode=yes",
         f"port={server.port}",
     ]
-    subprocess.run(
-        ["sshfs", remote, str(mnt), "-o", ",".join(options)], timeout=MOUNT_TIMEOUT, check=True
-    )
-    try:
-        yield
-    finally:
-        subprocess.run(["fusermount3", "-u", str(mnt)], timeout=120, check=False)
-        _wait_until(lambda: not os.path.ismount(mnt), 30)
+    return foreground_mount(["sshfs", "-f", remote, str(mnt), "-o", ",".join(options)], mnt)
 
 
-def dd(argv: list[str], nbytes: int) -> float:
-    """Run dd; MB/s (10^6 bytes) over its wall time, fsync included."""
+def dd(argv: list[str], nbytes: int, mounted: Mounted) -> tuple[float, float]:
+    """Run dd; MB/s (10^6 bytes) over its wall time (fsync included), and the mount's
+    CPU seconds per GiB meanwhile."""
+    cpu = mounted.cpu_seconds()
     started = time.monotonic()
     subprocess.run(["dd", *argv, "status=none"], timeout=DD_TIMEOUT, check=True)
-    return nbytes / 1e6 / (time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    return nbytes / 1e6 / elapsed, (mounted.cpu_seconds() - cpu) / (nbytes / (1 << 30))
 
 
 def one_round(
@@ -125,43 +155,57 @@ def one_round(
     *,
     round_no: int,
     size_mib: int,
-    rxfs_extra: list[str],
-) -> tuple[float, float]:
+    rxfs_options: list[str] | None,
+    results: Results,
+) -> None:
     """Write a file through one mount, read it back through a fresh one."""
     name = f"{fs}-{round_no}"
     (server.root / name).mkdir()
     mnt = work / f"mnt-{name}"
     mnt.mkdir()
 
-    def mounted() -> AbstractContextManager[None]:
-        if fs == "rxfs":
-            return rxfs_mount(server, mnt, name, rxfs_extra)
+    def mounted() -> AbstractContextManager[Mounted]:
+        if rxfs_options is not None:
+            return rxfs_mount(server, mnt, name, rxfs_options)
         return sshfs_mount(server, mnt, name)
 
     nbytes = size_mib * MIB
-    with mounted():
-        write = dd(
-            ["if=/dev/zero", f"of={mnt}/big", "bs=1M", f"count={size_mib}", "conv=fsync"], nbytes
+    with mounted() as mount:
+        write, write_cpu = dd(
+            ["if=/dev/zero", f"of={mnt}/big", "bs=1M", f"count={size_mib}", "conv=fsync"],
+            nbytes,
+            mount,
         )
     written = (server.root / name / "big").stat().st_size
     if written != nbytes:
         raise RuntimeError(f"{fs}: {written} bytes landed, expected {nbytes}")
-    with mounted():
-        read = dd([f"if={mnt}/big", "of=/dev/null", "bs=1M"], nbytes)
+    with mounted() as mount:
+        read, read_cpu = dd([f"if={mnt}/big", "of=/dev/null", "bs=1M"], nbytes, mount)
     shutil.rmtree(server.root / name)
-    return write, read
+    results.add(fs, "write", write)
+    results.add(fs, "read", read)
+    results.add(fs, "write cpu", write_cpu)
+    results.add(fs, "read cpu", read_cpu)
+    print(
+        f"round {round_no + 1} {fs:8} write {write:6.1f} MB/s ({write_cpu:4.1f} cpu s/GiB)"
+        f"  read {read:6.1f} MB/s ({read_cpu:4.1f} cpu s/GiB)",
+        flush=True,
+    )
 
 
 def report(results: Results) -> None:
-    print(f"\n{'':8}{'median MB/s':>12}  {'spread':>15}  runs")
-    for (fs, direction), values in sorted(results.runs.items()):
+    print(f"\n{'':18}{'median':>8}  {'spread':>13}  runs")
+    for (fs, metric), values in sorted(results.runs.items()):
+        unit = "cpu s/GiB" if metric.endswith("cpu") else "MB/s"
+        label = f"{fs} {metric.split()[0]} {unit}"
         spread = f"{min(values):.1f}-{max(values):.1f}"
         runs = " ".join(f"{v:.1f}" for v in values)
-        print(f"{fs:5} {direction:5} {statistics.median(values):8.1f}  {spread:>15}  {runs}")
-    for direction in ("write", "read"):
-        ours, theirs = results.median("rxfs", direction), results.median("sshfs", direction)
-        if ours is not None and theirs:
-            print(f"ratio rxfs/sshfs {direction}: {ours / theirs:.2f}")
+        print(f"{label:26} {statistics.median(values):6.1f}  {spread:>13}  {runs}")
+    for fs in sorted({fs for fs, _ in results.runs} - {"sshfs"}):
+        for direction in ("write", "read"):
+            ours, theirs = results.median(fs, direction), results.median("sshfs", direction)
+            if ours is not None and theirs:
+                print(f"ratio {fs}/sshfs {direction}: {ours / theirs:.2f}")
 
 
 def main() -> int:
@@ -169,30 +213,35 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=256, help="MiB per file (default 256)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     parser.add_argument("--no-sshfs", action="store_true", help="measure rxfs only")
-    parser.add_argument("--no-rxfs", action="store_true", help="measure sshfs only")
     parser.add_argument(
-        "-o", dest="rxfs_options", action="append", default=[], help="extra rxfs -o option"
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=OPT,OPT",
+        help="an rxfs mount to measure, with its -o options (default: rxfs=)",
     )
     args = parser.parse_args()
-    systems = [fs for fs, off in (("rxfs", args.no_rxfs), ("sshfs", args.no_sshfs)) if not off]
+    variants: dict[str, list[str] | None] = {}
+    for spec in args.variant or ["rxfs="]:
+        name, _, options = spec.partition("=")
+        variants[name] = [option for option in options.split(",") if option]
+    if not args.no_sshfs:
+        variants["sshfs"] = None
     results = Results()
+    print(f"load average {os.getloadavg()[0]:.1f}")
     with LoopbackSshd() as server, tempfile.TemporaryDirectory(prefix="rxfs-bench-") as tmp:
         for round_no in range(args.rounds):
-            for fs in systems:
-                write, read = one_round(
+            for fs, options in variants.items():
+                one_round(
                     server,
                     Path(tmp),
                     fs,
                     round_no=round_no,
                     size_mib=args.size,
-                    rxfs_extra=args.rxfs_options,
+                    rxfs_options=options,
+                    results=results,
                 )
-                results.add(fs, "write", write)
-                results.add(fs, "read", read)
-                print(
-                    f"round {round_no + 1} {fs:5}: write {write:6.1f} MB/s  read {read:6.1f} MB/s"
-                )
-                sys.stdout.flush()
+    print(f"load average {os.getloadavg()[0]:.1f}")
     report(results)
     return 0
 

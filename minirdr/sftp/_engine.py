@@ -27,7 +27,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -76,6 +76,8 @@ _MAX_IO = 256 * 1024
 # without waiting for window adjustments on every few packets.
 _WINDOW_SIZE = 16 * 1024 * 1024
 _MAX_PACKET_SIZE = 64 * 1024
+# Packets the sender hands to the link at once (each is one or two pieces).
+_MAX_PIECES = 512
 # Flow control per session.
 DEFAULT_MAX_INFLIGHT_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_INFLIGHT_REQUESTS = 64
@@ -100,13 +102,19 @@ class SftpError(Exception):
         self.message = message
 
 
+_Packet = tuple["bytes | memoryview", ...]
+"""One request as the pieces that go on the wire one after the other."""
+
+
 class Link(Protocol):
     """The byte stream an SFTP session runs on: a paramiko channel (:class:`ChannelLink`)
     or the pipes of an OpenSSH client (``_openssh.PipeLink``). ``send_all`` is called by
     the session's sender thread only and ``recv_exact`` by its reader thread only;
     ``close`` from any thread, and it makes both of them fail promptly."""
 
-    def send_all(self, data: bytes) -> None: ...
+    def send_all(self, pieces: Sequence[bytes | memoryview]) -> None:
+        """Send the pieces one after the other, all of them."""
+        ...
 
     def recv_exact(self, n: int) -> bytes:
         """Exactly ``n`` bytes; EOFError when the stream ends first."""
@@ -174,9 +182,9 @@ class _Budget:
         self.requests += 1
         return True
 
-    def release(self, nbytes: int) -> None:
+    def release(self, nbytes: int, requests: int = 1) -> None:
         self.bytes -= nbytes
-        self.requests -= 1
+        self.requests -= requests
         self._changed.set()
         self._changed = trio.Event()
 
@@ -224,7 +232,11 @@ class SftpSession:
         self._waiters: dict[int, _Waiter] = {}
         self._lock = threading.Lock()  # guards _waiters and _dead across threads
         self._dead: SftpError | None = None
-        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[_Packet | None] = queue.SimpleQueue()
+        # Replies the reader has handed over and the loop not yet taken (under _lock):
+        # one wakeup of the loop takes all that piled up meanwhile.
+        self._inbox: list[tuple[_Waiter, Reply | SftpError]] = []
+        self._drain_scheduled = False
         self._threads = [
             threading.Thread(target=self._send_loop, name=f"{self.name}-send", daemon=True),
             threading.Thread(target=self._read_loop, name=f"{self.name}-read", daemon=True),
@@ -257,7 +269,7 @@ class SftpSession:
         """Blocking: exchange INIT/VERSION on ``link``, ask for limits, start the
         threads. Raises SftpError(NO_CONNECTION) when the subsystem cannot start."""
         try:
-            link.send_all(packet(PacketType.INIT, SFTP_VERSION))
+            link.send_all([packet(PacketType.INIT, SFTP_VERSION)])
             kind, body = _read_packet(link)
         except Exception as exc:
             link.close()
@@ -284,7 +296,7 @@ class SftpSession:
     def _ask_limits_blocking(self) -> None:
         """Before the threads start, this thread owns the link: ask synchronously."""
         request_id = next(self._ids)
-        self.link.send_all(packet(PacketType.EXTENDED, request_id, pack_string(EXT_LIMITS)))
+        self.link.send_all([packet(PacketType.EXTENDED, request_id, pack_string(EXT_LIMITS))])
         kind, body = _read_packet(self.link)
         reader = Reader(body)
         if reader.u32() != request_id or kind != PacketType.EXTENDED_REPLY:
@@ -332,14 +344,15 @@ class SftpSession:
     # -- the two threads ------------------------------------------------------------
 
     def _send_loop(self) -> None:
-        """Sender thread: write queued packets, coalescing small ones into one send."""
+        """Sender thread: write queued packets, several at a time when they pile up."""
         while True:
             item = self._outbox.get()
             if item is None:
                 return
-            pieces = [item]
-            size = len(item)
-            while size < _MAX_IO:
+            pieces = list(item)
+            size = sum(map(len, item))
+            # Bounded in pieces too: writev takes at most IOV_MAX (1024) of them.
+            while size < _MAX_IO and len(pieces) < _MAX_PIECES:
                 try:
                     more = self._outbox.get_nowait()
                 except queue.Empty:
@@ -347,10 +360,10 @@ class SftpSession:
                 if more is None:
                     self._outbox.put(None)
                     break
-                pieces.append(more)
-                size += len(more)
+                pieces.extend(more)
+                size += sum(map(len, more))
             try:
-                self.link.send_all(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+                self.link.send_all(pieces)
             except Exception as exc:  # the channel or the transport is gone
                 self._die(SftpError(SftpStatusCode.SSH_FX_CONNECTION_LOST, str(exc)))
                 return
@@ -377,13 +390,24 @@ class SftpSession:
             self._die(SftpError(SftpStatusCode.SSH_FX_CONNECTION_LOST, str(exc) or "EOF"))
 
     def _deliver(self, waiter: _Waiter, result: Reply | SftpError) -> None:
-        def on_loop() -> None:
-            self._budget.release(waiter.cost)
-            waiter.callback(result)
-
+        with self._lock:
+            self._inbox.append((waiter, result))
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
         # When the mount's loop is gone, nobody waits for this reply any more.
         with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(on_loop)
+            self._token.run_sync_soon(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        """On the loop: release the budget of every reply handed over, then run their
+        callbacks (each exactly once)."""
+        with self._lock:
+            batch, self._inbox = self._inbox, []
+            self._drain_scheduled = False
+        self._budget.release(sum(waiter.cost for waiter, _ in batch), len(batch))
+        for waiter, result in batch:
+            waiter.callback(result)
 
     def _die(self, error: SftpError) -> None:
         with self._lock:
@@ -400,7 +424,7 @@ class SftpSession:
 
     async def _submit(
         self,
-        build: Callable[[int], bytes],
+        build: Callable[[int], bytes | _Packet],
         callback: Callable[[Reply | SftpError], None],
         cost: int = 0,
     ) -> None:
@@ -411,7 +435,7 @@ class SftpSession:
 
     def _enqueue(
         self,
-        build: Callable[[int], bytes],
+        build: Callable[[int], bytes | _Packet],
         callback: Callable[[Reply | SftpError], None],
         cost: int,
     ) -> None:
@@ -426,7 +450,8 @@ class SftpSession:
             self._budget.release(cost)
             callback(SftpError(SftpStatusCode.SSH_FX_NO_CONNECTION, dead.message))
             return
-        self._outbox.put(build(request_id))
+        built = build(request_id)
+        self._outbox.put((built,) if isinstance(built, bytes) else built)
 
     async def request(self, kind: PacketType, *fields: bytes) -> Reply:
         """Send one request and wait for its reply (any type; STATUS is not checked)."""
@@ -702,7 +727,11 @@ class RemoteFile:
         once all are queued; ``await batch.wait()`` gives the outcome."""
         self.invalidate_read_ahead()
         session = self.session
-        view = memoryview(data).cast("B")
+        if not isinstance(data, bytes):
+            # The requests hold views of the data until the sender has sent them: a
+            # buffer the caller may change (or resize) meanwhile is copied, once.
+            data = bytes(data)
+        view = memoryview(data)
         step = session.max_write
         batch = WriteBatch(session.stats)
         self._writes_in_flight += 1
@@ -724,11 +753,12 @@ class RemoteFile:
             batch.seal()
         return batch
 
-    def _write_builder(self, offset: int, chunk: memoryview) -> Callable[[int], bytes]:
+    def _write_builder(self, offset: int, chunk: memoryview) -> Callable[[int], _Packet]:
         handle = self.handle
 
-        def build(request_id: int) -> bytes:
-            return write_header(request_id, handle, offset, len(chunk)) + chunk
+        def build(request_id: int) -> _Packet:
+            # Header and data apart: the link gathers them (writev) without a copy.
+            return (write_header(request_id, handle, offset, len(chunk)), chunk)
 
         return build
 
@@ -973,11 +1003,11 @@ class ChannelLink:
     def __init__(self, channel: paramiko.Channel) -> None:
         self.channel = channel
 
-    def send_all(self, data: bytes) -> None:
+    def send_all(self, pieces: Sequence[bytes | memoryview]) -> None:
         """Channel.sendall re-slices the whole remainder after every packet (quadratic
         for large buffers); send packet-sized slices of a memoryview instead."""
         channel = self.channel
-        view = memoryview(data)
+        view = memoryview(pieces[0] if len(pieces) == 1 else b"".join(pieces))
         step = max(4096, int(getattr(channel, "out_max_packet_size", 32768)))
         pos = 0
         while pos < len(view):

@@ -21,6 +21,7 @@ import os
 import subprocess
 import tempfile
 import threading
+from collections.abc import Sequence
 from typing import IO
 
 import trio
@@ -106,11 +107,16 @@ class PipeLink:
             with contextlib.suppress(OSError):  # an older kernel, or a lower limit
                 fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
 
-    def send_all(self, data: bytes) -> None:
+    def send_all(self, pieces: Sequence[bytes | memoryview]) -> None:
+        """Gathered writes (no copy into one buffer), resumed after a partial one."""
         fd = self._stdin.fileno()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        views = [memoryview(piece) for piece in pieces]
+        while views:
+            sent = os.writev(fd, views)
+            while views and sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            if sent:
+                views[0] = views[0][sent:]
 
     def recv_exact(self, n: int) -> bytes:
         data = self._reader.read(n)

@@ -12,6 +12,7 @@ import os
 import pwd
 import stat
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -533,8 +534,17 @@ def small_disk(sshd: LoopbackSshd) -> Iterator[Path]:
     try:
         yield path
     finally:
-        subprocess.run(["umount", str(path)], check=True)
+        _umount(path)
         path.rmdir()
+
+
+def _umount(path: Path, timeout: float = 10.0) -> None:
+    """umount, retried while busy: the server's sftp-server processes close their files
+    when they see the session end, a moment after the mount has stopped."""
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["umount", str(path)], check=False).returncode != 0:
+        assert time.monotonic() < deadline, f"{path} still busy after {timeout}s"
+        time.sleep(0.1)
 
 
 @trio_test
