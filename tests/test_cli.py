@@ -79,6 +79,15 @@ def test_unknown_mount_option_is_refused_in_one_line(
     assert_nothing_mounted(rxfs, mountpoint)
 
 
+def test_bad_option_value_is_refused_naming_the_option(
+    rxfs: Rxfs, mountpoint: Path, mode: list[str]
+) -> None:
+    done = rxfs("mount", "memory://", str(mountpoint), "-o", "size=lots", *mode)
+    assert_one_line_error(done, 2)
+    assert "size" in done.stderr
+    assert_nothing_mounted(rxfs, mountpoint)
+
+
 def test_unreachable_server_fails_at_runtime_with_status_1(rxfs: Rxfs, mountpoint: Path) -> None:
     # Port 1 on loopback: nothing listens, the connection is refused at once.
     done = rxfs("mount", "sftp://nobody@127.0.0.1:1/", str(mountpoint))
