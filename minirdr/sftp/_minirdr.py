@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONNS = 2
 DEFAULT_CHANNELS = 1
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = 30.0
 # Threads that may block in connection setup at once (TCP, key exchange, login).
 _CONNECT_THREADS = 4
 
@@ -150,6 +150,11 @@ def _entry(method: _Entry[_M]) -> _Entry[_M]:
         except trio.TooSlowError:
             log.warning("%r: no answer within %s s", rx_context, self.tuning.timeout)
             return TIMEOUT_STATUS
+        except ValueError as exc:
+            # A reply too short for its type (the Reader's complaint). Framing is intact,
+            # so only this request fails; the same reply again would fail a replay too.
+            log.warning("%r: the server's reply made no sense: %s", rx_context, exc)
+            return NtStatus.STATUS_IO_DEVICE_ERROR
 
     return run
 
@@ -271,6 +276,12 @@ class SftpMiniRdr(MiniRdrDispatch):
     async def create_srv_call(self, srv_call: SrvCall) -> NtStatus:
         """Log in ``max_conns`` times (in worker threads) and open ``channels`` SFTP
         sessions on each. Raises NtStatusError with the one-line reason on failure."""
+        # A reconnect: what is left of the old connection goes first, so that requests
+        # still waiting on it (a stalled server) fail now and are replayed, and its
+        # threads and sockets are not kept for the life of the mount.
+        old, self._pool = self._pool, None
+        if old is not None:
+            old.close()
         options = self._device.options if self._device is not None else {}
         self.tuning = _Tuning.from_options(options)
         settings = resolve_settings(srv_call.url, options)
