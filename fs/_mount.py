@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +167,10 @@ async def _watch_signals(shutdown: _Shutdown, nursery: trio.Nursery) -> None:
 
 def run(request: MountRequest, minirdr: MiniRdrDispatch, ready: ReadyCallback) -> int:
     """Serve in this process; returns the exit status."""
+    # Every request crosses threads (the trio loop, a backend's connection threads).
+    # With CPython's default 5 ms GIL switch interval each crossing can wait that long
+    # behind a busy thread; measured here, 0.5 ms made small-file creates ~1.6x faster.
+    sys.setswitchinterval(0.0005)
     return trio.run(serve, request, minirdr, ready)
 
 
