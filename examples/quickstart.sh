@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# rxfs quick start on a fresh Debian 12 (run as root): install what rxfs needs, mount a
-# share on $RXFS_DEMO_DIR (default /tmp/rxfs-demo), write a file through the mount, read
-# it back, list the directory, and leave the mount up for you to explore.
+# rxfs quick start on a fresh Debian 12 (run as root): install what rxfs needs, mount an
+# SFTP share on $RXFS_DEMO_DIR (default /tmp/rxfs-demo), write a file through the mount,
+# check it arrived on the server, and leave the mount up for you to explore.
 #
-#   bash examples/quickstart.sh
-#   .venv/bin/rxfs umount /tmp/rxfs-demo      # when you are done
+#   bash examples/quickstart.sh                                  # a private loopback sshd
+#   RXFS_DEMO_URL=sftp://me@host/path bash examples/quickstart.sh   # a server of yours
+#   .venv/bin/rxfs umount /tmp/rxfs-demo                         # when you are done
 #
-# Running it again unmounts the previous demo first.
+# Without RXFS_DEMO_URL it starts OpenSSH's sshd on 127.0.0.1 with throwaway keys,
+# serving /tmp/rxfs-demo-share. Running it again unmounts the previous demo first.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -40,19 +42,55 @@ install_rxfs() {
     .venv/bin/python -m pip install -q -e '.[test]' --config-settings editable_mode=strict
 }
 
-# What to mount: sets SHARE_URL and SHARE_OPTIONS (the -o list, may be empty).
-# memory:// needs no server: the files live in the mount process and vanish at unmount.
+# What to mount: sets SHARE_URL, SHARE_OPTIONS (the -o list, may be empty) and
+# SERVER_DIR (where the server keeps the files, when we run the server).
+SSHD_INFO=/tmp/rxfs-demo-sshd.txt
+SSHD_PID_FILE=/tmp/rxfs-demo-sshd.pid
+SERVER_DIR=/tmp/rxfs-demo-share
 choose_share() {
-    SHARE_URL="memory://demo"
     SHARE_OPTIONS=()
+    if [[ -n ${RXFS_DEMO_URL:-} ]]; then
+        SHARE_URL=$RXFS_DEMO_URL
+        SERVER_DIR=
+        return
+    fi
+    start_loopback_sshd
+    SHARE_URL=$(sed -n 's/^sftp URL: //p' "$SSHD_INFO")
+    local options
+    options=$(sed -n 's/^mount: .* -o //p' "$SSHD_INFO")
+    IFS=, read -r -a SHARE_OPTIONS <<<"$options"
 }
 
-mount_share() {
+start_loopback_sshd() {
+    if [[ -f $SSHD_PID_FILE ]] && kill -0 "$(cat "$SSHD_PID_FILE")" 2>/dev/null; then
+        say "Stopping the previous demo sshd"
+        kill "$(cat "$SSHD_PID_FILE")"
+        sleep 1
+    fi
+    mkdir -p "$SERVER_DIR"
+    say "Starting a private OpenSSH sshd on 127.0.0.1 (throwaway keys) serving $SERVER_DIR"
+    setsid .venv/bin/python -m rxfs.minirdr.sftp.loopback --root "$SERVER_DIR" \
+        >"$SSHD_INFO" 2>&1 </dev/null &
+    echo $! >"$SSHD_PID_FILE"
+    for _ in $(seq 100); do
+        grep -q '^host key:' "$SSHD_INFO" && return
+        kill -0 "$(cat "$SSHD_PID_FILE")" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "quickstart: the loopback sshd did not start:" >&2
+    cat "$SSHD_INFO" >&2
+    exit 1
+}
+
+unmount_previous() {
     # mountinfo, not stat: a mount whose process died answers stat with ENOTCONN.
     if awk -v m="$MOUNTPOINT" '$5 == m {found = 1} END {exit !found}' /proc/self/mountinfo; then
         say "Unmounting the previous demo at $MOUNTPOINT"
         "$RXFS" umount "$MOUNTPOINT"
     fi
+}
+
+mount_share() {
     mkdir -p "$MOUNTPOINT"
     local options=()
     [[ ${#SHARE_OPTIONS[@]} -eq 0 ]] || options=(-o "$(IFS=,; echo "${SHARE_OPTIONS[*]}")")
@@ -70,13 +108,25 @@ use_share() {
     cmp README.md "$MOUNTPOINT/docs/README.md" && echo "docs/README.md matches README.md"
     ls -lR "$MOUNTPOINT"
     df -h "$MOUNTPOINT"
+    if [[ -n $SERVER_DIR ]]; then
+        # close() returned, so the bytes are on the server: look at them there.
+        cmp README.md "$SERVER_DIR/docs/README.md" &&
+            echo "the server's copy in $SERVER_DIR/docs/README.md matches too"
+    fi
 }
 
 install_system_packages
 install_rxfs
 "$RXFS" backends
+unmount_previous
 choose_share
 mount_share
 use_share
 say "$SHARE_URL is mounted on $MOUNTPOINT. Unmount with:"
 echo "    $PWD/$RXFS umount $MOUNTPOINT"
+if [[ -n $SERVER_DIR ]]; then
+    echo "and stop the demo sshd with:"
+    echo "    kill $(cat "$SSHD_PID_FILE")"
+fi
+echo "To mount a server of yours (keys, agent and ~/.ssh/config work as with ssh):"
+echo "    $PWD/$RXFS mount sftp://USER@HOST/PATH /mnt/somewhere"
