@@ -344,6 +344,7 @@ def test_odd_file_names_arrive_unchanged(target: Target) -> None:
     assert raised.value.errno == errno.ENAMETOOLONG
 
 
+@pytest.mark.parametrize("target", ["sftp"], indirect=True)
 def test_rm_r_of_a_large_directory_while_listing_it(target: Target) -> None:
     big = target.mnt / "big"
     big.mkdir()
