@@ -245,7 +245,8 @@ class SftpMiniRdr(MiniRdrDispatch):
         "timeout": f"seconds before a request fails with ETIMEDOUT (default {DEFAULT_TIMEOUT:g})",
         "transport": "paramiko (default) or openssh: run the system's ssh client for the "
         "connections, as sshfs does (keys or agent only, no password)",
-        "ssh_command": "the ssh client that transport=openssh runs (default ssh)",
+        "ssh_command": "the ssh client transport=openssh runs, with any options of its own "
+        "(default ssh)",
     }
 
     def __init__(self) -> None:

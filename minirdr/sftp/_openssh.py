@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shlex
 import subprocess
 import tempfile
 import threading
@@ -52,9 +53,14 @@ _STATUS_OF_SSH_ERROR = (
 
 
 def ssh_argv(settings: ConnectSettings, ssh: str = "ssh") -> list[str]:
-    """The ssh command line that runs the sftp subsystem for ``settings``."""
+    """The ssh command line that runs the sftp subsystem for ``settings``. ``ssh`` is
+    the client, maybe with options of its own (``ssh -c aes256-gcm@openssh.com``);
+    they come first, so they win over ours."""
     options = [
         ("BatchMode", "yes"),
+        # AES-GCM first: with AES-NI, OpenSSH's GCM moves bytes at several times the
+        # speed of its default chacha20-poly1305. The rest of ssh's list stays behind.
+        ("Ciphers", "^aes128-gcm@openssh.com,aes256-gcm@openssh.com"),
         ("ClearAllForwardings", "yes"),
         ("StrictHostKeyChecking", settings.strict_host_key_checking.value),
         ("UserKnownHostsFile", _path_list(settings.known_hosts_files)),
@@ -70,7 +76,7 @@ def ssh_argv(settings: ConnectSettings, ssh: str = "ssh") -> list[str]:
     if settings.proxy_command is not None:
         options.append(("ProxyCommand", settings.proxy_command))
     return [
-        ssh,
+        *shlex.split(ssh),
         "-x",  # no X11 forwarding
         "-a",  # no agent forwarding
         "-T",  # no terminal
