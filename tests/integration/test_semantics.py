@@ -9,7 +9,9 @@ import ctypes
 import errno
 import os
 import random
+import shutil
 import subprocess
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -367,3 +369,48 @@ def test_statvfs_reports_the_servers_file_system(target: Target) -> None:
         server = os.statvfs(target.server)
         assert seen.f_blocks * seen.f_frsize == server.f_blocks * server.f_frsize
         assert seen.f_namemax == server.f_namemax
+
+
+def test_changes_made_on_the_server_show_after_the_attribute_timeout(
+    sftp_target: Target,
+) -> None:
+    path = sftp_target.mnt / "shared"
+    path.write_bytes(b"written through the mount")
+    assert path.read_bytes() == b"written through the mount"
+
+    # Another client changes the file on the server (a longer file, new bytes).
+    sftp_target.server_path("shared").write_bytes(b"changed on the server, and longer")
+    sftp_target.server_path("new-on-server").write_bytes(b"hello")
+    time.sleep(1.5)  # past the default attr_timeout and entry_timeout of 1 s
+
+    assert path.stat().st_size == len(b"changed on the server, and longer")
+    assert path.read_bytes() == b"changed on the server, and longer"
+    assert (sftp_target.mnt / "new-on-server").read_bytes() == b"hello"
+    assert "new-on-server" in os.listdir(sftp_target.mnt)
+
+
+def test_copy_within_the_mount(target: Target) -> None:
+    data = random.Random(11).randbytes(3 * MIB + 7)
+    (target.mnt / "original").write_bytes(data)
+    run(["cp", str(target.mnt / "original"), str(target.mnt / "copy")])
+    shutil.copyfile(target.mnt / "original", target.mnt / "copy2")  # copy_file_range
+    for name in ("copy", "copy2"):
+        assert (target.mnt / name).read_bytes() == data
+        assert target.landed(name).read_bytes() == data
+
+
+def test_mtime_follows_writes_like_make_expects(target: Target) -> None:
+    older = target.mnt / "older"
+    older.write_bytes(b"1")
+    time.sleep(1.1)  # SFTP v3 keeps whole seconds
+    newer = target.mnt / "newer"
+    newer.write_bytes(b"2")
+    assert newer.stat().st_mtime > older.stat().st_mtime
+    with older.open("ab") as file:
+        time.sleep(1.1)
+        file.write(b"more")
+    assert older.stat().st_mtime > newer.stat().st_mtime
+    if target.server is not None:
+        for name in ("older", "newer"):
+            seen = int((target.mnt / name).stat().st_mtime)
+            assert seen == int(os.stat(target.server_path(name)).st_mtime)
