@@ -171,6 +171,7 @@ def stalled_server(
     thread.start()
     thread.join(give_up_after)
     outcome.stalled_seconds = time.monotonic() - start
+    outcome.note(f"stalled write+fsync answered after {outcome.stalled_seconds:.1f}s")
     if thread.is_alive():
         outcome.note(f"write+fsync still blocked after {give_up_after:g}s (hang)")
     elif result[0] is None:
