@@ -113,11 +113,16 @@ class _Tuning:
             if value <= 0 or (parse is int and value > 64):
                 raise NtStatusError(
                     NtStatus.STATUS_INVALID_PARAMETER,
-                    f"-o {name}={options[name]}: expected a positive number"
+                    f"-o {name}={_printable(options[name])}: expected a positive number"
                     + (" up to 64" if parse is int else ""),
                 )
             setattr(tuning, name, value)
         return tuning
+
+
+def _printable(value: str) -> str:
+    """A user's value inside a one-line message: control characters escaped."""
+    return value.encode("unicode_escape").decode("ascii")
 
 
 @dataclass(eq=False)
