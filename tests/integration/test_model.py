@@ -1,10 +1,11 @@
 """Model-based: the same random operations on the mount and on a local directory.
 
-hypothesis drives create / write at offsets / truncate / rename / unlink / mkdir / rmdir
-over a handful of names, applies each to both trees and compares the outcome (the value
-returned or the errno) step by step; when an example ends, both trees, and for sftp://
-the server's directory, must hold the same names, types, sizes and bytes. One mount
-serves every example: the trees are emptied in between, never remounted.
+hypothesis drives create / write at offsets / truncate / rename / unlink / mkdir / rmdir /
+symlink / link, and reads and writes through descriptors kept open, over a handful of
+names. Each operation is applied to both trees and its outcome (the value returned or the
+errno) compared step by step; when an example ends, both trees, and for sftp:// the
+server's directory, must hold the same names, types, sizes and bytes. One mount serves
+every example: the trees are emptied in between, never remounted.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 # Few names, nested two deep, so that operations collide often: existing targets,
 # missing parents, files where directories are expected and the reverse.
 NAMES = st.sampled_from(["a", "b", "d", "d/a", "d/b", "d/e", "d/e/a", "b/a"])
+# Relative targets only, so that a link resolves the same way in both trees.
+LINK_TARGETS = st.sampled_from(["a", "b", "d", "d/a", "../a", "e/a", "missing"])
 OFFSETS = st.one_of(st.integers(0, 5000), st.integers(60_000, 300_000))
 LENGTHS = st.one_of(st.integers(0, 5000), st.integers(30_000, 140_000))
 Outcome = tuple[str, object]
@@ -130,6 +133,18 @@ def make_machine(target: Target, local: Path) -> type[RuleBasedStateMachine]:
         @rule(name=NAMES)
         def rmdir(self, name: str) -> None:
             self.both(lambda root: lambda: os.rmdir(root / name))
+
+        @rule(name=NAMES, link_target=LINK_TARGETS)
+        def symlink(self, name: str, link_target: str) -> None:
+            self.both(lambda root: lambda: os.symlink(link_target, root / name))
+
+        @rule(name=NAMES)
+        def readlink(self, name: str) -> None:
+            self.both(lambda root: lambda: os.readlink(root / name))
+
+        @rule(source=NAMES, destination=NAMES)
+        def link(self, source: str, destination: str) -> None:
+            self.both(lambda root: lambda: os.link(root / source, root / destination))
 
         @rule(name=NAMES)
         def read(self, name: str) -> None:
