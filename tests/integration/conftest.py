@@ -71,7 +71,6 @@ def target(request: pytest.FixtureRequest, mount: MountFactory) -> Iterator[Targ
         mounted = mount("memory://")
         yield Target("memory", mounted.path, mounted, None)
         return
-    request.applymarker(pytest.mark.sshd)
     server: LoopbackSshd = request.getfixturevalue("sshd")
     result = mount_sftp(mount, server)
     yield result
@@ -93,3 +92,17 @@ def remove_server_dir(target: Target) -> None:
     target.mount.wait_exit()
     assert target.server is not None
     shutil.rmtree(target.server, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Whatever here needs a loopback sshd is an sshd test: tests/conftest.py then turns a
+    # skip into a failure (DESIGN §8).
+    here = Path(__file__).parent
+    for item in items:
+        if here not in item.path.parents:
+            continue
+        names = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        on_sftp = callspec is not None and callspec.params.get("target") == "sftp"
+        if on_sftp or names & {"sshd", "sshd_user", "sftp_target", "full_target"}:
+            item.add_marker(pytest.mark.sshd)
