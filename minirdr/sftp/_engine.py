@@ -237,6 +237,7 @@ class SftpSession:
         # one wakeup of the loop takes all that piled up meanwhile.
         self._inbox: list[tuple[_Waiter, Reply | SftpError]] = []
         self._drain_scheduled = False
+        self._held: list[bytes | memoryview] = []  # see _enqueue(hold=True); loop only
         self._threads = [
             threading.Thread(target=self._send_loop, name=f"{self.name}-send", daemon=True),
             threading.Thread(target=self._read_loop, name=f"{self.name}-read", daemon=True),
@@ -438,8 +439,12 @@ class SftpSession:
         build: Callable[[int], bytes | _Packet],
         callback: Callable[[Reply | SftpError], None],
         cost: int,
+        *,
+        hold: bool = False,
     ) -> None:
-        """Queue a request whose budget is already taken."""
+        """Queue a request whose budget is already taken. With ``hold``, it waits in
+        the loop's hands until the next :meth:`_flush` (or unheld request): waking the
+        sender once for a burst of requests costs the loop far less than once each."""
         request_id = next(self._ids)
         waiter = _Waiter(cost, callback)
         with self._lock:
@@ -451,7 +456,15 @@ class SftpSession:
             callback(SftpError(SftpStatusCode.SSH_FX_NO_CONNECTION, dead.message))
             return
         built = build(request_id)
-        self._outbox.put((built,) if isinstance(built, bytes) else built)
+        self._held.extend((built,) if isinstance(built, bytes) else built)
+        if not hold:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Hand the held requests to the sender."""
+        if self._held:
+            self._outbox.put(tuple(self._held))
+            self._held.clear()
 
     async def request(self, kind: PacketType, *fields: bytes) -> Reply:
         """Send one request and wait for its reply (any type; STATUS is not checked)."""
@@ -741,8 +754,12 @@ class RemoteFile:
                 for pos in range(0, len(view), step):
                     chunk = view[pos : pos + step]
                     at = offset + pos
-                    await session._submit(
-                        self._write_builder(at, chunk), batch.expect(at), cost=len(chunk)
+                    if not session._budget.try_acquire(len(chunk)):
+                        # Nothing stays held while we wait for room.
+                        session._flush()
+                        await session._budget.acquire(len(chunk))
+                    session._enqueue(
+                        self._write_builder(at, chunk), batch.expect(at), len(chunk), hold=True
                     )
                     session.stats.write_requests += 1
                     session.stats.write_bytes += len(chunk)
@@ -750,6 +767,7 @@ class RemoteFile:
                         session.stats.largest_write_request, len(chunk)
                     )
         finally:
+            session._flush()
             batch.seal()
         return batch
 
@@ -890,10 +908,10 @@ class RemoteFile:
             segs.append(self._send_read(pos, length))
         return segs
 
-    def _send_read(self, pos: int, length: int) -> _ReadSeg:
+    def _send_read(self, pos: int, length: int, *, hold: bool = False) -> _ReadSeg:
         """Queue one READ whose budget is already taken."""
         seg = _ReadSeg(pos, length)
-        self.session._enqueue(self._read_builder(seg), seg.resolve, length)
+        self.session._enqueue(self._read_builder(seg), seg.resolve, length, hold=hold)
         self.session.stats.read_requests += 1
         return seg
 
@@ -906,9 +924,10 @@ class RemoteFile:
             # Whole server-sized requests: a window that grows by each small read must
             # not turn into as many small requests.
             if not session._budget.try_acquire(session.max_read):
-                return
-            self._ahead.append(self._send_read(pos, session.max_read))
+                break
+            self._ahead.append(self._send_read(pos, session.max_read, hold=True))
             pos += session.max_read
+        session._flush()
 
     def _read_builder(self, seg: _ReadSeg) -> Callable[[int], bytes]:
         fields = (self._handle_field, u64(seg.start), u32(seg.length))
