@@ -145,7 +145,10 @@ def _check_mountpoint(path: str) -> str:
 
 
 def _build_request(args: argparse.Namespace) -> tuple[MountRequest, type[MiniRdrDispatch]]:
-    url = urlsplit(args.url)
+    try:
+        url = urlsplit(args.url)
+    except ValueError as exc:
+        raise UsageError(f"{args.url!r} is not a valid URL: {exc}") from None
     if not url.scheme:
         raise UsageError(f"{args.url!r} is not a URL: use e.g. sftp://user@host/path or memory://")
     try:

@@ -11,7 +11,7 @@ import trio
 
 from ._dispatch import DISPATCH_TABLE, Routine
 from ._objects import NetRoot, SrvCall, SrvOpen, VNetRoot, normalize_path
-from ._reconnect import RETRYABLE, Reconnector
+from ._reconnect import Reconnector
 from ._rxcontext import RxContext, RxContextFlags
 from ._writebehind import MIB, LazyWriter
 from .irp import IoStatusBlock, Irp, ReadParameters, WriteParameters
@@ -51,7 +51,7 @@ class CoreOptions:
         core = cls()
         if "dirty_limit" in options:
             text = options["dirty_limit"].strip().upper().removesuffix("B")
-            number, suffix = (text[:-1], text[-1]) if text[-1:] in "KMG" else (text, "")
+            number, suffix = (text[:-1], text[-1]) if text and text[-1] in "KMG" else (text, "")
             if not number.isdigit() or int(number) * _SUFFIXES[suffix] < MIB:
                 raise ValueError(
                     f"-o dirty_limit= wants a size of at least 1M (e.g. 64M), "
@@ -193,13 +193,8 @@ class RxDevice:
             return irp.io_status
         # Described before it runs: a close detaches the file object it names.
         debug = _describe(irp) if log.isEnabledFor(logging.DEBUG) else None
-        generation = self.reconnector.generation
-        status = await self._run(routine, irp, flags)
-        # The connection went away under the request: replay it on a new one.
-        while status in RETRYABLE and await self.reconnector.recover(generation):
-            generation = self.reconnector.generation
-            irp.io_status = IoStatusBlock()
-            status = await self._run(routine, irp, flags)
+        # A request the connection went away under is replayed on a new one.
+        status = await self.reconnector.with_replay(lambda: self._run(routine, irp, flags))
         if status == NtStatus.STATUS_PENDING and flags & RxContextFlags.RX_CONTEXT_FLAG_WAIT:
             log.error("%s returned STATUS_PENDING to a waiting caller", irp.major_function.name)
             status = NtStatus.STATUS_UNSUCCESSFUL
@@ -209,6 +204,7 @@ class RxDevice:
         return irp.io_status
 
     async def _run(self, routine: Routine, irp: Irp, flags: RxContextFlags) -> NtStatus:
+        irp.io_status = IoStatusBlock()
         rx_context = RxContext(self, irp, fobx=irp.file_object, flags=flags)
         try:
             return await routine(rx_context)

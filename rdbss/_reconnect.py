@@ -23,6 +23,7 @@ import enum
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 __all__ = ["RETRYABLE", "Reconnector", "SrvCallState"]
 
 log = logging.getLogger(__name__)
+
+# How often one request is replayed on a new connection before it fails.
+MAX_REPLAYS = 8
 
 # Statuses that mean "the connection is gone", not "the server said no".
 RETRYABLE = frozenset(
@@ -75,6 +79,26 @@ class Reconnector:
         self.generation = 0
         self.reconnects = 0
         self._done: trio.Event | None = None
+
+    async def with_replay(self, attempt: Callable[[], Awaitable[NtStatus]]) -> NtStatus:
+        """Run ``attempt``; while it fails because the connection went away, recover and
+        run it again — at most MAX_REPLAYS times and not past ``reconnect_timeout``
+        after its first failure, so that a request which breaks every connection it is
+        sent on cannot loop. What still fails for want of a connection is answered
+        STATUS_CONNECTION_DISCONNECTED (EIO: the server stayed away)."""
+        generation = self.generation
+        status = await attempt()
+        if status not in RETRYABLE:
+            return status
+        deadline = time.monotonic() + self.reconnect_timeout
+        for _ in range(MAX_REPLAYS):
+            if time.monotonic() > deadline or not await self.recover(generation):
+                break
+            generation = self.generation
+            status = await attempt()
+            if status not in RETRYABLE:
+                return status
+        return NtStatus.STATUS_CONNECTION_DISCONNECTED
 
     async def recover(self, seen_generation: int) -> bool:
         """Called by a request that failed with a RETRYABLE status on the connection of

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 import trio
 
 from ._readwrite import rx_low_io_submit
-from ._reconnect import RETRYABLE
 from ._rxcontext import LowIoOp, LowIoReadWriteFlags, RxContext
 from .irp import Irp, IrpMj, WriteParameters
 from .ntstatus import NtStatus, nt_success
@@ -297,14 +296,9 @@ class LazyWriter:
         self._space.unpark_all()
 
     async def _paging_write(self, fcb: Fcb, extent: _Extent) -> None:
-        reconnector = self.device.reconnector
-        generation = reconnector.generation
-        status = await self._send(fcb, extent)
         # Held until acknowledged: a write lost with its connection is sent again on
         # the next one (a positioned write is idempotent).
-        while status in RETRYABLE and await reconnector.recover(generation):
-            generation = reconnector.generation
-            status = await self._send(fcb, extent)
+        status = await self.device.reconnector.with_replay(lambda: self._send(fcb, extent))
         if not nt_success(status):
             fcb.latch_write_error(status)
             log.error(

@@ -82,10 +82,6 @@ def _assert_clear(code: int, stderr: str, served: bool) -> None:
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(url=URLS)
-@pytest.mark.xfail(
-    strict=True,
-    reason="fs/cli.py _build_request: urlsplit('sftp://[') raises ValueError (traceback)",
-)
 def test_any_url_is_mounted_or_refused_in_one_line(
     url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -97,10 +93,6 @@ def test_any_url_is_mounted_or_refused_in_one_line(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(options=OPTIONS)
-@pytest.mark.xfail(
-    strict=True,
-    reason="rdbss CoreOptions.parse: -o dirty_limit= (empty) raises IndexError (traceback)",
-)
 def test_any_options_are_taken_or_refused_in_one_line(
     options: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

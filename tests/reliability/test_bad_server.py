@@ -81,11 +81,6 @@ def test_short_reply_fails_that_request_and_the_mount_stays_up(
     assert bad_mount.alive()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rdbss RxDevice.dispatch replays a request after every successful reconnect "
-    "without a bound: a reply that kills the stream each time loops forever",
-)
 def test_garbled_reply_fails_that_request_and_the_mount_stays_up(
     bad_sshd: LoopbackSshd, bad_mount: Mount
 ) -> None:
