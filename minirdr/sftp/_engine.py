@@ -1,11 +1,15 @@
-"""The SFTP request engine: SFTP sessions on paramiko channels, driven from the trio loop.
+"""The SFTP request engine: SFTP sessions driven from the trio loop.
 
-paramiko is blocking and its SFTPClient loses replies when several threads read them
-(DESIGN §5, §10), so each SFTP session (one SSH channel running the sftp subsystem) has
-exactly two threads of its own: a *sender* that writes queued packets to the channel and
-a *reader* that is the only one ever to read replies from it. The trio loop never blocks:
-it numbers a request, registers a waiter, queues the packet and awaits a trio event that
-the reader sets through the loop's token (``run_sync_soon``).
+A session runs on a :class:`Link`: a paramiko channel running the sftp subsystem
+(:class:`ChannelLink`, the default) or the pipes of the system's ssh client
+(``_openssh.PipeLink``, ``-o transport=openssh``). Links block, and paramiko's
+SFTPClient loses replies when several threads read them (DESIGN §5, §10), so each
+session has exactly two threads of its own: a *sender* that writes queued packets to
+the link and a *reader* that is the only one ever to read replies from it. The trio loop
+never blocks: it numbers a request, registers a waiter, queues the packet and awaits a
+trio event set when the reply is handed back. Both hand-overs are batched: a burst of
+requests wakes the sender once, and one wakeup of the loop (``run_sync_soon``) takes
+every reply that arrived meanwhile.
 
 Flow control lives on the loop: each session has a cap on requests and on bytes in
 flight (:class:`_Budget`), so a large write is cut into requests as large as the server
@@ -16,7 +20,7 @@ fails the whole write it belongs to, and nothing is claimed as written.
 An SFTP handle belongs to the session that opened it (each channel is a separate
 sftp-server process), so a :class:`RemoteFile` stays on its session; requests by path go
 to the least loaded session of the :class:`SessionPool`, which spans several SSH
-transports (``-o max_conns``) for throughput.
+connections (``-o max_conns``) for throughput.
 """
 
 from __future__ import annotations
@@ -828,7 +832,8 @@ class RemoteFile:
         out: list[memoryview | bytes] = []
         pos = offset
         for seg in segs:
-            await seg.done.wait()
+            if not seg.done.is_set():  # a read-ahead hit costs no trip through the scheduler
+                await seg.done.wait()
             if seg.error is not None:
                 self._forget(seg)
                 raise seg.error
