@@ -230,7 +230,9 @@ def _open_flags(params: CreateParameters, append: bool) -> OpenFlags:
 
 class SftpMiniRdr(MiniRdrDispatch):
     scheme = "sftp"
-    description = "files on an SSH server (OpenSSH sftp-server), through paramiko"
+    description = (
+        "files on an SSH server (OpenSSH sftp-server), through paramiko or the ssh client"
+    )
     capabilities = (
         Capability.SYMLINKS
         | Capability.HARDLINKS
@@ -324,9 +326,10 @@ class SftpMiniRdr(MiniRdrDispatch):
         srv_call.context = self._pool
         self._root = settings.remote_path
         log.info(
-            "connected to %s: %d connection(s), %d SFTP session(s), extensions %s",
+            "connected to %s through %s: %d connection(s), %d SFTP session(s), extensions %s",
             settings.target,
-            len(transports),
+            self.tuning.transport.value,
+            len(transports) or len(sessions),  # with openssh, one ssh process a session
             len(sessions),
             ", ".join(sorted(self._pool.extensions)) or "none",
         )
