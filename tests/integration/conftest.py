@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from integration_support import Target
 from rxfs.minirdr.sftp.loopback import LoopbackSshd, ensure_test_account, shared_password
 
+from tests.integration.integration_support import Target
+
 if TYPE_CHECKING:
-    from conftest import MountFactory
+    from tests.conftest import MountFactory
 
 BACKENDS = ("sftp", "memory")
 _test_dirs = itertools.count()

@@ -1,4 +1,4 @@
-"""Helpers shared by the end-to-end tests (imported by name: this folder is on sys.path)."""
+"""Helpers shared by the end-to-end tests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from conftest import Mount
+    from tests.conftest import Mount
 
 MIB = 1 << 20
 

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from integration_support import MIB, Target
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
 
+from tests.integration.integration_support import MIB, Target
+
 if TYPE_CHECKING:
-    from conftest import MountFactory
+    from tests.conftest import MountFactory
 
 TMPFS_MIB = 8
 

@@ -29,10 +29,11 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from integration_support import tree_digest
+
+from tests.integration.integration_support import tree_digest
 
 if TYPE_CHECKING:
-    from integration_support import Target
+    from tests.integration.integration_support import Target
 
 # Few names, nested two deep, so that operations collide often: existing targets,
 # missing parents, files where directories are expected and the reverse.

@@ -16,7 +16,7 @@ import pytest
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
 
 if TYPE_CHECKING:
-    from conftest import Rxfs
+    from tests.conftest import Rxfs
 
 pytestmark = [pytest.mark.sshd, pytest.mark.fuse]
 MODES = {"background": (), "foreground": ("-f",)}

@@ -15,10 +15,11 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-from integration_support import MIB, run
+
+from tests.integration.integration_support import MIB, run
 
 if TYPE_CHECKING:
-    from integration_support import Target
+    from tests.integration.integration_support import Target
 
 AT_FDCWD = -100
 RENAME_NOREPLACE = 1

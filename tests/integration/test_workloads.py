@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from integration_support import MIB, run, sha256_file, tree_digest
+
+from tests.integration.integration_support import MIB, run, sha256_file, tree_digest
 
 if TYPE_CHECKING:
-    from integration_support import Target
+    from tests.integration.integration_support import Target
 
 TREE_FILES = 1100
 # The heavy workloads run on sftp:// only: memory:// adds time, not coverage of the issue.
