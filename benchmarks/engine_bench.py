@@ -10,6 +10,8 @@ Each round runs every rxfs variant then sshfs; the summary gives the median MB/s
 rounds with the spread (min-max) and the ratio of each variant to sshfs (medians). Run
 as root (sshd and FUSE); needs sshfs for the comparison (``--no-sshfs`` to skip it).
 The load average is printed before and after: other work on the machine shows there.
+Each phase also reports the CPU seconds per GiB of the mount process and its ssh client
+(user + system), a measure of cost that other load on the machine disturbs less.
 
     .venv/bin/python benchmarks/engine_bench.py --size 256 --rounds 3
     .venv/bin/python benchmarks/engine_bench.py --variant rxfs= --variant openssh=transport=openssh
@@ -63,15 +65,17 @@ def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
 
 @dataclass
 class Mounted:
-    """A running mount process; :meth:`cpu_seconds` is the user + system time of it and
-    its live descendants (ssh), which is less sensitive than MB/s to other load on the
-    machine."""
+    """A running mount process; :meth:`cpu_seconds` is the user + system time of it, its
+    live descendants, and any ssh client logging in with ``key`` (sshfs double-forks its
+    ssh, which then belongs to init). Less sensitive than MB/s to other load."""
 
     pid: int
+    key: str
 
     def cpu_seconds(self) -> float:
         parents: dict[int, int] = {}
         ticks: dict[int, int] = {}
+        ssh_clients: set[int] = set()
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -82,17 +86,29 @@ class Mounted:
             pid = int(entry.name)
             parents[pid] = int(fields[1])
             ticks[pid] = int(fields[11]) + int(fields[12])  # utime, stime
+            if self._is_our_ssh(entry):
+                ssh_clients.add(pid)
         tree = {self.pid}
         grew = True
         while grew:
             children = {pid for pid, parent in parents.items() if parent in tree} - tree
             grew = bool(children)
             tree |= children
+        tree |= ssh_clients
         return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+
+    def _is_our_ssh(self, entry: Path) -> bool:
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return Path(os.fsdecode(argv[0])).name == "ssh" and any(
+            self.key in os.fsdecode(arg) for arg in argv
+        )
 
 
 @contextmanager
-def foreground_mount(argv: list[str], mnt: Path) -> Iterator[Mounted]:
+def foreground_mount(argv: list[str], mnt: Path, key: Path) -> Iterator[Mounted]:
     """Run a FUSE file system in the foreground; unmount and wait for it on exit."""
     log = mnt.with_suffix(".log").open("ab")
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -101,7 +117,7 @@ def foreground_mount(argv: list[str], mnt: Path) -> Iterator[Mounted]:
             raise RuntimeError(f"{argv[0]} did not mount {mnt}")
         if process.poll() is not None:
             raise RuntimeError(f"{argv[0]} exited {process.returncode}; see {log.name}")
-        yield Mounted(process.pid)
+        yield Mounted(process.pid, str(key))
     finally:
         if os.path.ismount(mnt):
             subprocess.run(["fusermount3", "-u", str(mnt)], timeout=120, check=False)
@@ -119,7 +135,9 @@ def rxfs_mount(
     rxfs = Path(sys.executable).with_name("rxfs")
     options = ",".join([*(f"{k}={v}" for k, v in server.mount_options().items()), *extra])
     return foreground_mount(
-        [str(rxfs), "mount", "-f", server.url(remote_dir), str(mnt), "-o", options], mnt
+        [str(rxfs), "mount", "-f", server.url(remote_dir), str(mnt), "-o", options],
+        mnt,
+        server.client_key_path,
     )
 
 
@@ -135,7 +153,9 @@ def sshfs_mount(
         "BatchMode=yes",
         f"port={server.port}",
     ]
-    return foreground_mount(["sshfs", "-f", remote, str(mnt), "-o", ",".join(options)], mnt)
+    return foreground_mount(
+        ["sshfs", "-f", remote, str(mnt), "-o", ",".join(options)], mnt, server.client_key_path
+    )
 
 
 def dd(argv: list[str], nbytes: int, mounted: Mounted) -> tuple[float, float]:
