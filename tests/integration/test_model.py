@@ -155,9 +155,9 @@ def make_machine(target: Target, local: Path) -> type[RuleBasedStateMachine]:
         def stat(self, name: str) -> None:
             self.both(lambda root: lambda: kind_and_size(root / name))
 
-        @rule(target=handles, name=NAMES, create=st.booleans())
-        def open(self, name: str, create: bool) -> tuple[int, int] | None:
-            flags = os.O_RDWR | (os.O_CREAT if create else 0)
+        @rule(target=handles, name=NAMES, create=st.booleans(), append=st.booleans())
+        def open(self, name: str, create: bool, append: bool) -> tuple[int, int] | None:
+            flags = os.O_RDWR | (os.O_CREAT if create else 0) | (os.O_APPEND if append else 0)
             opened = [
                 outcome(lambda root=root: os.open(root / name, flags, 0o644)) for root in roots
             ]
@@ -229,8 +229,8 @@ def test_random_operations_match_a_local_directory(target: Target, tmp_path: Pat
     run_state_machine_as_test(
         machine,
         settings=settings(
-            max_examples=int(os.environ.get("RXFS_MODEL_EXAMPLES", "30")),
-            stateful_step_count=int(os.environ.get("RXFS_MODEL_STEPS", "30")),
+            max_examples=int(os.environ.get("RXFS_MODEL_EXAMPLES", "50")),
+            stateful_step_count=int(os.environ.get("RXFS_MODEL_STEPS", "40")),
             deadline=None,
             derandomize=True,
             database=None,
