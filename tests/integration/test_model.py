@@ -222,7 +222,8 @@ def make_machine(target: Target, local: Path) -> type[RuleBasedStateMachine]:
 
 
 def test_random_operations_match_a_local_directory(target: Target, tmp_path: Path) -> None:
-    """Soak it longer with RXFS_MODEL_EXAMPLES=500 RXFS_MODEL_STEPS=60 (and -p no:randomly)."""
+    """RXFS_MODEL_EXAMPLES / RXFS_MODEL_STEPS make it longer, within the 180 s watchdog
+    that tests/conftest.py puts on every mount."""
     local = tmp_path / "local"
     local.mkdir()
     machine = make_machine(target, local)
