@@ -37,6 +37,10 @@ class UsageError(Exception):
     """Bad input: reported as one line and exit status 2."""
 
 
+class PluginError(Exception):
+    """An installed backend is broken: one line and exit status 1."""
+
+
 # -- state: where a background mount keeps its pid and log -----------------------------
 
 
@@ -155,6 +159,8 @@ def _build_request(args: argparse.Namespace) -> tuple[MountRequest, type[MiniRdr
         minirdr = load_backend(url.scheme)
     except UnknownSchemeError as exc:
         raise UsageError(str(exc)) from None
+    except Exception as exc:  # a broken plugin: say which, without its traceback
+        raise PluginError(f"cannot load the mini-redirector for {url.scheme}://: {exc}") from None
     mountpoint = _check_mountpoint(args.mountpoint)
     fs_options, core_options, backend_options, allow_other = split_options(
         parse_options(args.options), minirdr
@@ -400,6 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"rxfs: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except PluginError as exc:
+        print(f"rxfs: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
     return code

@@ -157,7 +157,11 @@ class MemoryMiniRdr(MiniRdrDispatch):
         size = v_net_root.options.get("size")
         if size is not None:
             if not size.isdigit():
-                return NtStatus.STATUS_INVALID_PARAMETER
+                # Raised, not returned: the message reaches the user who mounted.
+                raise NtStatusError(
+                    NtStatus.STATUS_INVALID_PARAMETER,
+                    f"-o size= wants a number of bytes, not {size!r}",
+                )
             self._capacity = int(size)
         root = v_net_root.net_root.root
         if root != "/":
