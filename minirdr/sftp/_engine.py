@@ -94,6 +94,7 @@ EXT_FSTATVFS = "fstatvfs@openssh.com"
 EXT_FSYNC = "fsync@openssh.com"
 EXT_HARDLINK = "hardlink@openssh.com"
 EXT_POSIX_RENAME = "posix-rename@openssh.com"
+EXT_LSETSTAT = "lsetstat@openssh.com"
 
 
 class SftpError(Exception):
@@ -523,6 +524,14 @@ class SftpSession:
 
     async def setstat(self, path: str, attrs: Attrs) -> None:
         await self.call(PacketType.SETSTAT, pack_string(path), pack_attrs(attrs))
+
+    async def lsetstat(self, path: str, attrs: Attrs) -> None:
+        """SETSTAT of the name itself, not what a symlink points at (lutimes,
+        lchown); plain SETSTAT where the server lacks lsetstat@openssh.com."""
+        if not self.has(EXT_LSETSTAT):
+            await self.setstat(path, attrs)
+            return
+        await self.extended(EXT_LSETSTAT, pack_string(path), pack_attrs(attrs))
 
     async def mkdir(self, path: str, mode: int) -> None:
         await self.call(PacketType.MKDIR, pack_string(path), pack_attrs(Attrs(permissions=mode)))

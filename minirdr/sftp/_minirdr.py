@@ -675,8 +675,11 @@ class SftpMiniRdr(MiniRdrDispatch):
         remote: RemoteFile | None,
         info: FileBasicInformation,
     ) -> None:
-        """SETSTAT/FSETSTAT: SFTP v3 sets uid with gid and atime with mtime, so a half
-        given pair is completed from the current attributes. Times are whole seconds."""
+        """FSETSTAT, or by name LSETSTAT: a change by name is a change to the name itself
+        (the kernel resolves symlinks before chmod; what reaches us for a symlink is
+        lutimes or lchown, as tar does after extracting one). SFTP v3 sets uid with gid
+        and atime with mtime, so a half given pair is completed from the current
+        attributes. Times are whole seconds."""
         session = remote.session if remote is not None else self.pool.pick()
         try:
             half_given = (info.uid is None) != (info.gid is None) or (info.atime_ns is None) != (
@@ -687,7 +690,7 @@ class SftpMiniRdr(MiniRdrDispatch):
             if remote is not None:
                 await remote.fsetstat(attrs)
             else:
-                await session.setstat(path, attrs)
+                await session.lsetstat(path, attrs)
             fresh = await self._stat_via(session, path, remote)
         except SftpError as exc:
             raise await _fail(exc, session, Probe.NONE, path) from None
@@ -695,7 +698,7 @@ class SftpMiniRdr(MiniRdrDispatch):
 
     @staticmethod
     async def _stat_via(session: SftpSession, path: str, remote: RemoteFile | None) -> Attrs:
-        return await remote.fstat() if remote is not None else await session.stat(path)
+        return await remote.fstat() if remote is not None else await session.lstat(path)
 
     async def _set_end_of_file(
         self, rx_context: RxContext, path: str, remote: RemoteFile | None, size: int
