@@ -325,6 +325,10 @@ class SftpMiniRdr(MiniRdrDispatch):
         self._pool = SessionPool(transports, sessions)
         srv_call.context = self._pool
         self._root = settings.remote_path
+        if old is not None:
+            # Reap what the old connection left (threads; with transport=openssh, the
+            # ssh processes and their pipes), now that it cannot hold anyone up.
+            await self._in_thread(old.join)
         log.info(
             "connected to %s through %s: %d connection(s), %d SFTP session(s), extensions %s",
             settings.target,

@@ -13,14 +13,14 @@ import pytest
 import trio
 from rxfs.minirdr.sftp._connect import HostKeyPolicy, resolve_settings
 from rxfs.minirdr.sftp._engine import SftpSession
-from rxfs.minirdr.sftp._openssh import open_openssh_session, ssh_argv
+from rxfs.minirdr.sftp._openssh import PipeLink, open_openssh_session, ssh_argv
 from rxfs.minirdr.sftp._wire import OpenFlags
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
 from rxfs.rdbss import NtStatus, NtStatusError
 from rxfs.rdbss.irp import CreateDisposition
 
 from tests.sftp.test_minirdr import mount_error, mounted
-from tests.unit._harness import close, open_file, read_bytes, write
+from tests.unit._harness import close, open_file, read_bytes, stat_path, write
 
 P = ParamSpec("P")
 
@@ -132,3 +132,19 @@ async def test_an_unknown_transport_is_an_invalid_parameter(
     failure = await mount_error(sshd, share, transport="telnet")
     assert failure.status == NtStatus.STATUS_INVALID_PARAMETER
     assert "transport=telnet" in str(failure)
+
+
+@trio_test
+async def test_a_dropped_ssh_connection_is_reconnected(sshd: LoopbackSshd, tmp_path: Path) -> None:
+    share = sshd.root / tmp_path.name
+    share.mkdir()
+    async with mounted(sshd, share, transport="openssh", max_conns="1") as (device, minirdr):
+        lost = minirdr.pool
+        assert sshd.drop_connections() >= 1
+        status, _ = await stat_path(device, "/")
+        assert status == NtStatus.STATUS_SUCCESS
+        assert device.reconnector.reconnects == 1
+        # The lost connection's ssh processes were reaped, their pipes closed.
+        for session in lost.sessions:
+            assert isinstance(session.link, PipeLink)
+            assert session.link.process.returncode is not None
