@@ -6,6 +6,7 @@ into the IRP (see :class:`rxfs.rdbss.irp.Irp`).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -33,6 +34,8 @@ from .ntstatus import NtStatus, nt_success
 __all__ = ["DISPATCH_TABLE", "IRP_MN_FLUSH_NO_SYNC"]
 
 log = logging.getLogger(__name__)
+
+Routine = Callable[[RxContext], Awaitable[NtStatus]]
 
 # Flush minor function: close(2) flushes data to the server without asking the server to
 # sync it (IRP_MN_FLUSH_NO_SYNC); fsync(2) sends minor 0, a full flush.
@@ -158,40 +161,46 @@ def _with_held_size(fcb: Fcb, attributes: FileAttributes) -> FileAttributes:
     return attributes
 
 
-def _fcb_for_name(rx_context: RxContext) -> NtStatus:
-    """Path-addressed requests: attach the Fcb of ``irp.file_name`` (referenced)."""
-    if rx_context.fcb is not None:
-        rx_context.fcb.reference()
-        return NtStatus.STATUS_SUCCESS
-    if rx_context.irp.file_name is None:
-        return NtStatus.STATUS_INVALID_PARAMETER
-    path = normalize_path(rx_context.irp.file_name)
-    rx_context.fcb = rx_context.device.net_root.get_fcb(path)
-    return NtStatus.STATUS_SUCCESS
+def _by_name(routine: Routine) -> Routine:
+    """Path-addressed requests: run ``routine`` with the Fcb of ``irp.file_name`` (or of
+    the Fobx) attached to the RxContext and referenced for as long as it runs."""
+
+    @functools.wraps(routine)
+    async def with_fcb(rx_context: RxContext) -> NtStatus:
+        if rx_context.fcb is not None:
+            rx_context.fcb.reference()
+        elif rx_context.irp.file_name is not None:
+            path = normalize_path(rx_context.irp.file_name)
+            rx_context.fcb = rx_context.device.net_root.get_fcb(path)
+        else:
+            return NtStatus.STATUS_INVALID_PARAMETER
+        fcb = rx_context.fcb
+        try:
+            return await routine(rx_context)
+        finally:
+            fcb.dereference()
+
+    return with_fcb
 
 
+@_by_name
 async def common_query_information(rx_context: RxContext) -> NtStatus:
     """IRP_MJ_QUERY_INFORMATION (FileStatInformation) by Fobx or by name."""
-    status = _fcb_for_name(rx_context)
-    if not nt_success(status):
-        return status
     fcb = rx_context.fcb
     assert fcb is not None
-    try:
-        # The attribute cache (-o attr_timeout): answered here while the Fcb's
-        # attributes are fresh; every change made through this mount keeps them true.
-        cached = fcb.cached_attributes(rx_context.device.core.attr_timeout)
-        if cached is not None:
-            rx_context.irp.attributes = _with_held_size(fcb, cached)
-            return NtStatus.STATUS_SUCCESS
-        status = await rx_context.device.minirdr.query_file_info(rx_context)
-        if nt_success(status) and rx_context.irp.attributes is not None:
-            fcb.set_attributes(_with_held_size(fcb, rx_context.irp.attributes))
-    finally:
-        fcb.dereference()
+    # The attribute cache (-o attr_timeout): answered here while the Fcb's attributes
+    # are fresh; every change made through this mount keeps them true.
+    cached = fcb.cached_attributes(rx_context.device.core.attr_timeout)
+    if cached is not None:
+        rx_context.irp.attributes = _with_held_size(fcb, cached)
+        return NtStatus.STATUS_SUCCESS
+    status = await rx_context.device.minirdr.query_file_info(rx_context)
+    if nt_success(status) and rx_context.irp.attributes is not None:
+        fcb.set_attributes(_with_held_size(fcb, rx_context.irp.attributes))
     return status
 
 
+@_by_name
 async def common_set_information(rx_context: RxContext) -> NtStatus:
     """IRP_MJ_SET_INFORMATION: basic info, end of file, rename, link, disposition.
 
@@ -200,13 +209,9 @@ async def common_set_information(rx_context: RxContext) -> NtStatus:
     working on their handles).
     """
     params = rx_context.irp.parameters
-    if not isinstance(params, SetInformationParameters):
-        return NtStatus.STATUS_INVALID_PARAMETER
-    status = _fcb_for_name(rx_context)
-    if not nt_success(status):
-        return status
     fcb = rx_context.fcb
-    assert fcb is not None
+    if not isinstance(params, SetInformationParameters) or fcb is None:
+        return NtStatus.STATUS_INVALID_PARAMETER
     owner = rx_context.low_io.resource_thread_id
     buffer = params.buffer
     size_change = isinstance(buffer, FileEndOfFileInformation)
@@ -223,7 +228,6 @@ async def common_set_information(rx_context: RxContext) -> NtStatus:
     finally:
         if size_change:
             fcb.resource.release_for_owner(owner)
-        fcb.dereference()
     return status
 
 
@@ -258,17 +262,10 @@ def _apply_basic(attributes: FileAttributes, basic: FileBasicInformation) -> Non
         attributes.gid = basic.gid
 
 
+@_by_name
 async def common_directory_control(rx_context: RxContext) -> NtStatus:
     """IRP_MJ_DIRECTORY_CONTROL (query directory): the whole listing in ``irp.entries``."""
-    status = _fcb_for_name(rx_context)
-    if not nt_success(status):
-        return status
-    fcb = rx_context.fcb
-    assert fcb is not None
-    try:
-        status = await rx_context.device.minirdr.query_directory(rx_context)
-    finally:
-        fcb.dereference()
+    status = await rx_context.device.minirdr.query_directory(rx_context)
     if nt_success(status):
         _directory_sizes(rx_context)
     return status
@@ -291,6 +288,7 @@ async def common_query_volume_information(rx_context: RxContext) -> NtStatus:
     return await rx_context.device.minirdr.query_volume_info(rx_context)
 
 
+@_by_name
 async def common_file_system_control(rx_context: RxContext) -> NtStatus:
     """IRP_MJ_FILE_SYSTEM_CONTROL: reparse points (symlinks), through LOWIO_OP_FSCTL."""
     params = rx_context.irp.parameters
@@ -298,21 +296,11 @@ async def common_file_system_control(rx_context: RxContext) -> NtStatus:
         return NtStatus.STATUS_INVALID_PARAMETER
     if params.fs_control_code not in FsControlCode.__members__.values():
         return NtStatus.STATUS_INVALID_DEVICE_REQUEST
-    status = _fcb_for_name(rx_context)
-    if not nt_success(status):
-        return status
-    fcb = rx_context.fcb
-    assert fcb is not None
-    try:
-        rx_context.low_io.operation = LowIoOp.LOWIO_OP_FSCTL
-        rx_context.low_io.fsctl.fs_control_code = params.fs_control_code
-        rx_context.low_io.fsctl.target = params.target
-        return await rx_low_io_submit(rx_context)
-    finally:
-        fcb.dereference()
+    rx_context.low_io.operation = LowIoOp.LOWIO_OP_FSCTL
+    rx_context.low_io.fsctl.fs_control_code = params.fs_control_code
+    rx_context.low_io.fsctl.target = params.target
+    return await rx_low_io_submit(rx_context)
 
-
-Routine = Callable[[RxContext], Awaitable[NtStatus]]
 
 DISPATCH_TABLE: dict[IrpMj, Routine] = {
     IrpMj.IRP_MJ_CREATE: common_create,
