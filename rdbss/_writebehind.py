@@ -244,9 +244,13 @@ class LazyWriter:
             self._wake.set()
             await self._space.park()
         buffer = fcb.write_behind
+        extents = len(buffer.dirty)
         self.dirty_bytes += buffer.add(offset, data, self.chunk_size)
         self._fcbs[fcb] = None
-        if len(buffer.dirty) > 1 or buffer.dirty[-1].length >= self.chunk_size:
+        # Wake the lazy writer when a chunk filled up and there is room to send it; a
+        # paging write that completes wakes it anyway.
+        filled = len(buffer.dirty) > extents or buffer.dirty[-1].length >= self.chunk_size
+        if filled and self.in_flight_bytes < self.in_flight_limit:
             self._wake.set()
 
     async def flush(self, fcb: Fcb) -> None:
@@ -277,6 +281,7 @@ class LazyWriter:
     # -- the lazy writer proper ---------------------------------------------------------
 
     def _schedule(self) -> None:
+        dirty_before = self.dirty_bytes
         now = time.monotonic()
         pressed = self.dirty_bytes > self.dirty_limit // 2
         for fcb in list(self._fcbs):
@@ -293,7 +298,10 @@ class LazyWriter:
                 self._nursery.start_soon(self._paging_write, fcb, extent)
             if buffer.empty:
                 del self._fcbs[fcb]
-        self._space.unpark_all()
+        # Writers waiting for room go again only when there is more room: waking them
+        # otherwise has them wake us straight back, a busy loop while in flight is full.
+        if self.dirty_bytes < dirty_before:
+            self._space.unpark_all()
 
     async def _paging_write(self, fcb: Fcb, extent: _Extent) -> None:
         # Held until acknowledged: a write lost with its connection is sent again on
