@@ -79,7 +79,6 @@ class FsOptions:
     entry_timeout: float = 1.0
 
     NAMES = {
-        "attr_timeout": "seconds the kernel may cache attributes (default 1)",
         "entry_timeout": "seconds the kernel may cache names (default 1)",
         "allow_other": "let users other than the mounting one use the mount",
         "default_permissions": "kept for sshfs compatibility: always on",
@@ -110,6 +109,11 @@ def _entry(inode: int, attrs: FileAttributes, options: FsOptions) -> pyfuse3.Ent
     entry.st_mtime_ns = attrs.mtime_ns
     entry.st_ctime_ns = attrs.ctime_ns
     return entry
+
+
+def _close_flush(fobx: Fobx) -> Irp:
+    """What every close(2) sends: land the bytes, report what did not land; no sync."""
+    return Irp(IrpMj.IRP_MJ_FLUSH_BUFFERS, minor_function=IRP_MN_FLUSH_NO_SYNC, file_object=fobx)
 
 
 def _access_for(flags: int) -> tuple[AccessMask, CreateOptions]:
@@ -353,13 +357,7 @@ class RxOperations(pyfuse3.Operations):
         """Every close(2): the bytes written through this descriptor must be on the
         server, and any failure to get them there is returned here (pyfuse3 drops errors
         raised in release). May run several times for one fh (dup'd descriptors)."""
-        await self._call(
-            Irp(
-                IrpMj.IRP_MJ_FLUSH_BUFFERS,
-                minor_function=IRP_MN_FLUSH_NO_SYNC,
-                file_object=self._fobx(fh),
-            )
-        )
+        await self._call(_close_flush(self._fobx(fh)))
 
     @_handler
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -501,13 +499,7 @@ class RxOperations(pyfuse3.Operations):
             fobx = self._files.pop(fh)
             fcb = fobx.fcb
             name = fcb.path if fcb is not None else f"handle {fh}"
-            flush = await self.device.dispatch(
-                Irp(
-                    IrpMj.IRP_MJ_FLUSH_BUFFERS,
-                    minor_function=IRP_MN_FLUSH_NO_SYNC,
-                    file_object=fobx,
-                )
-            )
+            flush = await self.device.dispatch(_close_flush(fobx))
             if not nt_success(flush.status):
                 failed.append(f"{name}: {os.strerror(errno_for(flush.status))}")
             try:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -20,9 +21,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from rxfs.minirdr import MiniRdrDispatch, UnknownSchemeError, available_backends, load_backend
-from rxfs.rdbss import CORE_OPTIONS, CoreOptions
+from rxfs.rdbss import CORE_OPTIONS, CoreOptions, parse_seconds
 
-from ._mount import MountRequest, pid_alive, run
+from ._mount import MountRequest, run
 from ._operations import FsOptions
 
 __all__ = ["main"]
@@ -98,32 +99,28 @@ def split_options(
     core: dict[str, str] = {}
     backend: dict[str, str] = {}
     allow_other = False
-    for name, value in options.items():
-        if name in CORE_OPTIONS:
-            core[name] = value
-        if name in ("attr_timeout", "entry_timeout"):
-            try:
-                seconds = float(value)
-            except ValueError:
-                seconds = -1.0
-            if not seconds >= 0:
-                raise UsageError(f"-o {name}= wants a number of seconds >= 0, not {value!r}")
-            setattr(fs_options, name, seconds)
-        elif name == "allow_other":
-            allow_other = True
-        elif name == "default_permissions" or name in CORE_OPTIONS:
-            pass
-        elif name in minirdr.option_names:
-            backend[name] = value
-        else:
-            known = sorted({*FsOptions.NAMES, *CORE_OPTIONS, *minirdr.option_names})
-            raise UsageError(
-                f"unknown option -o {name} for {minirdr.scheme}:// (known: {', '.join(known)})"
-            )
     try:
+        for name, value in options.items():
+            if name in CORE_OPTIONS:
+                core[name] = value
+            elif name == "entry_timeout":
+                fs_options.entry_timeout = parse_seconds(name, value)
+            elif name == "allow_other":
+                allow_other = True
+            elif name == "default_permissions":
+                pass
+            elif name in minirdr.option_names:
+                backend[name] = value
+            else:
+                known = sorted({*FsOptions.NAMES, *CORE_OPTIONS, *minirdr.option_names})
+                raise UsageError(
+                    f"unknown option -o {name} for {minirdr.scheme}:// (known: {', '.join(known)})"
+                )
         core_options = CoreOptions.parse(core)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    # One attribute timeout for the core's cache and the kernel's.
+    fs_options.attr_timeout = core_options.attr_timeout
     return fs_options, core_options, backend, allow_other
 
 
@@ -133,7 +130,7 @@ def split_options(
 def _check_mountpoint(path: str) -> str:
     mountpoint = os.path.realpath(path)
     try:
-        is_dir = os.path.isdir(mountpoint) if os.stat(mountpoint) else False
+        is_dir = stat.S_ISDIR(os.stat(mountpoint).st_mode)
     except FileNotFoundError:
         raise UsageError(f"mount point {path} does not exist (mkdir it first)") from None
     except OSError as exc:
@@ -255,6 +252,17 @@ def _detach_stdio() -> None:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs. A zombie has exited: its parent (a supervisor, or a
+    shell that has not reaped it yet) may keep it in the process table indefinitely."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in {"Z", "X"}
 
 
 def cmd_umount(args: argparse.Namespace) -> int:

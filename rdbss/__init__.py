@@ -4,7 +4,7 @@ Never imports pyfuse3: the front end (rxfs.fs) builds IRPs and maps the NTSTATUS
 back; backends (rxfs.minirdr) implement the dispatch table.
 """
 
-from ._device import CORE_OPTIONS, CoreOptions, MountError, RxDevice
+from ._device import CORE_OPTIONS, CoreOptions, MountError, RxDevice, parse_seconds
 from ._dispatch import IRP_MN_FLUSH_NO_SYNC
 from ._objects import (
     Fcb,
@@ -63,4 +63,5 @@ __all__ = [
     "VNetRoot",
     "normalize_path",
     "nt_success",
+    "parse_seconds",
 ]

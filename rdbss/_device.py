@@ -15,12 +15,12 @@ from ._reconnect import Reconnector
 from ._rxcontext import RxContext, RxContextFlags
 from ._writebehind import MIB, LazyWriter
 from .irp import IoStatusBlock, Irp, ReadParameters, WriteParameters
-from .ntstatus import NtStatus, NtStatusError, nt_success
+from .ntstatus import NtStatus, nt_success, status_of
 
 if TYPE_CHECKING:
     from rxfs.minirdr import MiniRdrDispatch
 
-__all__ = ["CORE_OPTIONS", "CoreOptions", "MountError", "RxDevice"]
+__all__ = ["CORE_OPTIONS", "CoreOptions", "MountError", "RxDevice", "parse_seconds"]
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,12 @@ class CoreOptions:
             core.dirty_limit = int(number) * _SUFFIXES[suffix]
         for name in ("reconnect_timeout", "attr_timeout"):
             if name in options:
-                setattr(core, name, _seconds(name, options[name]))
+                setattr(core, name, parse_seconds(name, options[name]))
         return core
 
 
-def _seconds(name: str, text: str) -> float:
+def parse_seconds(name: str, text: str) -> float:
+    """A ``-o name=SECONDS`` value; ValueError with a one-line message if it is not one."""
     try:
         seconds = float(text)
     except ValueError:
@@ -147,23 +148,27 @@ class RxDevice:
         srv_call = SrvCall(self.url, minirdr)
         srv_call.reference()
         self._srv_call = srv_call
-        try:
-            srv_call.status = await minirdr.create_srv_call(srv_call)
-        except NtStatusError as exc:
-            srv_call.status, srv_call.status_message = exc.status, exc.message
-        _check(srv_call.status, srv_call.status_message or f"cannot reach {srv_call.name}")
+        status = await self.connect_srv_call()
+        _check(status, srv_call.status_message or f"cannot reach {srv_call.name}")
         net_root = NetRoot(srv_call, normalize_path(self.url.path or "/"))
         net_root.reference()
         self._net_root = net_root
         v_net_root = VNetRoot(net_root, self.options)
         v_net_root.reference()
         self._v_net_root = v_net_root
-        try:
-            status = await minirdr.create_v_net_root(v_net_root)
-            message = f"cannot use {net_root.root!r} on {srv_call.name} as the share root"
-        except NtStatusError as exc:
-            status, message = exc.status, exc.message
-        _check(status, message)
+        status, message = await status_of(minirdr.create_v_net_root(v_net_root))
+        _check(
+            status, message or f"cannot use {net_root.root!r} on {srv_call.name} as the share root"
+        )
+
+    async def connect_srv_call(self) -> NtStatus:
+        """MRxCreateSrvCall, at mount and again on every reconnect; the status and its
+        one-line reason are kept on the SrvCall."""
+        srv_call = self.srv_call
+        srv_call.status, srv_call.status_message = await status_of(
+            self.minirdr.create_srv_call(srv_call)
+        )
+        return srv_call.status
 
     async def stop(self, *, flush: bool = True) -> None:
         """Land what is held (unless told not to wait), finalize the VNetRoot and SrvCall
@@ -206,11 +211,10 @@ class RxDevice:
     async def _run(self, routine: Routine, irp: Irp, flags: RxContextFlags) -> NtStatus:
         irp.io_status = IoStatusBlock()
         rx_context = RxContext(self, irp, fobx=irp.file_object, flags=flags)
-        try:
-            return await routine(rx_context)
-        except NtStatusError as exc:
-            log.info("%r failed: %s", rx_context, exc.message)
-            return exc.status
+        status, message = await status_of(routine(rx_context))
+        if message:
+            log.info("%r failed: %s", rx_context, message)
+        return status
 
 
 def _describe(irp: Irp) -> str:

@@ -1,9 +1,8 @@
 """The common read and write routines and RxLowIoSubmit.
 
-The write routine is shaped for the write-behind cache of DESIGN §3 step 3: the checks
-and the Fcb resource come first, then one decision point (:func:`_may_cache`) picks the
-cached path or low I/O. Until the lazy writer exists, no open is granted write caching,
-so every write goes straight to ``MRxLowIOSubmit[LOWIO_OP_WRITE]``.
+The write routine follows DESIGN §3: the checks and the Fcb resource come first, then one
+decision point (:func:`_may_cache`) sends the bytes to the write-behind buffer or
+straight to ``MRxLowIOSubmit[LOWIO_OP_WRITE]`` (O_SYNC, O_DIRECT and append opens).
 """
 
 from __future__ import annotations
@@ -14,7 +13,14 @@ from ._rxcontext import LowIoOp, LowIoReadWriteFlags, RxContext
 from .irp import ReadParameters, WriteParameters
 from .ntstatus import NtStatus, nt_success
 
-__all__ = ["MAX_FILE_SIZE", "common_read", "common_write", "rx_low_io_submit"]
+__all__ = [
+    "MAX_FILE_SIZE",
+    "common_read",
+    "common_write",
+    "fill_write",
+    "release_fcb_resource",
+    "rx_low_io_submit",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +84,17 @@ def _low_io_completion(rx_context: RxContext) -> None:
         else:
             end = rw.byte_offset + written
         fcb.file_size = max(fcb.file_size, end)
-    if low_io.holds_fcb_resource:
+    release_fcb_resource(rx_context)
+
+
+def release_fcb_resource(rx_context: RxContext) -> None:
+    """Release the Fcb resource for the context's owner token if it still holds it
+    (RxReleaseFcbResourceForThreadInMRx): from the completion or from the dispatcher,
+    whichever comes first."""
+    low_io = rx_context.low_io
+    if low_io.holds_fcb_resource and rx_context.fcb is not None:
         low_io.holds_fcb_resource = False
-        fcb.resource.release_for_owner(low_io.resource_thread_id)
+        rx_context.fcb.resource.release_for_owner(low_io.resource_thread_id)
 
 
 def _check_open(rx_context: RxContext) -> NtStatus:
@@ -152,30 +166,32 @@ async def common_write(rx_context: RxContext) -> NtStatus:
             fcb.file_size = max(fcb.file_size, end)
             rx_context.io_status.information = params.length
             return NtStatus.STATUS_SUCCESS
-        _fill_write(rx_context, params, buffer, extending)
+        flags = LowIoReadWriteFlags(0)
+        if extending:
+            flags |= LowIoReadWriteFlags.LOWIO_READWRITEFLAG_EXTENDING_FILESIZE
+        fill_write(rx_context, params.byte_offset, buffer, flags, key=params.key)
         return await rx_low_io_submit(rx_context)
     finally:
-        if low_io.holds_fcb_resource and (cached or rx_context.completed):
-            low_io.holds_fcb_resource = False
-            fcb.resource.release_for_owner(owner)
+        if cached or rx_context.completed:
+            release_fcb_resource(rx_context)
 
 
-def _fill_write(
+def fill_write(
     rx_context: RxContext,
-    params: WriteParameters,
+    offset: int,
     buffer: bytes | bytearray | memoryview,
-    extending: bool,
+    flags: LowIoReadWriteFlags,
+    key: int = 0,
 ) -> None:
+    """The LowIoContext of a LOWIO_OP_WRITE of ``buffer`` at ``offset``."""
     low_io = rx_context.low_io
     low_io.operation = LowIoOp.LOWIO_OP_WRITE
     rw = low_io.read_write
-    rw.byte_offset = params.byte_offset
-    rw.byte_count = params.length
-    rw.key = params.key
+    rw.byte_offset = offset
+    rw.byte_count = len(buffer)
+    rw.key = key
     rw.buffer = buffer
-    rw.flags = LowIoReadWriteFlags(0)
-    if extending:
-        rw.flags |= LowIoReadWriteFlags.LOWIO_READWRITEFLAG_EXTENDING_FILESIZE
+    rw.flags = flags
 
 
 async def common_read(rx_context: RxContext) -> NtStatus:
@@ -208,9 +224,8 @@ async def common_read(rx_context: RxContext) -> NtStatus:
         rw.key = params.key
         status = await rx_low_io_submit(rx_context)
     finally:
-        if low_io.holds_fcb_resource and rx_context.completed:
-            low_io.holds_fcb_resource = False
-            fcb.resource.release_for_owner(low_io.resource_thread_id)
+        if rx_context.completed:
+            release_fcb_resource(rx_context)
     if status == NtStatus.STATUS_END_OF_FILE:
         rw.buffer = b""
         rx_context.io_status.information = 0

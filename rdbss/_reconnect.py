@@ -30,7 +30,7 @@ import trio
 
 from ._rxcontext import RxContext
 from .irp import AccessMask, CreateDisposition, CreateOptions, CreateParameters, Irp, IrpMj
-from .ntstatus import NtStatus, NtStatusError, nt_success
+from .ntstatus import NtStatus, nt_success, status_of
 
 if TYPE_CHECKING:
     from ._device import RxDevice
@@ -141,13 +141,7 @@ class Reconnector:
 
     async def _reconnect_once(self) -> NtStatus:
         device = self.device
-        srv_call = device.srv_call
-        try:
-            status = await device.minirdr.create_srv_call(srv_call)
-        except NtStatusError as exc:
-            status = exc.status
-            srv_call.status_message = exc.message
-        srv_call.status = status
+        status = await device.connect_srv_call()
         if not nt_success(status):
             return status
         for srv_open in list(device.srv_opens):
@@ -168,10 +162,7 @@ class Reconnector:
         )
         irp = Irp(IrpMj.IRP_MJ_CREATE, params, file_name=fcb.path)
         rx_context = RxContext(self.device, irp, fcb=fcb, srv_open=srv_open)
-        try:
-            status = await self.device.minirdr.create(rx_context)
-        except NtStatusError as exc:
-            status = exc.status
+        status, _ = await status_of(self.device.minirdr.create(rx_context))
         if not nt_success(status) and status not in RETRYABLE:
             log.error("cannot reopen %s after reconnecting: %s", fcb.path, status)
             fcb.latch_write_error(status)

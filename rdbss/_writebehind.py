@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._readwrite import rx_low_io_submit
-from ._rxcontext import LowIoOp, LowIoReadWriteFlags, RxContext
+from ._readwrite import fill_write, rx_low_io_submit
+from ._rxcontext import LowIoReadWriteFlags, RxContext
 from .irp import Irp, IrpMj, WriteParameters
 from .ntstatus import NtStatus, nt_success
 
@@ -330,11 +330,8 @@ class LazyWriter:
             buffer=extent.data,
         )
         rx_context = RxContext(self.device, irp, fcb=fcb, srv_open=srv_open)
-        low_io = rx_context.low_io
-        low_io.operation = LowIoOp.LOWIO_OP_WRITE
-        rw = low_io.read_write
-        rw.byte_offset, rw.byte_count, rw.buffer = extent.offset, len(extent.data), extent.data
-        rw.flags = LowIoReadWriteFlags.LOWIO_READWRITEFLAG_PAGING_IO
+        paging = LowIoReadWriteFlags.LOWIO_READWRITEFLAG_PAGING_IO
+        fill_write(rx_context, extent.offset, extent.data, paging)
         srv_open.paging_writes += 1
         try:
             status = await rx_low_io_submit(rx_context)

@@ -7,6 +7,7 @@ success when, read as a signed 32-bit number, it is >= 0 (the NT_SUCCESS macro).
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable
 
 __all__ = [
     "NtStatus",
@@ -16,6 +17,7 @@ __all__ = [
     "nt_information",
     "nt_success",
     "nt_warning",
+    "status_of",
 ]
 
 
@@ -115,3 +117,12 @@ class NtStatusError(Exception):
         super().__init__(message or str(status))
         self.status = status
         self.message = message or str(status)
+
+
+async def status_of(call: Awaitable[NtStatus]) -> tuple[NtStatus, str]:
+    """Await a backend entry: its status and a message, whether it returned the status
+    or raised NtStatusError from deep in its helpers (both are allowed)."""
+    try:
+        return await call, ""
+    except NtStatusError as exc:
+        return exc.status, exc.message
