@@ -249,7 +249,8 @@ class SftpMiniRdr(MiniRdrDispatch):
         **CONNECT_OPTIONS,
         "max_conns": f"SSH connections to open (default {DEFAULT_MAX_CONNS})",
         "channels": f"SFTP sessions per SSH connection (default {DEFAULT_CHANNELS})",
-        "timeout": f"seconds before a request fails with ETIMEDOUT (default {DEFAULT_TIMEOUT:g})",
+        "timeout": f"seconds a request may go unanswered before its connection counts as dead "
+        f"and is replaced, the request replayed (default {DEFAULT_TIMEOUT:g})",
         "transport": "paramiko (default) or openssh: run the system's ssh client for the "
         "connections, as sshfs does (keys or agent only, no password)",
         "ssh_command": "the ssh client transport=openssh runs, with any options of its own "
