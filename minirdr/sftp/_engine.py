@@ -2,7 +2,7 @@
 
 A session runs on a :class:`Link`: a paramiko channel running the sftp subsystem
 (:class:`ChannelLink`, the default) or the pipes of the system's ssh client
-(``_openssh.PipeLink``, ``-o transport=openssh``). Links block, and paramiko's
+(``_pipes.PipeLink``, ``-o transport=openssh``). Links block, and paramiko's
 SFTPClient loses replies when several threads read them (DESIGN §5, §10), so each
 session has exactly two threads of its own: a *sender* that writes queued packets to
 the link and a *reader* that is the only one ever to read replies from it. The trio loop
@@ -113,7 +113,7 @@ _Packet = tuple["bytes | memoryview", ...]
 
 class Link(Protocol):
     """The byte stream an SFTP session runs on: a paramiko channel (:class:`ChannelLink`)
-    or the pipes of an OpenSSH client (``_openssh.PipeLink``). ``send_all`` is called by
+    or the pipes of an OpenSSH client (``_pipes.PipeLink``). ``send_all`` is called by
     the session's sender thread only and ``recv_exact`` by its reader thread only;
     ``close`` from any thread, and it makes both of them fail promptly."""
 

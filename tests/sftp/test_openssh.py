@@ -13,7 +13,8 @@ import pytest
 import trio
 from rxfs.minirdr.sftp._connect import HostKeyPolicy, resolve_settings
 from rxfs.minirdr.sftp._engine import SftpSession
-from rxfs.minirdr.sftp._openssh import PipeLink, open_openssh_session, ssh_argv
+from rxfs.minirdr.sftp._openssh import open_openssh_session, ssh_argv
+from rxfs.minirdr.sftp._pipes import PipeLink
 from rxfs.minirdr.sftp._wire import OpenFlags
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
 from rxfs.rdbss import NtStatus, NtStatusError
