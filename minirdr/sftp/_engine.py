@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     import paramiko
 
 __all__ = [
+    "MAX_PACKET_LENGTH",
     "ChannelLink",
     "EngineStats",
     "Link",
@@ -80,6 +81,8 @@ _MAX_IO = 256 * 1024
 # without waiting for window adjustments on every few packets.
 _WINDOW_SIZE = 16 * 1024 * 1024
 _MAX_PACKET_SIZE = 64 * 1024
+# A reply longer than this means the stream is out of step (OpenSSH sends at most 256 KiB).
+MAX_PACKET_LENGTH = 16 * 1024 * 1024
 # Packets the sender hands to the link at once (each is one or two pieces).
 _MAX_PIECES = 512
 # Flow control per session.
@@ -243,10 +246,7 @@ class SftpSession:
         self._inbox: list[tuple[_Waiter, Reply | SftpError]] = []
         self._drain_scheduled = False
         self._held: list[bytes | memoryview] = []  # see _enqueue(hold=True); loop only
-        self._threads = [
-            threading.Thread(target=self._send_loop, name=f"{self.name}-send", daemon=True),
-            threading.Thread(target=self._read_loop, name=f"{self.name}-read", daemon=True),
-        ]
+        self._threads: list[threading.Thread] = []
 
     # -- opening and closing (worker thread) ------------------------------------------
 
@@ -295,9 +295,17 @@ class SftpSession:
         session = cls(link, token, extensions, **budget)
         if EXT_LIMITS in extensions:
             session._ask_limits_blocking()
-        for thread in session._threads:
-            thread.start()
+        session._start_io()
         return session
+
+    def _start_io(self) -> None:
+        """Start the sender and the reader thread."""
+        self._threads = [
+            threading.Thread(target=self._send_loop, name=f"{self.name}-send", daemon=True),
+            threading.Thread(target=self._read_loop, name=f"{self.name}-read", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def _ask_limits_blocking(self) -> None:
         """Before the threads start, this thread owns the link: ask synchronously."""
@@ -378,22 +386,25 @@ class SftpSession:
         """Reader thread: the only reader of this channel; hands replies to the loop."""
         try:
             while True:
-                kind, body = _read_packet(self.link)
-                reader = Reader(body)
-                request_id = reader.u32()
-                with self._lock:
-                    waiter = self._waiters.pop(request_id, None)
-                if waiter is None:
-                    log.warning("%s: reply to unknown request %d dropped", self.name, request_id)
-                    continue
-                try:
-                    ptype = PacketType(kind)
-                except ValueError:
-                    ptype = PacketType.STATUS
-                    reader = Reader(u32(SftpStatusCode.SSH_FX_BAD_MESSAGE))
-                self._deliver(waiter, Reply(ptype, reader))
+                self._on_packet(*_read_packet(self.link))
         except Exception as exc:
             self._die(SftpError(SftpStatusCode.SSH_FX_CONNECTION_LOST, str(exc) or "EOF"))
+
+    def _on_packet(self, kind: int, body: bytes) -> None:
+        """One reply off the wire: hand it to the request that waits for it."""
+        reader = Reader(body)
+        request_id = reader.u32()
+        with self._lock:
+            waiter = self._waiters.pop(request_id, None)
+        if waiter is None:
+            log.warning("%s: reply to unknown request %d dropped", self.name, request_id)
+            return
+        try:
+            ptype = PacketType(kind)
+        except ValueError:
+            ptype = PacketType.STATUS
+            reader = Reader(u32(SftpStatusCode.SSH_FX_BAD_MESSAGE))
+        self._deliver(waiter, Reply(ptype, reader))
 
     def _deliver(self, waiter: _Waiter, result: Reply | SftpError) -> None:
         with self._lock:
@@ -1072,6 +1083,6 @@ class ChannelLink:
 def _read_packet(link: Link) -> tuple[int, bytes]:
     header = link.recv_exact(5)
     length = int.from_bytes(header[:4], "big")
-    if length < 1 or length > 16 * 1024 * 1024:
+    if not 1 <= length <= MAX_PACKET_LENGTH:
         raise EOFError(f"SFTP packet of {length} bytes: the stream is out of step")
     return header[4], link.recv_exact(length - 1) if length > 1 else b""

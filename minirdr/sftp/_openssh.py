@@ -25,7 +25,7 @@ from rxfs.rdbss import NtStatus, NtStatusError
 
 from ._connect import ConnectSettings
 from ._engine import SftpError, SftpSession
-from ._pipes import PipeLink
+from ._pipes import PipedSession, PipeLink
 
 __all__ = ["open_openssh_session", "ssh_argv"]
 
@@ -105,7 +105,7 @@ def open_openssh_session(
     watchdog.daemon = True
     watchdog.start()
     try:
-        return SftpSession.over(link, token, **budget)
+        return PipedSession.over(link, token, **budget)
     except SftpError as exc:
         said = link.why_closed()
         link.wait_closed()
