@@ -1,15 +1,15 @@
 """The SFTP request engine: SFTP sessions driven from the trio loop.
 
-A session runs on a :class:`Link`: a paramiko channel running the sftp subsystem
-(:class:`ChannelLink`, the default) or the pipes of the system's ssh client
-(``_pipes.PipeLink``, ``-o transport=openssh``). Links block, and paramiko's
-SFTPClient loses replies when several threads read them (DESIGN §5, §10), so each
-session has exactly two threads of its own: a *sender* that writes queued packets to
-the link and a *reader* that is the only one ever to read replies from it. The trio loop
-never blocks: it numbers a request, registers a waiter, queues the packet and awaits a
-trio event set when the reply is handed back. Both hand-overs are batched: a burst of
-requests wakes the sender once, and one wakeup of the loop (``run_sync_soon``) takes
-every reply that arrived meanwhile.
+A session runs on a :class:`Link`. On a paramiko channel (:class:`ChannelLink`,
+``-o transport=paramiko``) the link blocks, and paramiko's SFTPClient loses replies when
+several threads read them (DESIGN §5, §10), so such a session has exactly two threads of
+its own: a *sender* that writes queued packets to the link and a *reader* that is the
+only one ever to read replies from it. The trio loop never blocks: it numbers a request,
+registers a waiter, queues the packet and awaits a trio event set when the reply is
+handed back. Both hand-overs are batched: a burst of requests wakes the sender once, and
+one wakeup of the loop (``run_sync_soon``) takes every reply that arrived meanwhile.
+On the pipes of the system's ssh client (``_pipes.PipedSession``) the loop moves the
+bytes itself and there are no threads at all; only the I/O methods differ.
 
 Flow control lives on the loop: each session has a cap on requests and on bytes in
 flight (:class:`_Budget`), so a large write is cut into requests as large as the server
@@ -212,6 +212,7 @@ def _status_of(reply: Reply) -> SftpError | None:
 
 class SftpSession:
     """One SFTP session (an SSH channel with the sftp subsystem) and its two threads.
+    (``_pipes.PipedSession`` overrides the I/O methods to run on the loop instead.)
 
     Build it with :meth:`open` in a worker thread; every other method runs on the trio
     loop whose token it was given.
