@@ -48,7 +48,7 @@ class MountedFs:
     process: subprocess.Popen[bytes]
     log: Path
     server_dir: Path | None
-    helpers: list[int] = field(default_factory=list)  # sshfs's ssh process
+    helpers: list[int] = field(default_factory=list)  # ssh processes, counted with it
 
     @property
     def pids(self) -> list[int]:
@@ -126,6 +126,9 @@ def mount(
             for pid in _pids()
             if all(arg in _cmdline(pid) for arg in helper_marker) and _start_time(pid) >= started
         ]
+    else:
+        # rxfs's own ssh clients (transport=openssh) are its children.
+        mounted.helpers = [pid for pid in _pids() if _parent(pid) == process.pid]
     return mounted
 
 
@@ -148,8 +151,9 @@ def unmount(mounted: MountedFs) -> list[str]:
         problems.append(f"{mounted.system} (pid {mounted.process.pid}) did not exit; killed")
         mounted.kill()
         mounted.process.wait(10)
-    # A killed sshfs leaves its ssh process behind; it is ours, so end it too.
-    for pid in mounted.helpers:
+    # A killed sshfs leaves its ssh process behind; it is ours, so end it too. (rxfs
+    # reaps its own ssh children: their PIDs may be someone else's by now.)
+    for pid in mounted.helpers if mounted.system == "sshfs" else []:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     if is_mounted(mounted.path):
@@ -181,6 +185,14 @@ def _start_time(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
             return int(stat.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError):
+        return -1
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError):
         return -1
 

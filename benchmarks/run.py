@@ -373,7 +373,8 @@ def measure_rss_while_writing(
 
 
 def process_name(target: Target) -> str:
-    """sshfs leaves the cipher to an ssh process; its memory and CPU count with sshfs's."""
+    """sshfs (and rxfs with transport=openssh) leave the cipher to an ssh process; its
+    memory and CPU count with the mount's."""
     return f"{target.system}{'+ssh' if target.fs.helpers else ''}"
 
 
