@@ -43,6 +43,9 @@ ERRNO_OF: dict[NtStatus, int] = {
     _S.STATUS_LOCK_NOT_GRANTED: errno.EAGAIN,
     _S.STATUS_SHARING_VIOLATION: errno.EBUSY,
     _S.STATUS_DELETE_PENDING: errno.ENOENT,
+    # The file behind an inode the kernel holds is gone on the server: on ESTALE Linux
+    # walks the path again with real lookups (LOOKUP_REVAL) and retries the call.
+    _S.STATUS_FILE_DELETED: errno.ESTALE,
     _S.STATUS_TOO_MANY_OPENED_FILES: errno.EMFILE,
     _S.STATUS_END_OF_FILE: errno.EIO,
     _S.STATUS_CONNECTION_DISCONNECTED: errno.EIO,

@@ -10,6 +10,7 @@ import enum
 from collections.abc import Awaitable
 
 __all__ = [
+    "NAME_NOT_FOUND",
     "NtStatus",
     "NtStatusError",
     "Severity",
@@ -69,6 +70,7 @@ class NtStatus(enum.IntEnum):
     STATUS_NAME_TOO_LONG = 0xC0000106
     STATUS_TOO_MANY_OPENED_FILES = 0xC000011F
     STATUS_CANCELLED = 0xC0000120
+    STATUS_FILE_DELETED = 0xC0000123
     STATUS_FILE_CLOSED = 0xC0000128
     STATUS_IO_DEVICE_ERROR = 0xC0000185
     STATUS_CONNECTION_DISCONNECTED = 0xC000020C
@@ -87,6 +89,18 @@ class NtStatus(enum.IntEnum):
 
     def __str__(self) -> str:
         return f"{self.name} (0x{self.value:08X})"
+
+
+# What the server answers for a name it does not have (the name, or a directory on its
+# path). For a request about a file the front end holds by inode, this means the file
+# behind the inode is gone.
+NAME_NOT_FOUND = frozenset(
+    {
+        NtStatus.STATUS_OBJECT_NAME_NOT_FOUND,
+        NtStatus.STATUS_OBJECT_PATH_NOT_FOUND,
+        NtStatus.STATUS_NO_SUCH_FILE,
+    }
+)
 
 
 def nt_success(status: int) -> bool:
