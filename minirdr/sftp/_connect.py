@@ -5,6 +5,9 @@ where a user would notice: ``~/.ssh/config`` is honoured, ``-o`` mount options u
 names and win over the config file, host keys are checked against known_hosts (hashed
 entries included), and authentication tries the agent, then key files, then a password.
 
+The host key rules here are the only ones: the openssh transport runs ssh with options
+that reproduce them, and asks :func:`check_host_key` to explain a key ssh refused.
+
 Every failure is an :class:`NtStatusError` with a one-line message that says what to do.
 No secret (password, passphrase, key material) is ever put in a log record or a message.
 """
@@ -45,6 +48,7 @@ __all__ = [
     "Credentials",
     "HostKeyPolicy",
     "PasswordPrompt",
+    "check_host_key",
     "open_transport",
     "resolve_settings",
 ]
@@ -118,9 +122,17 @@ class ConnectSettings:
 
     @property
     def known_hosts_name(self) -> str:
-        """The name the host key is filed under: ``host`` or ``[host]:port`` as ssh writes."""
-        name = self.host_key_alias or self.hostname
-        return name if self.port == _SSH_PORT else f"[{name}]:{self.port}"
+        """The name the host key is filed under, as ssh writes it: ``host``, or
+        ``[host]:port`` off port 22; a HostKeyAlias as it stands (ssh adds no port)."""
+        if self.host_key_alias is not None:
+            return self.host_key_alias
+        return self.hostname if self.port == _SSH_PORT else f"[{self.hostname}]:{self.port}"
+
+    @property
+    def lookup_known_hosts_files(self) -> tuple[str, ...]:
+        """The user known_hosts files a host key is looked up in: UserKnownHostsFile(s),
+        then ~/.ssh/known_hosts (a match in any is enough; new keys go to the first)."""
+        return tuple(dict.fromkeys([*self.known_hosts_files, _expand(_DEFAULT_KNOWN_HOSTS)]))
 
 
 @dataclass
@@ -394,12 +406,8 @@ def open_transport(
     once. The caller owns the transport and must ``close()`` it.
     """
     credentials = credentials if credentials is not None else Credentials()
-    deadline = time.monotonic() + settings.connect_timeout
-    sock = _open_socket(settings)
-    transport = paramiko.Transport(sock)
+    transport = _trusted_transport(settings)
     try:
-        _negotiate(transport, settings, deadline)
-        _verify_host_key(transport.get_remote_server_key(), settings)
         _authenticate(
             transport,
             settings,
@@ -413,6 +421,27 @@ def open_transport(
         transport.close()
         raise
     log.debug("logged in to %s", settings.target)
+    return transport
+
+
+def check_host_key(settings: ConnectSettings) -> None:
+    """Blocking: a key exchange without login, to check the server's host key exactly as
+    :func:`open_transport` does, for a client that could not say why it refused one (ssh
+    in BatchMode names no fingerprint). Raises the same one-line STATUS_ACCESS_DENIED for
+    an unknown, changed or revoked key; under accept-new adds an unknown key and returns."""
+    _trusted_transport(settings).close()
+
+
+def _trusted_transport(settings: ConnectSettings) -> paramiko.Transport:
+    """Connected, keys exchanged, host key checked against known_hosts; not logged in."""
+    deadline = time.monotonic() + settings.connect_timeout
+    transport = paramiko.Transport(_open_socket(settings))
+    try:
+        _negotiate(transport, settings, deadline)
+        _verify_host_key(transport.get_remote_server_key(), settings)
+    except BaseException:
+        transport.close()
+        raise
     return transport
 
 
@@ -632,11 +661,7 @@ def _blob_key_type(blob: bytes) -> str | None:
 
 
 def _known_host_entries(settings: ConnectSettings) -> Iterator[_KnownHost]:
-    paths = [
-        *settings.known_hosts_files,
-        _expand(_DEFAULT_KNOWN_HOSTS),
-        *settings.global_known_hosts_files,
-    ]
+    paths = [*settings.lookup_known_hosts_files, *settings.global_known_hosts_files]
     for path in dict.fromkeys(paths):
         try:
             lines = Path(path).read_text(errors="replace").splitlines()
