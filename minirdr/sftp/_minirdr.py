@@ -18,6 +18,8 @@ import enum
 import functools
 import logging
 import posixpath
+import shlex
+import shutil
 import stat
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -43,7 +45,13 @@ from rxfs.rdbss.irp import (
     VolumeInfo,
 )
 
-from ._connect import CONNECT_OPTIONS, Credentials, open_transport, resolve_settings
+from ._connect import (
+    CONNECT_OPTIONS,
+    ConnectSettings,
+    Credentials,
+    open_transport,
+    resolve_settings,
+)
 from ._engine import (
     EXT_FSYNC,
     EXT_HARDLINK,
@@ -77,8 +85,14 @@ _CONNECT_THREADS = 4
 class Transport(enum.Enum):
     """What carries the SSH connection (``-o transport``)."""
 
+    AUTO = "auto"  # openssh where it can log in, else paramiko
     PARAMIKO = "paramiko"  # in this process, in Python
     OPENSSH = "openssh"  # the system's ssh client, as sshfs does (keys or agent only)
+
+
+# What makes transport=auto give up on ssh and log in with paramiko instead: ssh in
+# BatchMode cannot type a password or a key's passphrase (LOGON_FAILURE), or cannot run.
+_FALL_BACK_FROM_OPENSSH = (NtStatus.STATUS_LOGON_FAILURE, NtStatus.STATUS_NOT_SUPPORTED)
 
 
 @dataclass
@@ -88,7 +102,7 @@ class _Tuning:
     max_conns: int = DEFAULT_MAX_CONNS
     channels: int = DEFAULT_CHANNELS
     timeout: float = DEFAULT_TIMEOUT
-    transport: Transport = Transport.PARAMIKO
+    transport: Transport = Transport.AUTO
     ssh_command: str = "ssh"
 
     @classmethod
@@ -100,9 +114,21 @@ class _Tuning:
             except ValueError:
                 raise NtStatusError(
                     NtStatus.STATUS_INVALID_PARAMETER,
-                    f"-o transport={options['transport']}: expected paramiko or openssh",
+                    f"-o transport={_printable(options['transport'])}: "
+                    "expected auto, openssh or paramiko",
                 ) from None
-        tuning.ssh_command = options.get("ssh_command", tuning.ssh_command)
+        if "ssh_command" in options:
+            tuning.ssh_command = options["ssh_command"]
+            try:
+                words = shlex.split(tuning.ssh_command)
+            except ValueError:
+                words = []
+            if not words:
+                raise NtStatusError(
+                    NtStatus.STATUS_INVALID_PARAMETER,
+                    f"-o ssh_command={_printable(tuning.ssh_command)}: expected a command, "
+                    "quoted as for a shell",
+                )
         for name, parse in (("max_conns", int), ("channels", int), ("timeout", float)):
             if name not in options:
                 continue
@@ -118,6 +144,18 @@ class _Tuning:
                 )
             setattr(tuning, name, value)
         return tuning
+
+    def first_transport(self, settings: ConnectSettings) -> tuple[Transport, str]:
+        """The transport to connect with first, and why (for the log)."""
+        if self.transport is not Transport.AUTO:
+            return self.transport, "as -o transport asks"
+        if settings.password_stdin:
+            return Transport.PARAMIKO, "password_stdin needs it"
+        client = shlex.split(self.ssh_command)[0]
+        found = shutil.which(client)
+        if found is None:
+            return Transport.PARAMIKO, f"no {client} on PATH"
+        return Transport.OPENSSH, f"found {found}"
 
 
 def _printable(value: str) -> str:
@@ -251,9 +289,11 @@ class SftpMiniRdr(MiniRdrDispatch):
         "channels": f"SFTP sessions per SSH connection (default {DEFAULT_CHANNELS})",
         "timeout": f"seconds a request may go unanswered before its connection counts as dead "
         f"and is replaced, the request replayed (default {DEFAULT_TIMEOUT:g})",
-        "transport": "paramiko (default) or openssh: run the system's ssh client for the "
-        "connections, as sshfs does (keys or agent only, no password)",
-        "ssh_command": "the ssh client transport=openssh runs, with any options of its own "
+        "transport": "auto (default): the system's ssh client, as sshfs does (its crypto runs "
+        "in C, in another process: faster), when it is on PATH and can log in with a key or "
+        "an agent, else paramiko (which can also ask for a password or a passphrase); "
+        "openssh or paramiko: that one only",
+        "ssh_command": "the ssh client the openssh transport runs, with any options of its own "
         "(default ssh)",
     }
 
@@ -264,6 +304,15 @@ class SftpMiniRdr(MiniRdrDispatch):
         self._root = "/"
         self._warned_no_fsync = False
         self._limiter = trio.CapacityLimiter(_CONNECT_THREADS)
+        # Kept for the life of the mount: reconnects log in without asking again, over
+        # the transport that worked.
+        self._credentials = Credentials()
+        self._transport: Transport | None = None
+
+    @property
+    def transport(self) -> Transport | None:
+        """What carries the connection (never AUTO); None before the first one."""
+        return self._transport
 
     @property
     def pool(self) -> SessionPool:
@@ -284,7 +333,10 @@ class SftpMiniRdr(MiniRdrDispatch):
 
     async def create_srv_call(self, srv_call: SrvCall) -> NtStatus:
         """Log in ``max_conns`` times (in worker threads) and open ``channels`` SFTP
-        sessions on each. Raises NtStatusError with the one-line reason on failure."""
+        sessions on each, over the transport ``-o transport`` names. ``auto`` tries ssh
+        first and falls back to paramiko when ssh cannot log in (in BatchMode it cannot
+        type a password or a passphrase); a reconnect uses the transport that worked.
+        Raises NtStatusError with the one-line reason on failure."""
         # A reconnect: what is left of the old connection goes first, so that requests
         # still waiting on it (a stalled server) fail now and are replayed, and its
         # threads and sockets are not kept for the life of the mount.
@@ -294,24 +346,65 @@ class SftpMiniRdr(MiniRdrDispatch):
         options = self._device.options if self._device is not None else {}
         self.tuning = _Tuning.from_options(options)
         settings = resolve_settings(srv_call.url, options)
-        credentials = Credentials()
+        if self._transport is None:
+            transport, why = self.tuning.first_transport(settings)
+        else:
+            transport, why = self._transport, "as before"
+        try:
+            pool = await self._connect(settings, transport)
+        except NtStatusError as exc:
+            if not (
+                self.tuning.transport is Transport.AUTO
+                and transport is Transport.OPENSSH
+                and exc.status in _FALL_BACK_FROM_OPENSSH
+            ):
+                raise
+            log.info(
+                "ssh could not log in to %s (%s); trying paramiko, which can ask for a "
+                "password or a passphrase",
+                settings.target,
+                exc.message,
+            )
+            transport, why = Transport.PARAMIKO, "ssh could not log in"
+            pool = await self._connect(settings, transport)
+        self._transport = transport
+        self._pool = pool
+        srv_call.context = pool
+        self._root = settings.remote_path
+        if old is not None:
+            # Reap what the old connection left (threads; with transport=openssh, the
+            # ssh processes and their pipes), now that it cannot hold anyone up.
+            await self._in_thread(old.join)
+        log.info(
+            "connected to %s through %s (%s): %d connection(s), %d SFTP session(s), extensions %s",
+            settings.target,
+            transport.value,
+            why,
+            len(pool.transports) or len(pool.sessions),  # openssh: one ssh a session
+            len(pool.sessions),
+            ", ".join(sorted(pool.extensions)) or "none",
+        )
+        return NtStatus.STATUS_SUCCESS
+
+    async def _connect(self, settings: ConnectSettings, transport: Transport) -> SessionPool:
+        """``max_conns`` logins over ``transport``, ``channels`` sessions on each."""
         token = trio.lowlevel.current_trio_token()
         transports: list[paramiko.Transport] = []
         sessions: list[SftpSession] = []
 
         def connect() -> None:
-            if self.tuning.transport == Transport.OPENSSH:
+            if transport is Transport.OPENSSH:
                 for _ in range(self.tuning.channels):
                     sessions.append(open_openssh_session(settings, token, self.tuning.ssh_command))
                 return
-            transport = open_transport(settings, credentials=credentials)
-            transports.append(transport)
+            ssh = open_transport(settings, credentials=self._credentials)
+            transports.append(ssh)
             for _ in range(self.tuning.channels):
-                sessions.append(SftpSession.open(transport, token))
+                sessions.append(SftpSession.open(ssh, token))
 
         try:
             # The first login alone, so a password or passphrase is asked for once and
-            # the rest reuse it from ``credentials``.
+            # the rest reuse it from the credentials.
             await self._in_thread(connect)
             async with trio.open_nursery() as nursery:
                 for _ in range(self.tuning.max_conns - 1):
@@ -323,22 +416,7 @@ class SftpMiniRdr(MiniRdrDispatch):
                     NTSTATUS_OF_SFTP[exc.code], f"{settings.target}: {exc.message}"
                 ) from exc
             raise
-        self._pool = SessionPool(transports, sessions)
-        srv_call.context = self._pool
-        self._root = settings.remote_path
-        if old is not None:
-            # Reap what the old connection left (threads; with transport=openssh, the
-            # ssh processes and their pipes), now that it cannot hold anyone up.
-            await self._in_thread(old.join)
-        log.info(
-            "connected to %s through %s: %d connection(s), %d SFTP session(s), extensions %s",
-            settings.target,
-            self.tuning.transport.value,
-            len(transports) or len(sessions),  # with openssh, one ssh process a session
-            len(sessions),
-            ", ".join(sorted(self._pool.extensions)) or "none",
-        )
-        return NtStatus.STATUS_SUCCESS
+        return SessionPool(transports, sessions)
 
     async def _in_thread(self, work: Callable[[], None]) -> None:
         await trio.to_thread.run_sync(work, limiter=self._limiter, abandon_on_cancel=True)

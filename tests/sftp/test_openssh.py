@@ -1,18 +1,26 @@
-"""``-o transport=openssh``: SFTP over the system's ssh client, against the loopback sshd."""
+"""The openssh transport and ``-o transport=auto`` (the default), against the loopback
+sshd: SFTP over the system's ssh client, the fallback to paramiko, and host keys judged
+alike by both transports."""
 
 from __future__ import annotations
 
 import functools
+import io
+import logging
 import os
+import stat
+import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import ParamSpec
+from typing import Any, ParamSpec
 from urllib.parse import urlsplit
 
 import pytest
 import trio
-from rxfs.minirdr.sftp._connect import HostKeyPolicy, resolve_settings
+from rxfs.minirdr.sftp import _minirdr
+from rxfs.minirdr.sftp._connect import ConnectSettings, HostKeyPolicy, resolve_settings
 from rxfs.minirdr.sftp._engine import SftpSession
+from rxfs.minirdr.sftp._minirdr import Transport
 from rxfs.minirdr.sftp._openssh import open_openssh_session, ssh_argv
 from rxfs.minirdr.sftp._pipes import PipeLink
 from rxfs.minirdr.sftp._wire import OpenFlags
@@ -26,6 +34,8 @@ from tests.unit._harness import close, open_file, read_bytes, stat_path, write
 P = ParamSpec("P")
 
 pytestmark = pytest.mark.sshd
+
+TRANSPORTS = ["paramiko", "openssh"]
 
 
 def trio_test(fn: Callable[P, Awaitable[None]]) -> Callable[P, None]:
@@ -46,19 +56,31 @@ async def _session(server: LoopbackSshd, **options: str) -> SftpSession:
     return await trio.to_thread.run_sync(lambda: open_openssh_session(settings, token))
 
 
-def test_ssh_argv_passes_the_resolved_settings_and_never_prompts(sshd: LoopbackSshd) -> None:
+@pytest.mark.parametrize(
+    ("policy", "ssh_policy"),
+    [("yes", "yes"), ("accept-new", "yes"), ("no", "accept-new")],
+)
+def test_ssh_argv_passes_the_resolved_settings_and_never_prompts(
+    sshd: LoopbackSshd, policy: str, ssh_policy: str
+) -> None:
     settings = resolve_settings(
-        urlsplit(sshd.url()), {**sshd.mount_options(), "StrictHostKeyChecking": "accept-new"}
+        urlsplit(sshd.url()), {**sshd.mount_options(), "StrictHostKeyChecking": policy}
     )
     argv = ssh_argv(settings)
     assert argv[-4:] == ["-s", "--", "127.0.0.1", "sftp"]
+    home_known_hosts = os.path.expanduser("~/.ssh/known_hosts")
+    known_hosts = f"{sshd.known_hosts_path} {home_known_hosts}"
+    if settings.strict_host_key_checking is HostKeyPolicy.NO:
+        known_hosts = f"/dev/null {known_hosts}"  # what ssh adds is recorded nowhere
     for option in (
         "-oBatchMode=yes",
         f"-oPort={sshd.port}",
         f"-oUser={sshd.user}",
         f"-oIdentityFile={sshd.client_key_path}",
-        f"-oUserKnownHostsFile={sshd.known_hosts_path}",
-        f"-oStrictHostKeyChecking={HostKeyPolicy.ACCEPT_NEW.value}",
+        f"-oUserKnownHostsFile={known_hosts}",
+        f"-oStrictHostKeyChecking={ssh_policy}",
+        "-oCheckHostIP=no",
+        "-oUpdateHostKeys=no",
     ):
         assert option in argv
 
@@ -85,18 +107,6 @@ async def test_a_session_over_ssh_writes_and_reads_large_files(
         session.close()
         await trio.to_thread.run_sync(session.join)
     assert (workdir / "f").read_bytes() == data
-
-
-@trio_test
-async def test_an_unknown_host_key_is_refused_with_what_ssh_said(
-    sshd: LoopbackSshd, tmp_path: Path
-) -> None:
-    empty = tmp_path / "known_hosts"
-    empty.write_text("")
-    with pytest.raises(NtStatusError) as refused:
-        await _session(sshd, UserKnownHostsFile=str(empty))
-    assert refused.value.status == NtStatus.STATUS_ACCESS_DENIED
-    assert "Host key verification failed" in refused.value.message
 
 
 @trio_test
@@ -132,7 +142,10 @@ async def test_an_unknown_transport_is_an_invalid_parameter(
     share.mkdir()
     failure = await mount_error(sshd, share, transport="telnet")
     assert failure.status == NtStatus.STATUS_INVALID_PARAMETER
-    assert "transport=telnet" in str(failure)
+    assert str(failure) == "-o transport=telnet: expected auto, openssh or paramiko"
+    failure = await mount_error(sshd, share, ssh_command="ssh -o 'unbalanced")
+    assert failure.status == NtStatus.STATUS_INVALID_PARAMETER
+    assert "-o ssh_command=ssh -o 'unbalanced: expected a command" in str(failure)
 
 
 @trio_test
@@ -149,3 +162,294 @@ async def test_a_dropped_ssh_connection_is_reconnected(sshd: LoopbackSshd, tmp_p
         for session in lost.sessions:
             assert isinstance(session.link, PipeLink)
             assert session.link.process.returncode is not None
+
+
+# -- host keys: one set of rules, one set of words, on both transports ---------------------
+
+
+@pytest.fixture
+def share(sshd: LoopbackSshd, tmp_path: Path) -> Path:
+    path = sshd.root / tmp_path.name
+    path.mkdir()
+    return path
+
+
+def _impostor_line(sshd: LoopbackSshd, tmp_path: Path, name: str | None = None) -> str:
+    """A known_hosts line filing a key that is not the server's under ``name``."""
+    key = tmp_path / "impostor"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    key_type, blob = key.with_suffix(".pub").read_text().split()[:2]
+    return f"{name or f'[127.0.0.1]:{sshd.port}'} {key_type} {blob}\n"
+
+
+def _unknown_key_message(sshd: LoopbackSshd, name: str | None = None) -> str:
+    return (
+        f"host key of {name or f'[127.0.0.1]:{sshd.port}'} is unknown (ssh-ed25519 "
+        f"{sshd.host_key_fingerprint}): check the fingerprint with the server's admin, then "
+        "connect once with -o StrictHostKeyChecking=accept-new to add it to known_hosts"
+    )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@trio_test
+async def test_an_unknown_host_key_is_refused_in_the_same_words(
+    sshd: LoopbackSshd, share: Path, tmp_path: Path, transport: str
+) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("")
+    failure = await mount_error(
+        sshd, share, transport=transport, UserKnownHostsFile=str(known_hosts)
+    )
+    assert failure.status == NtStatus.STATUS_ACCESS_DENIED
+    assert str(failure) == _unknown_key_message(sshd)
+    assert known_hosts.read_text() == ""
+
+
+@pytest.mark.parametrize("policy", ["yes", "accept-new", "no"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@trio_test
+async def test_a_changed_host_key_is_refused_in_the_same_words_whatever_the_policy(
+    sshd: LoopbackSshd, share: Path, tmp_path: Path, transport: str, policy: str
+) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(_impostor_line(sshd, tmp_path))
+    before = known_hosts.read_text()
+    failure = await mount_error(
+        sshd,
+        share,
+        transport=transport,
+        UserKnownHostsFile=str(known_hosts),
+        StrictHostKeyChecking=policy,
+    )
+    name = f"[127.0.0.1]:{sshd.port}"
+    assert failure.status == NtStatus.STATUS_ACCESS_DENIED
+    assert str(failure) == (
+        f"WARNING: HOST KEY OF {name} HAS CHANGED, now ssh-ed25519 "
+        f"{sshd.host_key_fingerprint}, which does not match {known_hosts}:1: someone may be "
+        "intercepting the connection; if the server's key really changed, remove the old "
+        f"line with: ssh-keygen -R '{name}' -f {known_hosts}"
+    )
+    assert known_hosts.read_text() == before
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@trio_test
+async def test_a_revoked_host_key_is_refused_in_the_same_words(
+    sshd: LoopbackSshd, share: Path, tmp_path: Path, transport: str
+) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    line = sshd.known_hosts_path.read_text()
+    known_hosts.write_text(f"@revoked * {line.split(' ', 1)[1]}{line}")
+    failure = await mount_error(
+        sshd, share, transport=transport, UserKnownHostsFile=str(known_hosts)
+    )
+    assert failure.status == NtStatus.STATUS_ACCESS_DENIED
+    assert str(failure) == (
+        f"host key ssh-ed25519 {sshd.host_key_fingerprint} of [127.0.0.1]:{sshd.port} is "
+        f"marked @revoked in {known_hosts}:1: refusing to connect"
+    )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@trio_test
+async def test_accept_new_records_the_key_alike_and_then_trusts_it(
+    sshd: LoopbackSshd,
+    share: Path,
+    tmp_path: Path,
+    transport: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="rxfs.minirdr.sftp")
+    known_hosts = tmp_path / "new-dir" / "known_hosts"
+    options = {"transport": transport, "UserKnownHostsFile": str(known_hosts)}
+    async with mounted(sshd, share, StrictHostKeyChecking="accept-new", **options) as (_, rdr):
+        assert rdr.transport is Transport(transport)
+    # The line, the file's mode and the log are the same whoever connected.
+    assert known_hosts.read_text() == sshd.known_hosts_path.read_text()
+    assert stat.S_IMODE(known_hosts.stat().st_mode) == 0o600
+    added = [r.getMessage() for r in caplog.records if r.getMessage().startswith("added host")]
+    assert added == [
+        f"added host key ssh-ed25519 {sshd.host_key_fingerprint} of [127.0.0.1]:{sshd.port} "
+        f"to {known_hosts}"
+    ]
+    async with mounted(sshd, share, **options):
+        pass
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@trio_test
+async def test_strict_no_accepts_an_unknown_key_and_records_it_nowhere(
+    sshd: LoopbackSshd, share: Path, tmp_path: Path, transport: str
+) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    options = {"UserKnownHostsFile": str(known_hosts), "StrictHostKeyChecking": "no"}
+    async with mounted(sshd, share, transport=transport, **options) as (device, _):
+        status, _ = await stat_path(device, "/")
+        assert status == NtStatus.STATUS_SUCCESS
+    assert not known_hosts.exists()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@trio_test
+async def test_a_host_key_alias_is_looked_up_without_the_port_as_ssh_does(
+    sshd: LoopbackSshd,
+    share: Path,
+    tmp_path: Path,
+    transport: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text("Host 127.0.0.1\n  HostKeyAlias the-alias\n")
+    monkeypatch.setenv("HOME", str(home))
+    key = sshd.known_hosts_path.read_text().split(" ", 1)[1]
+    known_hosts = tmp_path / "known_hosts"
+    options = {"transport": transport, "UserKnownHostsFile": str(known_hosts)}
+    known_hosts.write_text(f"the-alias {key}")
+    async with mounted(sshd, share, **options):
+        pass
+    known_hosts.write_text(f"[the-alias]:{sshd.port} {key}")
+    failure = await mount_error(sshd, share, **options)
+    assert str(failure) == _unknown_key_message(sshd, "the-alias")
+
+
+# -- transport=auto -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def ssh_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The targets the mini-redirector starts ssh for, one entry per ssh process."""
+    runs: list[str] = []
+
+    def counted(settings: ConnectSettings, *args: Any, **kwargs: Any) -> SftpSession:
+        runs.append(settings.target)
+        return open_openssh_session(settings, *args, **kwargs)
+
+    monkeypatch.setattr(_minirdr, "open_openssh_session", counted)
+    return runs
+
+
+@pytest.fixture
+def stranger_key(tmp_path: Path) -> Path:
+    """A key no server authorizes: the login has to be by password."""
+    key = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key
+
+
+class _Terminal(io.StringIO):
+    """Standard input as a terminal: the paramiko path may prompt (getpass)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@trio_test
+async def test_auto_picks_openssh_when_ssh_is_on_path(
+    sshd: LoopbackSshd, share: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="rxfs.minirdr.sftp")
+    async with mounted(sshd, share) as (device, minirdr):
+        assert minirdr.transport is Transport.OPENSSH
+        assert minirdr.pool.transports == []
+        assert all(isinstance(session.link, PipeLink) for session in minirdr.pool.sessions)
+        fobx = await open_file(device, "/f", CreateDisposition.FILE_CREATE)
+        assert (await write(device, fobx, 0, b"over ssh")).information == 8
+        assert await close(device, fobx) == NtStatus.STATUS_SUCCESS
+    assert (share / "f").read_bytes() == b"over ssh"
+    assert any("through openssh (found /usr/bin/ssh)" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("no_ssh", ["PATH", "ssh_command"])
+@trio_test
+async def test_auto_uses_paramiko_when_there_is_no_ssh_client(
+    sshd: LoopbackSshd,
+    share: Path,
+    no_ssh: str,
+    *,
+    monkeypatch: pytest.MonkeyPatch,
+    ssh_runs: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="rxfs.minirdr.sftp")
+    options = {}
+    if no_ssh == "PATH":
+        monkeypatch.setenv("PATH", str(share))  # a directory without ssh
+        reason = "no ssh on PATH"
+    else:
+        options["ssh_command"] = "/no/such/ssh -v"
+        reason = "no /no/such/ssh on PATH"
+    async with mounted(sshd, share, **options) as (device, minirdr):
+        assert minirdr.transport is Transport.PARAMIKO
+        status, _ = await stat_path(device, "/")
+        assert status == NtStatus.STATUS_SUCCESS
+    assert ssh_runs == []
+    assert any(f"through paramiko ({reason})" in r.getMessage() for r in caplog.records)
+
+
+@trio_test
+async def test_auto_with_password_stdin_logs_in_with_paramiko_at_once(
+    sshd_user: LoopbackSshd,
+    stranger_key: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ssh_runs: list[str],
+) -> None:
+    assert sshd_user.password is not None
+    monkeypatch.setattr("sys.stdin", io.StringIO(sshd_user.password + "\n"))
+    options = {"password_stdin": "", "IdentityFile": str(stranger_key)}
+    async with mounted(sshd_user, sshd_user.root, **options) as (device, minirdr):
+        assert minirdr.transport is Transport.PARAMIKO
+        status, _ = await stat_path(device, "/")
+        assert status == NtStatus.STATUS_SUCCESS
+    assert ssh_runs == []
+
+
+@trio_test
+async def test_auto_falls_back_to_paramiko_for_a_password_login_and_keeps_it(
+    sshd_user: LoopbackSshd,
+    stranger_key: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ssh_runs: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    password = sshd_user.password
+    assert password is not None
+    prompts: list[str] = []
+
+    def getpass(prompt: str) -> str:
+        prompts.append(prompt)
+        return password
+
+    monkeypatch.setattr("sys.stdin", _Terminal())
+    monkeypatch.setattr("getpass.getpass", getpass)
+    caplog.set_level(logging.INFO, logger="rxfs.minirdr.sftp")
+    options = {"IdentityFile": str(stranger_key), "max_conns": "1"}
+    async with mounted(sshd_user, sshd_user.root, **options) as (device, minirdr):
+        assert minirdr.transport is Transport.PARAMIKO
+        messages = [r.getMessage() for r in caplog.records]
+        assert any(m.startswith("ssh could not log in to ") for m in messages), messages
+        assert any("through paramiko (ssh could not log in)" in m for m in messages)
+        # A reconnect goes straight to paramiko, and the password is not asked again.
+        for transport in minirdr.pool.transports:
+            transport.close()
+        await trio.sleep(0.2)
+        status, _ = await stat_path(device, "/not-cached")  # has to ask the server
+        assert status == NtStatus.STATUS_OBJECT_NAME_NOT_FOUND
+        assert device.reconnector.reconnects == 1
+        assert minirdr.transport is Transport.PARAMIKO
+    assert ssh_runs == [f"{sshd_user.user}@127.0.0.1:{sshd_user.port}"]
+    assert prompts == [f"{sshd_user.user}@127.0.0.1's password: "]
+
+
+@trio_test
+async def test_explicit_openssh_never_falls_back(
+    sshd_user: LoopbackSshd,
+    stranger_key: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("sys.stdin", _Terminal())
+    monkeypatch.setattr("getpass.getpass", pytest.fail)
+    options = {"IdentityFile": str(stranger_key), "transport": "openssh"}
+    failure = await mount_error(sshd_user, sshd_user.root, **options)
+    assert failure.status == NtStatus.STATUS_LOGON_FAILURE
+    assert "Permission denied" in str(failure)
