@@ -5,7 +5,7 @@ back; backends (rxfs.minirdr) implement the dispatch table.
 """
 
 from ._device import CORE_OPTIONS, CoreOptions, MountError, RxDevice, parse_seconds
-from ._dispatch import IRP_MN_FLUSH_NO_SYNC
+from ._dispatch import IRP_MN_FLUSH_NO_SYNC, IRP_MN_QUERY_FROM_SERVER
 from ._objects import (
     Fcb,
     FcbState,
@@ -35,6 +35,7 @@ from .ntstatus import NtStatus, NtStatusError, nt_success
 __all__ = [
     "CORE_OPTIONS",
     "IRP_MN_FLUSH_NO_SYNC",
+    "IRP_MN_QUERY_FROM_SERVER",
     "MAX_FILE_SIZE",
     "RETRYABLE",
     "CancelRoutine",

@@ -32,6 +32,9 @@ CORE_OPTIONS = {
     "(default 120)",
     "attr_timeout": "seconds attributes may be answered from the cache, here and in the "
     "kernel (default 1)",
+    "dir_timeout": "seconds a directory's listing may answer 'no such file' for names it "
+    "lacks, so that creating a file needs no lookup on the server; a file another client "
+    "creates may stay unseen that long (default: attr_timeout; 0: off)",
 }
 
 _SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -44,6 +47,9 @@ class CoreOptions:
     dirty_limit: int = 64 * MIB
     reconnect_timeout: float = 120.0
     attr_timeout: float = 1.0
+    # Follows attr_timeout unless given: one knob turns all caching of what the server
+    # holds down or off.
+    dir_timeout: float = 1.0
 
     @classmethod
     def parse(cls, options: dict[str, str]) -> CoreOptions:
@@ -58,9 +64,11 @@ class CoreOptions:
                     f"not {options['dirty_limit']!r}"
                 )
             core.dirty_limit = int(number) * _SUFFIXES[suffix]
-        for name in ("reconnect_timeout", "attr_timeout"):
+        for name in ("reconnect_timeout", "attr_timeout", "dir_timeout"):
             if name in options:
                 setattr(core, name, parse_seconds(name, options[name]))
+        if "dir_timeout" not in options:
+            core.dir_timeout = core.attr_timeout
         return core
 
 

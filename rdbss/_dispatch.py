@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import posixpath
+import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from ._objects import Fcb, Fobx, SrvOpen, SrvOpenFlags, normalize_path
 from ._readwrite import common_read, common_write, rx_low_io_submit
@@ -16,6 +19,7 @@ from ._reconnect import RETRYABLE
 from ._rxcontext import LowIoOp, RxContext
 from .irp import (
     AccessMask,
+    CreateDisposition,
     CreateOptions,
     CreateParameters,
     FileAttributes,
@@ -26,12 +30,17 @@ from .irp import (
     FileRenameInformation,
     FsControlCode,
     FsControlParameters,
+    Irp,
     IrpMj,
+    QueryDirectoryParameters,
     SetInformationParameters,
 )
-from .ntstatus import NtStatus, nt_success
+from .ntstatus import NAME_NOT_FOUND, NtStatus, nt_success, status_of
 
-__all__ = ["DISPATCH_TABLE", "IRP_MN_FLUSH_NO_SYNC"]
+if TYPE_CHECKING:
+    from ._device import RxDevice
+
+__all__ = ["DISPATCH_TABLE", "IRP_MN_FLUSH_NO_SYNC", "IRP_MN_QUERY_FROM_SERVER"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,11 @@ Routine = Callable[[RxContext], Awaitable[NtStatus]]
 # sync it (IRP_MN_FLUSH_NO_SYNC); fsync(2) sends minor 0, a full flush.
 IRP_MN_FLUSH_NO_SYNC = 2
 
+# Query-information minor function (ours: Windows has none). The front end revalidates
+# a name the kernel holds (Linux does so on purpose before O_EXCL creates, mkdir, rename
+# targets and after ESTALE): the answer must come from the server, not from the caches.
+IRP_MN_QUERY_FROM_SERVER = 1
+
 
 async def common_create(rx_context: RxContext) -> NtStatus:
     """IRP_MJ_CREATE: open or create ``irp.file_name``; on success ``irp.file_object``
@@ -49,8 +63,8 @@ async def common_create(rx_context: RxContext) -> NtStatus:
     params = irp.parameters
     if not isinstance(params, CreateParameters) or irp.file_name is None:
         return NtStatus.STATUS_INVALID_PARAMETER
-    net_root = rx_context.device.net_root
-    fcb = net_root.get_fcb(normalize_path(irp.file_name))
+    device = rx_context.device
+    fcb = device.net_root.get_fcb(normalize_path(irp.file_name))
     flags = SrvOpenFlags(0)
     if params.desired_access & AccessMask.FILE_APPEND_DATA and not (
         params.desired_access & AccessMask.FILE_WRITE_DATA
@@ -62,14 +76,22 @@ async def common_create(rx_context: RxContext) -> NtStatus:
         flags |= SrvOpenFlags.SRVOPEN_FLAG_DONTUSE_WRITE_CACHING
     srv_open = SrvOpen(fcb, params.desired_access, flags)
     rx_context.fcb, rx_context.srv_open = fcb, srv_open
+    asked, generation = time.monotonic(), device.reconnector.generation
     try:
-        status = await rx_context.device.minirdr.create(rx_context)
+        status = await device.minirdr.create(rx_context)
     except BaseException:
+        # Whether the server made the name is unknown.
+        device.net_root.directories.forget(posixpath.dirname(fcb.path))
         fcb.dereference()
         raise
     if not nt_success(status):
+        if status in NAME_NOT_FOUND:
+            device.net_root.name_gone(fcb.path)
+        # Whatever else a failed create says, the directory is uncertain now.
+        device.net_root.directories.forget(posixpath.dirname(fcb.path))
         fcb.dereference()
         return status
+    _created(rx_context, params, asked, generation)
     if irp.attributes is not None:
         fcb.set_attributes(_with_held_size(fcb, irp.attributes))
     fobx = Fobx(srv_open, write_error_seq=fcb.write_error_seq)
@@ -78,6 +100,37 @@ async def common_create(rx_context: RxContext) -> NtStatus:
     rx_context.device.srv_opens.add(srv_open)
     irp.file_object = fobx
     return status
+
+
+def _created(
+    rx_context: RxContext, params: CreateParameters, asked: float, generation: int
+) -> None:
+    """The name exists now; a directory we made (FILE_CREATE) is known to be empty,
+    from when the request was sent."""
+    fcb = rx_context.fcb
+    assert fcb is not None
+    device = rx_context.device
+    directories = device.net_root.directories
+    directories.name_exists(fcb.path)
+    if (
+        params.options & CreateOptions.FILE_DIRECTORY_FILE
+        and params.disposition == CreateDisposition.FILE_CREATE
+        and device.core.dir_timeout > 0
+    ):
+        directories.made_directory(fcb.path, asked, generation)
+
+
+def _after_by_name(rx_context: RxContext, path: str, status: NtStatus) -> None:
+    """What a request naming ``path`` (not through an open handle) learned: the name
+    exists, it does not (its Fcb is orphaned, cached attributes and names dropped), or
+    the directory is uncertain (any other failure)."""
+    net_root = rx_context.device.net_root
+    if nt_success(status):
+        net_root.directories.name_exists(path)
+    elif status in NAME_NOT_FOUND:
+        net_root.name_gone(path)
+    else:
+        net_root.directories.forget(posixpath.dirname(path))
 
 
 async def common_cleanup(rx_context: RxContext) -> NtStatus:
@@ -188,16 +241,49 @@ async def common_query_information(rx_context: RxContext) -> NtStatus:
     """IRP_MJ_QUERY_INFORMATION (FileStatInformation) by Fobx or by name."""
     fcb = rx_context.fcb
     assert fcb is not None
-    # The attribute cache (-o attr_timeout): answered here while the Fcb's attributes
-    # are fresh; every change made through this mount keeps them true.
-    cached = fcb.cached_attributes(rx_context.device.core.attr_timeout)
-    if cached is not None:
-        rx_context.irp.attributes = _with_held_size(fcb, cached)
-        return NtStatus.STATUS_SUCCESS
+    by_name = rx_context.srv_open is None
+    path = fcb.path
+    if rx_context.irp.minor_function != IRP_MN_QUERY_FROM_SERVER:
+        # The attribute cache (-o attr_timeout): answered here while the Fcb's
+        # attributes are fresh; every change made through this mount keeps them true.
+        cached = fcb.cached_attributes(rx_context.device.core.attr_timeout)
+        if cached is not None:
+            rx_context.irp.attributes = _with_held_size(fcb, cached)
+            return NtStatus.STATUS_SUCCESS
+        if by_name and _known_absent(rx_context, path):
+            return NtStatus.STATUS_OBJECT_NAME_NOT_FOUND
     status = await rx_context.device.minirdr.query_file_info(rx_context)
     if nt_success(status) and rx_context.irp.attributes is not None:
         fcb.set_attributes(_with_held_size(fcb, rx_context.irp.attributes))
+    if by_name:
+        _after_by_name(rx_context, path, status)
     return status
+
+
+def _known_absent(rx_context: RxContext, path: str) -> bool:
+    """The directory cache (-o dir_timeout) knows ``path`` does not exist: a fresh,
+    complete listing of its directory lacks the name. A listing that keeps saving
+    requests is renewed in the background before it expires."""
+    device = rx_context.device
+    max_age = device.core.dir_timeout
+    directories = device.net_root.directories
+    listing = directories.lacks(path, max_age, device.reconnector.generation)
+    if listing is None:
+        return False
+    directory = posixpath.dirname(path)
+    if directories.worth_renewing(directory, listing, max_age):
+        device.nursery.start_soon(_renew_listing, device, directory)
+    return True
+
+
+async def _renew_listing(device: RxDevice, directory: str) -> None:
+    """List ``directory`` again; common_directory_control files the answer. Not
+    replayed on a lost connection: the cache simply goes without."""
+    irp = Irp(IrpMj.IRP_MJ_DIRECTORY_CONTROL, QueryDirectoryParameters(), file_name=directory)
+    try:
+        await status_of(common_directory_control(RxContext(device, irp)))
+    except Exception:
+        log.exception("listing %s again for the directory cache failed", directory)
 
 
 @_by_name
@@ -222,9 +308,12 @@ async def common_set_information(rx_context: RxContext) -> NtStatus:
     try:
         if isinstance(buffer, FileRenameInformation | FileLinkInformation):
             buffer.new_name = normalize_path(buffer.new_name)
+        path = fcb.path
         status = await rx_context.device.minirdr.set_file_info(rx_context)
         if nt_success(status):
             _after_set_information(rx_context, buffer)
+        else:
+            _set_information_failed(rx_context, path, buffer, status)
     finally:
         if size_change:
             fcb.resource.release_for_owner(owner)
@@ -241,12 +330,26 @@ def _after_set_information(rx_context: RxContext, buffer: object) -> None:
         net_root.rename_fcbs(fcb.path, buffer.new_name)
     elif isinstance(buffer, FileLinkInformation):
         net_root.forget_attributes(buffer.new_name)
+        net_root.directories.name_exists(buffer.new_name)
     elif isinstance(buffer, FileDispositionInformation) and buffer.delete_file:
-        net_root.orphan_fcb(fcb.path)
+        net_root.name_gone(fcb.path)
     elif isinstance(buffer, FileBasicInformation) and fcb.attributes is not None:
         _apply_basic(fcb.attributes, buffer)
     if rx_context.irp.attributes is not None:
         fcb.set_attributes(rx_context.irp.attributes)
+
+
+def _set_information_failed(
+    rx_context: RxContext, path: str, buffer: object, status: NtStatus
+) -> None:
+    """A rename or link that failed may have half happened (a non-atomic replace):
+    both directories are uncertain. A change by name learned what the server has."""
+    directories = rx_context.device.net_root.directories
+    if isinstance(buffer, FileRenameInformation | FileLinkInformation):
+        directories.forget(posixpath.dirname(path))
+        directories.forget(posixpath.dirname(buffer.new_name))
+    elif rx_context.srv_open is None:
+        _after_by_name(rx_context, path, status)
 
 
 def _apply_basic(attributes: FileAttributes, basic: FileBasicInformation) -> None:
@@ -264,10 +367,29 @@ def _apply_basic(attributes: FileAttributes, basic: FileBasicInformation) -> Non
 
 @_by_name
 async def common_directory_control(rx_context: RxContext) -> NtStatus:
-    """IRP_MJ_DIRECTORY_CONTROL (query directory): the whole listing in ``irp.entries``."""
-    status = await rx_context.device.minirdr.query_directory(rx_context)
-    if nt_success(status):
-        _directory_sizes(rx_context)
+    """IRP_MJ_DIRECTORY_CONTROL (query directory): the whole listing in ``irp.entries``,
+    which also fills the directory cache (-o dir_timeout)."""
+    fcb = rx_context.fcb
+    assert fcb is not None
+    device = rx_context.device
+    directories = device.net_root.directories
+    path = fcb.path
+    pending = (
+        directories.begin_listing(path, device.reconnector.generation)
+        if device.core.dir_timeout > 0
+        else None
+    )
+    names: list[str] | None = None
+    try:
+        status = await device.minirdr.query_directory(rx_context)
+        if nt_success(status):
+            names = [entry.name for entry in rx_context.irp.entries or []]
+            _directory_sizes(rx_context)
+    finally:
+        if pending is not None:
+            directories.end_listing(path, pending, names)
+    if not nt_success(status):
+        _after_by_name(rx_context, path, status)
     return status
 
 
@@ -299,7 +421,16 @@ async def common_file_system_control(rx_context: RxContext) -> NtStatus:
     rx_context.low_io.operation = LowIoOp.LOWIO_OP_FSCTL
     rx_context.low_io.fsctl.fs_control_code = params.fs_control_code
     rx_context.low_io.fsctl.target = params.target
-    return await rx_low_io_submit(rx_context)
+    fcb = rx_context.fcb
+    assert fcb is not None
+    path = fcb.path
+    status = await rx_low_io_submit(rx_context)
+    _after_by_name(rx_context, path, status)
+    made = params.fs_control_code == FsControlCode.FSCTL_SET_REPARSE_POINT
+    if made and nt_success(status) and rx_context.irp.attributes is not None:
+        # The new link's attributes came with the answer: its lookup needs no request.
+        fcb.set_attributes(rx_context.irp.attributes)
+    return status
 
 
 DISPATCH_TABLE: dict[IrpMj, Routine] = {

@@ -13,6 +13,7 @@ import itertools
 import posixpath
 import stat
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from rxfs.minirdr import MiniRdrDispatch
 
 __all__ = [
+    "DirectoryCache",
     "Fcb",
     "FcbState",
     "Fobx",
@@ -71,6 +73,12 @@ class SrvOpenFlags(enum.IntFlag):
 
 
 _ATTRIBUTE_CACHE_SIZE = 4096
+# The directory cache holds at most this many directories and names in all.
+_DIRECTORY_CACHE_SIZE = 4096
+_DIRECTORY_CACHE_NAMES = 100_000
+# Renewing a listing costs about one request per this many names (OpenSSH answers a
+# READDIR with up to 100): a listing is renewed only once it has saved that many.
+_NAMES_PER_LISTING_REQUEST = 100
 
 
 def normalize_path(path: str) -> str:
@@ -97,6 +105,197 @@ class _RefCounted:
 
     def _finalize(self) -> None:
         """Called when the last reference goes."""
+
+
+@dataclass(slots=True, eq=False)
+class Listing:
+    """Every name one directory holds, as the server had them at ``learned``."""
+
+    names: set[str]
+    # time.monotonic() when the listing was asked for (or the directory made): names
+    # other clients add later are unseen, so its age is counted from before the answer.
+    learned: float
+    # The connection it was learned on (Reconnector.generation).
+    generation: int
+    # "No such name" answers given from it since it was learned.
+    hits: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class ListingInFlight:
+    """A listing asked for and not yet answered."""
+
+    asked: float
+    generation: int
+    # Our own changes to the directory that completed while it was on its way: the
+    # server may have listed before or after each, so they are applied on top of it.
+    changes: list[tuple[str, bool]] = field(default_factory=list)
+    # False once something made the answer untrustworthy (a failed change, a rename of
+    # the directory): it is then dropped on arrival.
+    valid: bool = True
+
+
+class DirectoryCache:
+    """The names directories hold (``-o dir_timeout``), so that a lookup of a name a
+    fresh, complete listing lacks is answered "not found" without asking the server.
+
+    Filled by complete listings and by directories made through this mount (empty at
+    birth); kept true by our own changes (create, delete, rename, link, symlink) and by
+    what the server answers about single names; a directory is dropped when anything
+    leaves it uncertain (a failed change, an error from the server). Trusted for
+    ``dir_timeout`` seconds from when it was asked for, and only on the connection it
+    was learned on. It only ever short-cuts "not found" answers to lookups: creates and
+    opens always go to the server, so a stale listing can delay seeing another client's
+    new file by up to ``dir_timeout``, never make one of our operations fail.
+    """
+
+    def __init__(self) -> None:
+        self._listings: dict[str, Listing] = {}
+        self._in_flight: dict[str, list[ListingInFlight]] = {}
+        self._names = 0
+
+    # -- answers -------------------------------------------------------------------------
+
+    def lacks(self, path: str, max_age: float, generation: int) -> Listing | None:
+        """The listing of ``path``'s directory if it is fresh and does not hold the name:
+        the name does not exist. None when that is not known."""
+        directory, name = posixpath.split(path)
+        listing = self._listings.get(directory)
+        if listing is None or not name:
+            return None
+        if listing.generation != generation or time.monotonic() - listing.learned >= max_age:
+            self._drop(directory)
+            return None
+        if name in listing.names:
+            return None
+        listing.hits += 1
+        return listing
+
+    def worth_renewing(self, directory: str, listing: Listing, max_age: float) -> bool:
+        """Past half its life, nobody listing it already, and it has saved the server
+        more requests than listing it again will cost: ask again before it expires."""
+        return (
+            time.monotonic() - listing.learned >= max_age / 2
+            and not self._in_flight.get(directory)
+            and listing.hits >= 1 + len(listing.names) // _NAMES_PER_LISTING_REQUEST
+        )
+
+    # -- filling -------------------------------------------------------------------------
+
+    def begin_listing(self, directory: str, generation: int) -> ListingInFlight:
+        """Call before asking the server for the complete listing of ``directory``."""
+        pending = ListingInFlight(time.monotonic(), generation)
+        self._in_flight.setdefault(directory, []).append(pending)
+        return pending
+
+    def end_listing(
+        self, directory: str, pending: ListingInFlight, names: Iterable[str] | None
+    ) -> None:
+        """The listing begun as ``pending`` arrived with ``names``, or failed (None)."""
+        waiting = self._in_flight.get(directory, [])
+        if pending in waiting:
+            waiting.remove(pending)
+            if not waiting:
+                del self._in_flight[directory]
+        if names is None:
+            self.forget(directory)
+            return
+        current = self._listings.get(directory)
+        if not pending.valid or (current is not None and current.learned > pending.asked):
+            return
+        held = set(names)
+        for name, present in pending.changes:
+            if present:
+                held.add(name)
+            else:
+                held.discard(name)
+        self._store(directory, Listing(held, pending.asked, pending.generation))
+
+    def made_directory(self, directory: str, since: float, generation: int) -> None:
+        """We created ``directory`` with a request sent at ``since``: it was empty."""
+        self._drop_tree(directory)
+        self._store(directory, Listing(set(), since, generation))
+
+    # -- what we changed or learned --------------------------------------------------------
+
+    def name_exists(self, path: str) -> None:
+        """``path`` exists now: we created or linked it, or the server just said so."""
+        self._change(path, present=True)
+
+    def name_gone(self, path: str) -> None:
+        """``path`` does not exist now: we deleted it, or the server just said so. What
+        was known about the directory it may have been is dropped with it."""
+        self._change(path, present=False)
+        self._drop_tree(path)
+
+    def renamed(self, old: str, new: str) -> None:
+        """We renamed ``old`` to ``new`` (replacing whatever was there): listings of the
+        moved directory and below move with it."""
+        if old == new:
+            return
+        self._drop_tree(new)
+        prefix = old.rstrip("/") + "/"
+        for key in [k for k in self._listings if k == old or k.startswith(prefix)]:
+            self._listings[new + key[len(old) :]] = self._listings.pop(key)
+        self._invalidate_in_flight(old)
+        self._change(old, present=False)
+        self._change(new, present=True)
+
+    def forget(self, directory: str) -> None:
+        """Something left ``directory`` uncertain: drop its listing and ignore those on
+        their way."""
+        self._drop(directory)
+        for pending in self._in_flight.get(directory, []):
+            pending.valid = False
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _change(self, path: str, *, present: bool) -> None:
+        directory, name = posixpath.split(path)
+        if not name:
+            return
+        listing = self._listings.get(directory)
+        if listing is not None:
+            if present and name not in listing.names:
+                listing.names.add(name)
+                self._names += 1
+                self._trim()
+            elif not present and name in listing.names:
+                listing.names.discard(name)
+                self._names -= 1
+        for pending in self._in_flight.get(directory, []):
+            pending.changes.append((name, present))
+
+    def _store(self, directory: str, listing: Listing) -> None:
+        self._drop(directory)
+        self._listings[directory] = listing
+        self._names += len(listing.names)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Oldest first (insertion order) until within both bounds."""
+        while self._listings and (
+            len(self._listings) > _DIRECTORY_CACHE_SIZE or self._names > _DIRECTORY_CACHE_NAMES
+        ):
+            self._drop(next(iter(self._listings)))
+
+    def _drop(self, directory: str) -> None:
+        listing = self._listings.pop(directory, None)
+        if listing is not None:
+            self._names -= len(listing.names)
+
+    def _drop_tree(self, path: str) -> None:
+        prefix = path.rstrip("/") + "/"
+        for key in [k for k in self._listings if k == path or k.startswith(prefix)]:
+            self._drop(key)
+        self._invalidate_in_flight(path)
+
+    def _invalidate_in_flight(self, path: str) -> None:
+        prefix = path.rstrip("/") + "/"
+        for key, waiting in self._in_flight.items():
+            if key == path or key.startswith(prefix):
+                for pending in waiting:
+                    pending.valid = False
 
 
 class SrvCall(_RefCounted):
@@ -131,6 +330,8 @@ class NetRoot(_RefCounted):
         # Attributes of files whose Fcb went away, with when they were true: a stat
         # right after close need not ask the server (the core's attribute cache).
         self.attribute_cache: dict[str, tuple[FileAttributes, float]] = {}
+        # The names directories hold (-o dir_timeout), for "no such file" answers.
+        self.directories = DirectoryCache()
         srv_call.reference()
 
     def find_fcb(self, path: str) -> Fcb | None:
@@ -169,6 +370,7 @@ class NetRoot(_RefCounted):
         new name (a replaced target) is orphaned: its opens keep their handles."""
         self.forget_attributes(old)
         self.forget_attributes(new)
+        self.directories.renamed(old, new)
         prefix = old.rstrip("/") + "/"
         moved = [p for p in self.fcb_table if p == old or p.startswith(prefix)]
         for path in moved:
@@ -179,8 +381,12 @@ class NetRoot(_RefCounted):
                 replaced.orphan()
             self.fcb_table[fcb.path] = fcb
 
-    def orphan_fcb(self, path: str) -> None:
+    def name_gone(self, path: str) -> None:
+        """``path`` no longer exists (we deleted it, or the server says so): its Fcb is
+        orphaned (open handles keep working on the file they have; the next open of the
+        name gets a new Fcb) and what was cached about it and below it is dropped."""
         self.forget_attributes(path)
+        self.directories.name_gone(path)
         fcb = self.fcb_table.pop(path, None)
         if fcb is not None:
             fcb.orphan()
