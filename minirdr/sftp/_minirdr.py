@@ -359,7 +359,9 @@ class SftpMiniRdr(MiniRdrDispatch):
                 and exc.status in _FALL_BACK_FROM_OPENSSH
             ):
                 raise
-            log.info(
+            # DEBUG: a mount that fails after all says one line; the one that works says
+            # at INFO which transport carries it, and why.
+            log.debug(
                 "ssh could not log in to %s (%s); trying paramiko, which can ask for a "
                 "password or a passphrase",
                 settings.target,

@@ -54,11 +54,42 @@ def test_unknown_host_key_is_refused_naming_host_and_fingerprint(
     options = {**sshd.mount_options(), "UserKnownHostsFile": str(known_hosts)}
     done, _ = refused_mount(rxfs, tmp_path, sshd.url(), options, mode)
 
-    assert done.returncode != 0
+    assert done.returncode == 1
     line = one_line(done.stderr)
-    assert "127.0.0.1" in line
+    assert line.startswith(f"rxfs: host key of [127.0.0.1]:{sshd.port} is unknown"), line
     assert sshd.host_key_fingerprint in line
+    assert "-o StrictHostKeyChecking=accept-new" in line
     assert known_hosts.read_text() == "", "an unknown key was added without accept-new"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_changed_host_key_is_refused_naming_the_new_fingerprint(
+    sshd: LoopbackSshd, rxfs: Rxfs, tmp_path: Path, mode: str
+) -> None:
+    impostor = tmp_path / "impostor"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(impostor)],
+        check=True,
+        timeout=30,
+    )
+    key_type, blob = impostor.with_suffix(".pub").read_text().split()[:2]
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {key_type} {blob}\n")
+    before = known_hosts.read_text()
+    # StrictHostKeyChecking=no too: a changed key is refused whatever the policy.
+    options = {
+        **sshd.mount_options(),
+        "UserKnownHostsFile": str(known_hosts),
+        "StrictHostKeyChecking": "no",
+    }
+    done, _ = refused_mount(rxfs, tmp_path, sshd.url(), options, mode)
+
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert line.startswith(f"rxfs: WARNING: HOST KEY OF [127.0.0.1]:{sshd.port} HAS CHANGED"), line
+    assert sshd.host_key_fingerprint in line
+    assert f"{known_hosts}:1" in line
+    assert known_hosts.read_text() == before
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -422,7 +422,7 @@ async def test_auto_falls_back_to_paramiko_for_a_password_login_and_keeps_it(
 
     monkeypatch.setattr("sys.stdin", _Terminal())
     monkeypatch.setattr("getpass.getpass", getpass)
-    caplog.set_level(logging.INFO, logger="rxfs.minirdr.sftp")
+    caplog.set_level(logging.DEBUG, logger="rxfs.minirdr.sftp")
     options = {"IdentityFile": str(stranger_key), "max_conns": "1"}
     async with mounted(sshd_user, sshd_user.root, **options) as (device, minirdr):
         assert minirdr.transport is Transport.PARAMIKO
