@@ -45,6 +45,20 @@ class InodeTable:
         entry = self._by_inode.get(InodeT(inode))
         return entry.paths[0] if entry is not None and entry.paths else None
 
+    def find(self, path: str) -> InodeT | None:
+        """The inode of ``path`` if the table has one (never allocates)."""
+        return self._by_path.get(path)
+
+    def held(self, path: str) -> bool:
+        """Whether the kernel holds a lookup of ``path`` (has it in its name cache)."""
+        inode = self._by_path.get(path)
+        return inode is not None and self._by_inode[inode].lookups > 0
+
+    def paths_of(self, inode: int) -> list[str]:
+        """Every name of ``inode`` (a copy), first the one ``path_of`` gives."""
+        entry = self._by_inode.get(InodeT(inode))
+        return list(entry.paths) if entry is not None else []
+
     def inode_of(self, path: str) -> InodeT:
         """The inode of ``path``, allocated on first sight (with no lookups yet)."""
         inode = self._by_path.get(path)
@@ -106,6 +120,12 @@ class InodeTable:
             entry.paths.remove(path)
             if entry.attributes is not None:
                 entry.attributes.nlink = max(entry.attributes.nlink - 1, 0)
+
+    def name_gone(self, inode: int, path: str) -> None:
+        """The server no longer has ``path``: the inode loses that name, as after an
+        unlink here (a new file at the name gets a new inode). The root keeps its name."""
+        if inode != ROOT_INODE and self._by_path.get(path) == inode:
+            self.unlink(path)
 
     def rename(self, old: str, new: str) -> None:
         """Move ``old`` and everything below it to ``new``; a replaced target loses its

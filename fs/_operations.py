@@ -20,7 +20,14 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 from pyfuse3 import FUSEError
-from rxfs.rdbss import IRP_MN_FLUSH_NO_SYNC, Fobx, RxDevice, nt_success
+from rxfs.rdbss import (
+    IRP_MN_FLUSH_NO_SYNC,
+    IRP_MN_QUERY_FROM_SERVER,
+    Fobx,
+    NtStatus,
+    RxDevice,
+    nt_success,
+)
 from rxfs.rdbss.irp import (
     AccessMask,
     CreateDisposition,
@@ -43,6 +50,7 @@ from rxfs.rdbss.irp import (
     SetInformationParameters,
     WriteParameters,
 )
+from rxfs.rdbss.ntstatus import NAME_NOT_FOUND
 
 from ._errors import errno_for
 from ._inodes import InodeTable
@@ -111,6 +119,32 @@ def _entry(inode: int, attrs: FileAttributes, options: FsOptions) -> pyfuse3.Ent
     return entry
 
 
+def _stale() -> FUSEError:
+    """The file behind an inode is gone on the server. ESTALE makes Linux walk the path
+    again with real lookups (LOOKUP_REVAL) and retry the call, so that open(O_CREAT)
+    creates the file anew and stat() answers ENOENT, where ENOENT from the inode itself
+    would leave the kernel's name in place and fail the create."""
+    return FUSEError(errno_for(NtStatus.STATUS_FILE_DELETED))
+
+
+def _query(path: str, *, from_server: bool = False) -> Irp:
+    return Irp(
+        IrpMj.IRP_MJ_QUERY_INFORMATION,
+        QueryInformationParameters(),
+        minor_function=IRP_MN_QUERY_FROM_SERVER if from_server else 0,
+        file_name=path,
+    )
+
+
+def _set_info_irp(buffer: Any, *, path: str | None = None, fobx: Fobx | None = None) -> Irp:
+    return Irp(
+        IrpMj.IRP_MJ_SET_INFORMATION,
+        SetInformationParameters(buffer),
+        file_object=fobx,
+        file_name=path,
+    )
+
+
 def _close_flush(fobx: Fobx) -> Irp:
     """What every close(2) sends: land the bytes, report what did not land; no sync."""
     return Irp(IrpMj.IRP_MJ_FLUSH_BUFFERS, minor_function=IRP_MN_FLUSH_NO_SYNC, file_object=fobx)
@@ -151,6 +185,8 @@ class RxOperations(pyfuse3.Operations):
         self.options = options or FsOptions()
         self.inodes = InodeTable()
         self._files: dict[int, Fobx] = {}
+        # The inode each open file handle is on.
+        self._file_inodes: dict[int, int] = {}
         self._dirs: dict[int, _DirHandle] = {}
         self._next_dir_handle = 1
 
@@ -183,12 +219,43 @@ class RxOperations(pyfuse3.Operations):
             raise FUSEError(errno.EBADF)
         return fobx
 
-    async def _stat(self, path: str) -> FileAttributes:
-        irp = await self._call(
-            Irp(IrpMj.IRP_MJ_QUERY_INFORMATION, QueryInformationParameters(), file_name=path)
-        )
+    async def _stat(self, path: str, *, from_server: bool = False) -> FileAttributes:
+        irp = await self._call(_query(path, from_server=from_server))
         assert irp.attributes is not None
         return irp.attributes
+
+    async def _by_inode(self, inode: int, request: Callable[[str], Irp]) -> Irp | None:
+        """Run ``request(path)`` on the file behind ``inode`` by its name (each of its
+        names in turn). A name the server no longer has (deleted or renamed by another
+        client while the kernel held the inode) is taken from the inode. None when no
+        name is left: the caller decides between an open descriptor and ESTALE."""
+        for path in self.inodes.paths_of(inode):
+            irp = request(path)
+            status = (await self.device.dispatch(irp)).status
+            if status not in NAME_NOT_FOUND:
+                if not nt_success(status):
+                    raise FUSEError(errno_for(status))
+                return irp
+            self._name_gone(inode, path)
+        return None
+
+    def _name_gone(self, inode: int, path: str) -> None:
+        """The server no longer has ``path``: the inode loses the name, and the kernel is
+        told to drop it too, or it would go on showing the file for entry_timeout. Told
+        from pyfuse3's own thread: this handler may hold the directory's lock."""
+        self.inodes.name_gone(inode, path)
+        parent = self.inodes.find(posixpath.dirname(path))
+        if parent is not None and path != "/":
+            name = os.fsencode(posixpath.basename(path))
+            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+
+    def _open_fobx(self, inode: int) -> Fobx | None:
+        """A descriptor still open on ``inode``: it reaches the file when no name does."""
+        for fh, on in self._file_inodes.items():
+            fobx = self._files.get(fh)
+            if on == inode and fobx is not None and fobx.srv_open is not None:
+                return fobx
+        return None
 
     async def _lookup_entry(
         self, path: str, attrs: FileAttributes | None = None
@@ -211,17 +278,8 @@ class RxOperations(pyfuse3.Operations):
             if not nt_success(status):
                 raise FUSEError(errno_for(status))
 
-    async def _set_info(
-        self, buffer: Any, *, path: str | None = None, fobx: Fobx | None = None
-    ) -> Irp:
-        return await self._call(
-            Irp(
-                IrpMj.IRP_MJ_SET_INFORMATION,
-                SetInformationParameters(buffer),
-                file_object=fobx,
-                file_name=path,
-            )
-        )
+    async def _set_info(self, buffer: Any, *, path: str) -> Irp:
+        return await self._call(_set_info_irp(buffer, path=path))
 
     # -- names and attributes -----------------------------------------------------------
 
@@ -234,7 +292,14 @@ class RxOperations(pyfuse3.Operations):
         if name == b"..":
             parent = posixpath.dirname(self._path(parent_inode))
             return await self._lookup_entry(parent)
-        return await self._lookup_entry(self._child(parent_inode, name))
+        path = self._child(parent_inode, name)
+        if self.inodes.held(path):
+            # The kernel has the name and asks again: its entry timed out, or it wants
+            # the server's word before O_EXCL, mkdir, a rename target or after ESTALE.
+            # A cached answer would defeat that (EEXIST for a file deleted meanwhile).
+            attrs = await self._stat(path, from_server=True)
+            return await self._lookup_entry(path, attrs)
+        return await self._lookup_entry(path)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         # Never raises: pyfuse3 cannot report an error for forget.
@@ -243,14 +308,21 @@ class RxOperations(pyfuse3.Operations):
 
     @_handler
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        path = self.inodes.path_of(inode)
-        if path is None:
-            attrs = self.inodes.last_attributes(inode)
-            if attrs is None:
-                raise FUSEError(errno.ENOENT)
-        else:
-            attrs = await self._stat(path)
-            self.inodes.remember(inode, attrs)
+        """A file without a name (unlinked) answers its last attributes, as a local file
+        system would for an open, unlinked file. One whose name just turned out gone on
+        the server does so only while a descriptor is open on it (fstat must not fail);
+        otherwise the inode is stale."""
+        if self.inodes.path_of(inode) is not None:
+            irp = await self._by_inode(inode, _query)
+            if irp is not None:
+                assert irp.attributes is not None
+                self.inodes.remember(inode, irp.attributes)
+                return _entry(inode, irp.attributes, self.options)
+            if self._open_fobx(inode) is None:
+                raise _stale()
+        attrs = self.inodes.last_attributes(inode)
+        if attrs is None:
+            raise FUSEError(errno.ENOENT)
         return _entry(inode, attrs, self.options)
 
     @_handler
@@ -263,9 +335,8 @@ class RxOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         fobx = self._files.get(fh) if fh is not None else None
-        path = None if fobx is not None else self._path(inode)
         if fields.update_size:
-            await self._set_info(FileEndOfFileInformation(attr.st_size), path=path, fobx=fobx)
+            await self._set_inode_info(inode, fobx, FileEndOfFileInformation(attr.st_size))
         basic = FileBasicInformation(
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
@@ -274,8 +345,20 @@ class RxOperations(pyfuse3.Operations):
             gid=attr.st_gid if fields.update_gid else None,
         )
         if basic != FileBasicInformation():
-            await self._set_info(basic, path=path, fobx=fobx)
+            await self._set_inode_info(inode, fobx, basic)
         return await self.getattr(inode, ctx)
+
+    async def _set_inode_info(self, inode: int, fobx: Fobx | None, buffer: Any) -> None:
+        """By descriptor when the kernel gave one (ftruncate), else by name; when no name
+        is left, through a descriptor open on the file (fchmod of an unlinked file)."""
+        if fobx is None:
+            by_name = await self._by_inode(inode, lambda path: _set_info_irp(buffer, path=path))
+            if by_name is not None:
+                return
+            fobx = self._open_fobx(inode)
+            if fobx is None:
+                raise _stale()
+        await self._call(_set_info_irp(buffer, fobx=fobx))
 
     @_handler
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -300,10 +383,14 @@ class RxOperations(pyfuse3.Operations):
         disposition = (
             CreateDisposition.FILE_OVERWRITE if flags & os.O_TRUNC else CreateDisposition.FILE_OPEN
         )
-        fobx = await self._create(
-            self._path(inode), CreateParameters(access, disposition, options)
+        params = CreateParameters(access, disposition, options)
+        irp = await self._by_inode(
+            inode, lambda path: Irp(IrpMj.IRP_MJ_CREATE, params, file_name=path)
         )
-        return self._file_info(fobx)
+        if irp is None:
+            raise _stale()
+        assert irp.file_object is not None
+        return self._file_info(irp.file_object, inode)
 
     @_handler
     async def create(
@@ -323,10 +410,11 @@ class RxOperations(pyfuse3.Operations):
         fcb = fobx.fcb
         attrs = fcb.attributes if fcb is not None else None
         entry = await self._lookup_entry(path, attrs)
-        return self._file_info(fobx), entry
+        return self._file_info(fobx, entry.st_ino), entry
 
-    def _file_info(self, fobx: Fobx) -> pyfuse3.FileInfo:
+    def _file_info(self, fobx: Fobx, inode: int) -> pyfuse3.FileInfo:
         self._files[fobx.key] = fobx
+        self._file_inodes[fobx.key] = inode
         info = pyfuse3.FileInfo(fh=fobx.key)
         # Another client may change the file between opens: do not keep the page cache.
         info.keep_cache = False
@@ -365,6 +453,7 @@ class RxOperations(pyfuse3.Operations):
 
     @_handler
     async def release(self, fh: int) -> None:
+        self._file_inodes.pop(fh, None)
         fobx = self._files.pop(fh, None)
         if fobx is not None:
             await self._close(fobx)
@@ -373,13 +462,15 @@ class RxOperations(pyfuse3.Operations):
 
     @_handler
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        path = self._path(inode)
-        attrs = await self._stat(path)
-        if not attrs.is_dir:
+        irp = await self._by_inode(inode, _query)
+        if irp is None:
+            raise _stale()
+        assert irp.attributes is not None and irp.file_name is not None
+        if not irp.attributes.is_dir:
             raise FUSEError(errno.ENOTDIR)
         handle = self._next_dir_handle
         self._next_dir_handle += 1
-        self._dirs[handle] = _DirHandle(path)
+        self._dirs[handle] = _DirHandle(irp.file_name)
         return handle
 
     @_handler
@@ -475,9 +566,11 @@ class RxOperations(pyfuse3.Operations):
     @_handler
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         params = FsControlParameters(FsControlCode.FSCTL_GET_REPARSE_POINT)
-        irp = await self._call(
-            Irp(IrpMj.IRP_MJ_FILE_SYSTEM_CONTROL, params, file_name=self._path(inode))
+        irp = await self._by_inode(
+            inode, lambda path: Irp(IrpMj.IRP_MJ_FILE_SYSTEM_CONTROL, params, file_name=path)
         )
+        if irp is None:
+            raise _stale()
         return os.fsencode(irp.link_target or "")
 
     @_handler
@@ -497,6 +590,7 @@ class RxOperations(pyfuse3.Operations):
         failed: list[str] = []
         for fh in list(self._files):
             fobx = self._files.pop(fh)
+            self._file_inodes.pop(fh, None)
             fcb = fobx.fcb
             name = fcb.path if fcb is not None else f"handle {fh}"
             flush = await self.device.dispatch(_close_flush(fobx))
