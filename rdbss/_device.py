@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, urlsplit
 
@@ -15,7 +16,7 @@ from ._reconnect import Reconnector
 from ._rxcontext import RxContext, RxContextFlags
 from ._writebehind import MIB, LazyWriter
 from .irp import IoStatusBlock, Irp, ReadParameters, WriteParameters
-from .ntstatus import NtStatus, nt_success, status_of
+from .ntstatus import NtStatus, NtStatusError, nt_success, status_of
 
 if TYPE_CHECKING:
     from rxfs.minirdr import MiniRdrDispatch
@@ -23,6 +24,11 @@ if TYPE_CHECKING:
 __all__ = ["CORE_OPTIONS", "CoreOptions", "MountError", "RxDevice", "parse_seconds"]
 
 log = logging.getLogger(__name__)
+
+# Read on every request: module constants, since an enum member looked up on its class
+# costs ~0.2 us on Python 3.11 (EnumType.__getattr__).
+_STATUS_PENDING = NtStatus.STATUS_PENDING
+_WAIT = int(RxContextFlags.RX_CONTEXT_FLAG_WAIT)
 
 
 CORE_OPTIONS = {
@@ -207,8 +213,8 @@ class RxDevice:
         # Described before it runs: a close detaches the file object it names.
         debug = _describe(irp) if log.isEnabledFor(logging.DEBUG) else None
         # A request the connection went away under is replayed on a new one.
-        status = await self.reconnector.with_replay(lambda: self._run(routine, irp, flags))
-        if status == NtStatus.STATUS_PENDING and flags & RxContextFlags.RX_CONTEXT_FLAG_WAIT:
+        status = await self.reconnector.with_replay(partial(self._run, routine, irp, flags))
+        if status == _STATUS_PENDING and int.__and__(flags, _WAIT):
             log.error("%s returned STATUS_PENDING to a waiting caller", irp.major_function.name)
             status = NtStatus.STATUS_UNSUCCESSFUL
         irp.io_status.status = status
@@ -217,12 +223,18 @@ class RxDevice:
         return irp.io_status
 
     async def _run(self, routine: Routine, irp: Irp, flags: RxContextFlags) -> NtStatus:
-        irp.io_status = IoStatusBlock()
+        # Each attempt starts from a clean IoStatus (a replay follows a failed one).
+        io_status = irp.io_status
+        io_status.status = _STATUS_PENDING
+        io_status.information = 0
         rx_context = RxContext(self, irp, fobx=irp.file_object, flags=flags)
-        status, message = await status_of(routine(rx_context))
-        if message:
-            log.info("%r failed: %s", rx_context, message)
-        return status
+        # status_of(), inlined: this runs for every request, a 4 KiB write included.
+        try:
+            return await routine(rx_context)
+        except NtStatusError as exc:
+            if exc.message:
+                log.info("%r failed: %s", rx_context, exc.message)
+            return exc.status
 
 
 def _describe(irp: Irp) -> str:

@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 # The largest offset + length a write may reach (off_t's limit).
 MAX_FILE_SIZE = (1 << 63) - 1
 
+# Looking up an enum member on its class goes through EnumType.__getattr__ on Python
+# 3.11 (~0.2 us each on this class of machine): the per-write path reads these instead.
+_STATUS_SUCCESS = NtStatus.STATUS_SUCCESS
+_STATUS_PENDING = NtStatus.STATUS_PENDING
+_STATUS_FILE_CLOSED = NtStatus.STATUS_FILE_CLOSED
+_STATUS_INVALID_DEVICE_REQUEST = NtStatus.STATUS_INVALID_DEVICE_REQUEST
+_STATUS_INVALID_PARAMETER = NtStatus.STATUS_INVALID_PARAMETER
+
 
 async def rx_low_io_submit(rx_context: RxContext) -> NtStatus:
     """Hand the LowIoContext to the backend and see the request through to completion.
@@ -46,12 +54,12 @@ async def rx_low_io_submit(rx_context: RxContext) -> NtStatus:
         if not rx_context.completed:
             rx_context._complete(NtStatus.STATUS_UNSUCCESSFUL, 0)
         raise
-    if status != NtStatus.STATUS_PENDING:
+    if status != _STATUS_PENDING:
         rx_context._complete(status, rx_context.io_status.information)
         return rx_context.io_status.status
     if rx_context.waits:
         return await rx_context.wait()
-    return NtStatus.STATUS_PENDING
+    return _STATUS_PENDING
 
 
 def _log_submit(rx_context: RxContext) -> None:
@@ -101,10 +109,10 @@ def _check_open(rx_context: RxContext) -> NtStatus:
     fobx = rx_context.fobx
     srv_open = rx_context.srv_open
     if fobx is None or srv_open is None or srv_open.closed or rx_context.fcb is None:
-        return NtStatus.STATUS_FILE_CLOSED
+        return _STATUS_FILE_CLOSED
     if rx_context.fcb.is_directory:
-        return NtStatus.STATUS_INVALID_DEVICE_REQUEST
-    return NtStatus.STATUS_SUCCESS
+        return _STATUS_INVALID_DEVICE_REQUEST
+    return _STATUS_SUCCESS
 
 
 def _may_cache(rx_context: RxContext) -> bool:
@@ -115,61 +123,65 @@ def _may_cache(rx_context: RxContext) -> bool:
 
 
 async def common_write(rx_context: RxContext) -> NtStatus:
-    """IRP_MJ_WRITE: check, take the Fcb resource, then cache or submit low I/O."""
+    """IRP_MJ_WRITE: check, take the Fcb resource, then cache or submit low I/O.
+
+    Every cached write runs this, one per 4 KiB for a ``dd``-style writer: the cached
+    path allocates nothing and reaches no checkpoint unless it has to wait.
+    """
     status = _check_open(rx_context)
-    if not nt_success(status):
+    if status != _STATUS_SUCCESS:
         return status
-    params = rx_context.irp.parameters
+    irp = rx_context.irp
+    params = irp.parameters
     if not isinstance(params, WriteParameters):
-        return NtStatus.STATUS_INVALID_PARAMETER
-    buffer = rx_context.irp.buffer
-    if (
-        params.byte_offset < 0
-        or params.length < 0
-        or params.length != len(buffer)
-        or params.byte_offset + params.length > MAX_FILE_SIZE
-    ):
-        return NtStatus.STATUS_INVALID_PARAMETER
+        return _STATUS_INVALID_PARAMETER
+    buffer = irp.buffer
+    offset = params.byte_offset
+    length = params.length
+    if offset < 0 or length < 0 or length != len(buffer) or offset + length > MAX_FILE_SIZE:
+        return _STATUS_INVALID_PARAMETER
     fcb = rx_context.fcb
     fobx = rx_context.fobx
-    assert fcb is not None and fobx is not None
+    srv_open = rx_context.srv_open
+    assert fcb is not None and fobx is not None and srv_open is not None
     # After a failed write-behind, further writes fail at once (as NFS does) instead
     # of filling the cache with bytes that cannot land; close still reports it.
     error = fcb.peek_write_error(fobx)
     if error is not None:
         return error
-    if params.length == 0:
-        rx_context.io_status.information = 0
-        return NtStatus.STATUS_SUCCESS
+    if length == 0:
+        irp.io_status.information = 0
+        return _STATUS_SUCCESS
     cached = _may_cache(rx_context)
+    lazy_writer = rx_context.device.lazy_writer
     if not cached:
         # Bytes held for this file go first, so writes land in the order made.
-        await rx_context.device.lazy_writer.flush(fcb)
+        await lazy_writer.flush(fcb)
 
     low_io = rx_context.low_io
-    srv_open = rx_context.srv_open
-    assert srv_open is not None
     # Every append extends the file, whatever offset the kernel thought it had.
-    extending = srv_open.append or params.byte_offset + params.length > fcb.file_size
+    extending = srv_open.append or offset + length > fcb.file_size
     owner = low_io.resource_thread_id
     # Extending writes change the file size: take the resource exclusively so that
     # size updates are ordered; writes inside the file share it.
     if extending:
-        await fcb.resource.acquire_exclusive(owner)
+        if not fcb.resource.try_acquire_exclusive(owner):
+            await fcb.resource.acquire_exclusive(owner)
     else:
         await fcb.resource.acquire_shared(owner)
     low_io.holds_fcb_resource = True
     try:
         if cached:
-            await rx_context.device.lazy_writer.write(fcb, params.byte_offset, buffer)
-            end = params.byte_offset + params.length
-            fcb.file_size = max(fcb.file_size, end)
-            rx_context.io_status.information = params.length
-            return NtStatus.STATUS_SUCCESS
+            if not lazy_writer.can_i_write(length):
+                await lazy_writer.wait_until_i_can_write(length)
+            lazy_writer.copy_write(fcb, offset, buffer)
+            fcb.file_size = max(fcb.file_size, offset + length)
+            irp.io_status.information = length
+            return _STATUS_SUCCESS
         flags = LowIoReadWriteFlags(0)
         if extending:
             flags |= LowIoReadWriteFlags.LOWIO_READWRITEFLAG_EXTENDING_FILESIZE
-        fill_write(rx_context, params.byte_offset, buffer, flags, key=params.key)
+        fill_write(rx_context, offset, buffer, flags, key=params.key)
         return await rx_low_io_submit(rx_context)
     finally:
         if cached or rx_context.completed:

@@ -10,7 +10,6 @@ first (RxContext.complete_lowio).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Hashable
 
 import trio
@@ -20,14 +19,15 @@ __all__ = ["FcbResource"]
 
 class FcbResource:
     def __init__(self) -> None:
-        self._shared: Counter[Hashable] = Counter()
+        # Shared acquisitions per owner; an owner with none has no key.
+        self._shared: dict[Hashable, int] = {}
         self._exclusive: Hashable | None = None
         self._exclusive_depth = 0
         self._exclusive_waiters = 0
         self._lot = trio.lowlevel.ParkingLot()
 
     def is_held_by(self, owner: Hashable) -> bool:
-        return self._exclusive == owner or self._shared[owner] > 0
+        return self._exclusive == owner or owner in self._shared
 
     @property
     def is_exclusive(self) -> bool:
@@ -51,9 +51,23 @@ class FcbResource:
             return
         while not self._may_share(owner):
             await self._lot.park()
-        self._shared[owner] += 1
+        self._shared[owner] = self._shared.get(owner, 0) + 1
+
+    def try_acquire_exclusive(self, owner: Hashable) -> bool:
+        """ExAcquireResourceExclusiveLite with Wait=FALSE: take it if nobody holds it.
+
+        Every extending write (so each write of a sequential writer) comes here first:
+        no coroutine and no checkpoint when the resource is free.
+        """
+        if self._exclusive is None and not self._shared:
+            self._exclusive = owner
+            self._exclusive_depth = 1
+            return True
+        return False
 
     async def acquire_exclusive(self, owner: Hashable) -> None:
+        if self.try_acquire_exclusive(owner):
+            return
         self._exclusive_waiters += 1
         try:
             while not self._may_own(owner):
@@ -73,18 +87,21 @@ class FcbResource:
             self._exclusive_depth -= 1
             if not self._exclusive_depth:
                 self._exclusive = None
-        elif self._shared[owner] > 0:
-            self._shared[owner] -= 1
-            if not self._shared[owner]:
+        elif owner in self._shared:
+            count = self._shared[owner] - 1
+            if count:
+                self._shared[owner] = count
+            else:
                 del self._shared[owner]
         else:
             raise RuntimeError(f"Fcb resource released for {owner!r}, which does not hold it")
-        self._lot.unpark_all()
+        if self._lot:
+            self._lot.unpark_all()
 
     def _may_share(self, owner: Hashable) -> bool:
         if self._exclusive is not None:
             return self._exclusive == owner
-        return self._exclusive_waiters == 0 or self._shared[owner] > 0
+        return self._exclusive_waiters == 0 or owner in self._shared
 
     def _may_own(self, owner: Hashable) -> bool:
         if self._exclusive is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import operator
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -75,6 +76,9 @@ class _Extent:
         return self.offset < end and start < self.end
 
 
+_offset_of = operator.attrgetter("offset")
+
+
 def _join(run: list[_Extent]) -> _Extent:
     if len(run) == 1:
         return run[0]
@@ -114,19 +118,23 @@ class WriteBehindBuffer:
         after another, so neither appending nor sending ever copies a large buffer.
         Only overlapping extents merge; adjacent ones are joined when sent.
         """
-        if not self.dirty:
-            self.dirty_since = time.monotonic()
         self.seq += 1
+        if self.dirty:
+            last = self.dirty[-1]
+            length = len(data)
+            if last.offset + last.length == offset and last.length + length <= chunk_size:
+                # The common case, a sequential writer: _Extent.append, inlined.
+                last._parts.append(data if isinstance(data, bytes) else bytes(data))
+                last.length += length
+                return length
+        else:
+            self.dirty_since = time.monotonic()
         end = offset + len(data)
-        last = self.dirty[-1] if self.dirty else None
-        if last is not None and last.end == offset and last.length + len(data) <= chunk_size:
-            last.append(data)  # the common case: a sequential writer
-            return len(data)
-        starts = [e.offset for e in self.dirty]
-        lo = bisect.bisect_left(starts, offset)
+        # O(log n) searches: a random writer may hold thousands of extents.
+        lo = bisect.bisect_left(self.dirty, offset, key=_offset_of)
         if lo > 0 and self.dirty[lo - 1].end > offset:
             lo -= 1
-        hi = bisect.bisect_left(starts, end)
+        hi = bisect.bisect_left(self.dirty, end, lo, key=_offset_of)
         merged = self.dirty[lo:hi]
         if not merged:
             self.dirty.insert(lo, _Extent(offset, data, self.seq))
@@ -237,19 +245,28 @@ class LazyWriter:
 
     # -- writers ------------------------------------------------------------------------
 
-    async def write(self, fcb: Fcb, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """Buffer a cached write, waiting first while the mount's dirty bytes are at the
-        limit (backpressure)."""
-        while self.dirty_bytes and self.dirty_bytes + len(data) > self.dirty_limit:
+    def can_i_write(self, length: int) -> bool:
+        """CcCanIWrite: whether a cached write of ``length`` bytes fits under the mount's
+        dirty limit now (one larger than the limit goes when nothing else is held)."""
+        return not self.dirty_bytes or self.dirty_bytes + length <= self.dirty_limit
+
+    async def wait_until_i_can_write(self, length: int) -> None:
+        """Backpressure (CcDeferWrite): wait until :meth:`can_i_write` says yes."""
+        while not self.can_i_write(length):
             self._wake.set()
             await self._space.park()
+
+    def copy_write(self, fcb: Fcb, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """CcCopyWrite: buffer a cached write. Not async, and no checkpoint: the caller
+        asked :meth:`can_i_write` (or waited) just before, with nothing in between."""
         buffer = fcb.write_behind
         extents = len(buffer.dirty)
         self.dirty_bytes += buffer.add(offset, data, self.chunk_size)
         self._fcbs[fcb] = None
+        dirty = buffer.dirty
         # Wake the lazy writer when a chunk filled up and there is room to send it; a
-        # paging write that completes wakes it anyway.
-        filled = len(buffer.dirty) > extents or buffer.dirty[-1].length >= self.chunk_size
+        # paging write that completes wakes it anyway. Once per chunk, not per write.
+        filled = len(dirty) > extents or dirty[-1].length >= self.chunk_size
         if filled and self.in_flight_bytes < self.in_flight_limit:
             self._wake.set()
 

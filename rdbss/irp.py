@@ -281,7 +281,7 @@ Parameters = (
 )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Irp:
     """One request from the front end.
 
