@@ -453,3 +453,35 @@ async def test_explicit_openssh_never_falls_back(
     failure = await mount_error(sshd_user, sshd_user.root, **options)
     assert failure.status == NtStatus.STATUS_LOGON_FAILURE
     assert "Permission denied" in str(failure)
+
+
+@trio_test
+async def test_auto_falls_back_to_paramiko_for_a_key_with_a_passphrase(
+    sshd: LoopbackSshd, share: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passphrase = "correct horse battery"
+    locked = tmp_path / "locked"
+    await trio.run_process(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-f", str(locked)]
+    )
+    prompts: list[str] = []
+
+    def getpass(prompt: str) -> str:
+        prompts.append(prompt)
+        return passphrase
+
+    monkeypatch.setattr("sys.stdin", _Terminal())
+    monkeypatch.setattr("getpass.getpass", getpass)
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    authorized_keys = sshd.state_dir / "authorized_keys"
+    before = authorized_keys.read_text()
+    authorized_keys.write_text(before + locked.with_suffix(".pub").read_text())
+    try:
+        async with mounted(sshd, share, IdentityFile=str(locked)) as (device, minirdr):
+            assert minirdr.transport is Transport.PARAMIKO
+            status, _ = await stat_path(device, "/")
+            assert status == NtStatus.STATUS_SUCCESS
+    finally:
+        authorized_keys.write_text(before)
+    # Asked once for the mount's two connections.
+    assert prompts == [f"Enter passphrase for key '{locked}': "]
