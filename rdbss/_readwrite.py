@@ -164,11 +164,12 @@ async def common_write(rx_context: RxContext) -> NtStatus:
     owner = low_io.resource_thread_id
     # Extending writes change the file size: take the resource exclusively so that
     # size updates are ordered; writes inside the file share it.
+    resource = fcb.resource
     if extending:
-        if not fcb.resource.try_acquire_exclusive(owner):
-            await fcb.resource.acquire_exclusive(owner)
-    else:
-        await fcb.resource.acquire_shared(owner)
+        if not resource.try_acquire_exclusive(owner):
+            await resource.acquire_exclusive(owner)
+    elif not resource.try_acquire_shared(owner):
+        await resource.acquire_shared(owner)
     low_io.holds_fcb_resource = True
     try:
         if cached:

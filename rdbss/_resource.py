@@ -44,14 +44,21 @@ class FcbResource:
         Cancellation is checked before acquiring, never after: a cancelled caller
         never holds the resource (nobody would release it)."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        while not self.try_acquire_shared(owner):
+            await self._lot.park()
+
+    def try_acquire_shared(self, owner: Hashable) -> bool:
+        """ExAcquireResourceSharedLite with Wait=FALSE; writes inside the file (an
+        overwrite) come here first."""
         if self._exclusive == owner:
             # As ExAcquireResourceSharedLite: an exclusive owner's shared acquire is
             # one more exclusive level, so releases unwind in order.
             self._exclusive_depth += 1
-            return
-        while not self._may_share(owner):
-            await self._lot.park()
+            return True
+        if not self._may_share(owner):
+            return False
         self._shared[owner] = self._shared.get(owner, 0) + 1
+        return True
 
     def try_acquire_exclusive(self, owner: Hashable) -> bool:
         """ExAcquireResourceExclusiveLite with Wait=FALSE: take it if nobody holds it.

@@ -121,12 +121,9 @@ class WriteBehindBuffer:
         self.seq += 1
         if self.dirty:
             last = self.dirty[-1]
-            length = len(data)
-            if last.offset + last.length == offset and last.length + length <= chunk_size:
-                # The common case, a sequential writer: _Extent.append, inlined.
-                last._parts.append(data if isinstance(data, bytes) else bytes(data))
-                last.length += length
-                return length
+            if last.offset + last.length == offset and last.length + len(data) <= chunk_size:
+                last.append(data)  # the common case: a sequential writer
+                return len(data)
         else:
             self.dirty_since = time.monotonic()
         end = offset + len(data)
