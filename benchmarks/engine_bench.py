@@ -14,7 +14,7 @@ Each phase also reports the CPU seconds per GiB of the mount process and its ssh
 (user + system), a measure of cost that other load on the machine disturbs less.
 
     .venv/bin/python benchmarks/engine_bench.py --size 256 --rounds 3
-    .venv/bin/python benchmarks/engine_bench.py --variant rxfs= --variant paramiko=transport=paramiko
+    .venv/bin/python benchmarks/engine_bench.py --variant ssh= --variant pmk=transport=paramiko
 """
 
 from __future__ import annotations

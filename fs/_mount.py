@@ -36,7 +36,6 @@ class MountRequest:
     fs_options: FsOptions = field(default_factory=FsOptions)
     core_options: CoreOptions = field(default_factory=CoreOptions)
     backend_options: dict[str, str] = field(default_factory=dict)
-    allow_other: bool = False
     # Where the lines about data that could not be flushed at unmount go.
     report_path: Path | None = None
 
@@ -52,9 +51,11 @@ class MountFailedError(Exception):
 def _fuse_options(request: MountRequest) -> set[str]:
     # fsname shows in /proc/mounts and df; commas would split the option string.
     fsname = request.url.replace(",", "%2C")
-    options = {f"fsname={fsname}", "subtype=rxfs", "default_permissions"}
-    if request.allow_other:
+    options = {f"fsname={fsname}", "subtype=rxfs"}
+    if request.fs_options.allow_other:
         options.add("allow_other")
+    if request.fs_options.kernel_checks_permissions:
+        options.add("default_permissions")
     return options
 
 

@@ -85,12 +85,24 @@ class FsOptions:
 
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
+    allow_other: bool = False
+    default_permissions: bool = False
 
     NAMES = {
         "entry_timeout": "seconds the kernel may cache names (default 1)",
-        "allow_other": "let users other than the mounting one use the mount",
-        "default_permissions": "kept for sshfs compatibility: always on",
+        "allow_other": "let users other than the mounting one use the mount (implies "
+        "default_permissions)",
+        "default_permissions": "the kernel checks the mode bits against local user ids "
+        "before asking the server (default: the server alone decides, as with sshfs)",
     }
+
+    @property
+    def kernel_checks_permissions(self) -> bool:
+        """Only a mount shared with other users needs the kernel's checks: the server
+        would let every one of them act as the account that mounted it. For the mounting
+        user alone, the server's answer is the right one (the kernel's would compare the
+        server's user ids with local ones), and the checks cost a GETATTR per create."""
+        return self.default_permissions or self.allow_other
 
 
 @dataclass(slots=True)

@@ -92,13 +92,12 @@ def parse_options(groups: Sequence[str]) -> dict[str, str]:
 
 def split_options(
     options: dict[str, str], minirdr: type[MiniRdrDispatch]
-) -> tuple[FsOptions, CoreOptions, dict[str, str], bool]:
+) -> tuple[FsOptions, CoreOptions, dict[str, str]]:
     """Sort ``-o`` options to the front end, the core and the backend; refuse unknown
     names and bad values."""
     fs_options = FsOptions()
     core: dict[str, str] = {}
     backend: dict[str, str] = {}
-    allow_other = False
     try:
         for name, value in options.items():
             if name in CORE_OPTIONS:
@@ -106,9 +105,9 @@ def split_options(
             elif name == "entry_timeout":
                 fs_options.entry_timeout = parse_seconds(name, value)
             elif name == "allow_other":
-                allow_other = True
+                fs_options.allow_other = True
             elif name == "default_permissions":
-                pass
+                fs_options.default_permissions = True
             elif name in minirdr.option_names:
                 backend[name] = value
             else:
@@ -121,7 +120,7 @@ def split_options(
         raise UsageError(str(exc)) from None
     # One attribute timeout for the core's cache and the kernel's.
     fs_options.attr_timeout = core_options.attr_timeout
-    return fs_options, core_options, backend, allow_other
+    return fs_options, core_options, backend
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -159,14 +158,10 @@ def _build_request(args: argparse.Namespace) -> tuple[MountRequest, type[MiniRdr
     except Exception as exc:  # a broken plugin: say which, without its traceback
         raise PluginError(f"cannot load the mini-redirector for {url.scheme}://: {exc}") from None
     mountpoint = _check_mountpoint(args.mountpoint)
-    fs_options, core_options, backend_options, allow_other = split_options(
-        parse_options(args.options), minirdr
-    )
+    fs_options, core_options, backend_options = split_options(parse_options(args.options), minirdr)
     report = _state_file(mountpoint, "unflushed")
     report.unlink(missing_ok=True)
-    request = MountRequest(
-        args.url, mountpoint, fs_options, core_options, backend_options, allow_other, report
-    )
+    request = MountRequest(args.url, mountpoint, fs_options, core_options, backend_options, report)
     return request, minirdr
 
 

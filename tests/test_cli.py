@@ -172,3 +172,26 @@ def test_umount_cleans_up_after_a_killed_mount_and_the_point_mounts_again(
     again = mount("memory://", mountpoint=killed.path)
     (again.path / "f").write_bytes(b"mounted again")
     assert (again.path / "f").read_bytes() == b"mounted again"
+
+
+def _super_options(path: Path) -> set[str]:
+    """The mount's super options as /proc/self/mountinfo lists them (after " - ")."""
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        for line in mountinfo:
+            fields = line.split()
+            if fields[4] == target:
+                return set(fields[fields.index("-") + 3].split(","))
+    raise AssertionError(f"{path} is not in /proc/self/mountinfo")
+
+
+@pytest.mark.parametrize(
+    ("options", "kernel_checks"),
+    [({}, False), ({"default_permissions": None}, True), ({"allow_other": None}, True)],
+    ids=["default", "default_permissions", "allow_other"],
+)
+def test_the_kernel_checks_permissions_only_when_asked_or_shared(
+    mount: MountFactory, options: dict[str, str | None], kernel_checks: bool
+) -> None:
+    memory = mount("memory://", options)
+    assert ("default_permissions" in _super_options(memory.path)) is kernel_checks
