@@ -17,7 +17,7 @@ import trio
 import trio.testing
 from rxfs.minirdr import MiniRdrDispatch
 from rxfs.minirdr.memory import MemoryMiniRdr
-from rxfs.rdbss import Fobx, NtStatus, RxContext, RxContextFlags, RxDevice
+from rxfs.rdbss import CoreOptions, Fobx, NtStatus, RxContext, RxContextFlags, RxDevice
 from rxfs.rdbss.irp import (
     AccessMask,
     CreateDisposition,
@@ -74,9 +74,10 @@ async def mounted(
     minirdr: MiniRdrDispatch | None = None,
     url: str = "memory://",
     options: dict[str, str] | None = None,
+    core: CoreOptions | None = None,
 ) -> AsyncIterator[RxDevice]:
     """A started RxDevice over ``minirdr`` (a fresh private memory tree by default)."""
-    device = RxDevice(minirdr if minirdr is not None else MemoryMiniRdr(), url, options)
+    device = RxDevice(minirdr if minirdr is not None else MemoryMiniRdr(), url, options, core)
     async with trio.open_nursery() as nursery:
         await device.start(nursery)
         try:

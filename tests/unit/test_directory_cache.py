@@ -33,7 +33,17 @@ from rxfs.rdbss.irp import (
     QueryInformationParameters,
 )
 
-from ._harness import close, create, file_bytes, mkdir, open_file, set_info, trio_test, write
+from ._harness import (
+    close,
+    create,
+    file_bytes,
+    mkdir,
+    mounted,
+    open_file,
+    set_info,
+    trio_test,
+    write,
+)
 
 NOT_FOUND = NtStatus.STATUS_OBJECT_NAME_NOT_FOUND
 SUCCESS = NtStatus.STATUS_SUCCESS
@@ -77,14 +87,8 @@ async def client(
 ) -> AsyncIterator[RxDevice]:
     """A started device on ``memory://share`` with core options ``-o key=value``."""
     core = CoreOptions.parse(options)
-    device = RxDevice(minirdr or MemoryMiniRdr(), f"memory://{share}", core=core)
-    async with trio.open_nursery() as nursery:
-        await device.start(nursery)
-        try:
-            yield device
-        finally:
-            await device.stop()
-            nursery.cancel_scope.cancel()
+    async with mounted(minirdr, f"memory://{share}", core=core) as device:
+        yield device
 
 
 def new_share() -> str:
