@@ -8,6 +8,7 @@ flushed and closed before the FUSE mount goes and the backend disconnects.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -27,6 +28,13 @@ log = logging.getLogger(__name__)
 
 # Called once: with None when the mount is ready, or with a one-line error.
 ReadyCallback = Callable[[str | None], None]
+
+# The kernel asks for at most the mount's read-ahead per FUSE READ: 128 KiB unless raised,
+# and every READ costs the loop the same ~100-300 us whatever its size. 1 MiB (the most
+# FUSE sends in one request) cut the front end's CPU for a sequential read about in half
+# (memory:// here: 420 -> 900 MB/s). Random reads are not affected: the kernel's window
+# starts small and grows only while reads stay sequential.
+READ_AHEAD_KB = 1024
 
 
 @dataclass(slots=True)
@@ -73,6 +81,7 @@ async def serve(request: MountRequest, minirdr: MiniRdrDispatch, ready: ReadyCal
             ready(None)
             shutdown = _Shutdown(operations, device, request.report_path)
             nursery.start_soon(_watch_signals, shutdown, nursery)
+            nursery.start_soon(_raise_read_ahead, request.mountpoint)
             try:
                 await pyfuse3.main()
             finally:
@@ -102,6 +111,27 @@ async def _attach(
         return MountFailedError(f"cannot mount on {request.mountpoint}: {exc}", 1)
     log.info("mounted %s on %s", request.url, request.mountpoint)
     return None
+
+
+async def _raise_read_ahead(mountpoint: str) -> None:
+    """Raise the mount's read-ahead to READ_AHEAD_KB where we may (root owns sysfs).
+
+    Not before the kernel has handled FUSE INIT: its reply sets the read-ahead back to
+    what the INIT request proposed. A stat of the mount point is answered by this
+    process only after that, so it is done once the stat returns."""
+
+    def raise_it() -> None:
+        try:
+            device = os.stat(mountpoint).st_dev
+            path = f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb"
+            with open(path, "r+", encoding="ascii") as setting:
+                if int(setting.read()) < READ_AHEAD_KB:
+                    setting.seek(0)
+                    setting.write(str(READ_AHEAD_KB))
+        except (OSError, ValueError) as exc:  # not root, or no sysfs: the kernel's default
+            log.debug("read-ahead left as the kernel set it: %s", exc)
+
+    await trio.to_thread.run_sync(raise_it, abandon_on_cancel=True)
 
 
 class _Shutdown:

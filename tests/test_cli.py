@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -195,3 +196,15 @@ def test_the_kernel_checks_permissions_only_when_asked_or_shared(
 ) -> None:
     memory = mount("memory://", options)
     assert ("default_permissions" in _super_options(memory.path)) is kernel_checks
+
+
+def test_the_mount_reads_ahead_a_mebibyte(mount: MountFactory) -> None:
+    """Root may raise the mount's read-ahead (128 KiB by default): sequential reads then
+    arrive as 1 MiB FUSE READs, an eighth of the requests."""
+    memory = mount("memory://")
+    device = os.stat(memory.path).st_dev
+    setting = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+    deadline = time.monotonic() + 10
+    while setting.read_text().strip() != "1024" and time.monotonic() < deadline:
+        time.sleep(0.05)  # raised right after FUSE INIT, in the background
+    assert setting.read_text().strip() == "1024"
