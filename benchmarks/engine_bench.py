@@ -113,7 +113,9 @@ def foreground_mount(argv: list[str], mnt: Path, key: Path) -> Iterator[Mounted]
     log = mnt.with_suffix(".log").open("ab")
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
-        if not _wait_until(lambda: os.path.ismount(mnt) or process.poll() is not None, 30):
+        if not _wait_until(
+            lambda: os.path.ismount(mnt) or process.poll() is not None, MOUNT_TIMEOUT
+        ):
             raise RuntimeError(f"{argv[0]} did not mount {mnt}")
         if process.poll() is not None:
             raise RuntimeError(f"{argv[0]} exited {process.returncode}; see {log.name}")

@@ -3,12 +3,10 @@ writes, every reply checked, read-ahead, extensions, a session that dies."""
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import ParamSpec
 from urllib.parse import urlsplit
 
 import pytest
@@ -29,23 +27,11 @@ from rxfs.minirdr.sftp._wire import OpenFlags, SftpStatusCode
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
 from rxfs.rdbss import NtStatus
 
-P = ParamSpec("P")
+from tests.sftp.test_minirdr import trio_test
 
 pytestmark = pytest.mark.sshd
 
 RW_CREATE = OpenFlags.SSH_FXF_READ | OpenFlags.SSH_FXF_WRITE | OpenFlags.SSH_FXF_CREAT
-
-
-def trio_test(fn: Callable[P, Awaitable[None]]) -> Callable[P, None]:
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
-        async def main() -> None:
-            with trio.fail_after(60):
-                await fn(*args, **kwargs)
-
-        trio.run(main)
-
-    return wrapper
 
 
 @asynccontextmanager

@@ -43,6 +43,27 @@ def _ssh_run(server: LoopbackSshd, command: str) -> subprocess.CompletedProcess[
     )
 
 
+def _paramiko_client(server: LoopbackSshd, **auth: str) -> paramiko.SSHClient:
+    """A paramiko client logged in to ``server`` with ``auth`` only (no agent, no keys of
+    the user's own), trusting the server's host key from its known_hosts."""
+    client = paramiko.SSHClient()
+    try:
+        client.load_host_keys(str(server.known_hosts_path))
+        client.connect(
+            server.host,
+            server.port,
+            server.user,
+            allow_agent=False,
+            look_for_keys=False,
+            timeout=10,
+            **auth,
+        )
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
 def test_openssh_client_logs_in_with_the_throwaway_key_and_trusts_the_host(
     sshd: LoopbackSshd,
 ) -> None:
@@ -79,19 +100,12 @@ def test_url_and_mount_options_point_at_the_served_root(sshd: LoopbackSshd) -> N
 
 def test_sftp_subsystem_serves_the_root_directory(sshd: LoopbackSshd) -> None:
     (sshd.root / "seen-by-sftp").write_bytes(b"payload")
-    with paramiko.SSHClient() as client:
-        client.load_host_keys(str(sshd.known_hosts_path))
-        client.connect(
-            sshd.host,
-            sshd.port,
-            sshd.user,
-            key_filename=str(sshd.client_key_path),
-            allow_agent=False,
-            look_for_keys=False,
-            timeout=10,
-        )
-        with client.open_sftp() as sftp, sftp.open(f"{sshd.root}/seen-by-sftp") as f:
-            assert f.read() == b"payload"
+    with (
+        _paramiko_client(sshd, key_filename=str(sshd.client_key_path)) as client,
+        client.open_sftp() as sftp,
+        sftp.open(f"{sshd.root}/seen-by-sftp") as f,
+    ):
+        assert f.read() == b"payload"
 
 
 def test_non_root_account_logs_in_by_key_and_owns_its_root(sshd_user: LoopbackSshd) -> None:
@@ -104,29 +118,10 @@ def test_non_root_account_logs_in_by_key_and_owns_its_root(sshd_user: LoopbackSs
 
 def test_non_root_account_logs_in_by_password(sshd_user: LoopbackSshd) -> None:
     assert sshd_user.password is not None
-    with paramiko.SSHClient() as client:
-        client.load_host_keys(str(sshd_user.known_hosts_path))
-        client.connect(
-            sshd_user.host,
-            sshd_user.port,
-            sshd_user.user,
-            password=sshd_user.password,
-            allow_agent=False,
-            look_for_keys=False,
-            timeout=10,
-        )
+    with _paramiko_client(sshd_user, password=sshd_user.password) as client:
         assert client.get_transport() is not None
-        with pytest.raises(paramiko.AuthenticationException), paramiko.SSHClient() as other:
-            other.load_host_keys(str(sshd_user.known_hosts_path))
-            other.connect(
-                sshd_user.host,
-                sshd_user.port,
-                sshd_user.user,
-                password=sshd_user.password + "-wrong",
-                allow_agent=False,
-                look_for_keys=False,
-                timeout=10,
-            )
+        with pytest.raises(paramiko.AuthenticationException):
+            _paramiko_client(sshd_user, password=sshd_user.password + "-wrong")
 
 
 def test_root_password_login_is_refused_by_the_default_server(sshd: LoopbackSshd) -> None:
@@ -138,17 +133,7 @@ def test_root_password_login_is_refused_by_the_default_server(sshd: LoopbackSshd
 
 
 def test_drop_connections_cuts_sessions_but_keeps_listening(sshd: LoopbackSshd) -> None:
-    with paramiko.SSHClient() as client:
-        client.load_host_keys(str(sshd.known_hosts_path))
-        client.connect(
-            sshd.host,
-            sshd.port,
-            sshd.user,
-            key_filename=str(sshd.client_key_path),
-            allow_agent=False,
-            look_for_keys=False,
-            timeout=10,
-        )
+    with _paramiko_client(sshd, key_filename=str(sshd.client_key_path)) as client:
         transport = client.get_transport()
         assert transport is not None
         assert sshd.drop_connections() >= 1

@@ -6,17 +6,15 @@ core answers and the bytes that landed in the server's directory on disk.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 import pwd
 import stat
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import ParamSpec
 
 import pytest
 import trio
@@ -48,27 +46,15 @@ from tests.unit._harness import (
     read_bytes,
     set_info,
     stat_path,
+    trio_test_within,
     write,
 )
-
-P = ParamSpec("P")
 
 pytestmark = pytest.mark.sshd
 
 DEADLINE = 60
+trio_test = trio_test_within(DEADLINE)
 _share_numbers = itertools.count(1)
-
-
-def trio_test(fn: Callable[P, Awaitable[None]]) -> Callable[P, None]:
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
-        async def main() -> None:
-            with trio.fail_after(DEADLINE):
-                await fn(*args, **kwargs)
-
-        trio.run(main)
-
-    return wrapper
 
 
 @pytest.fixture

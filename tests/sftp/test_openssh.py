@@ -4,15 +4,13 @@ alike by both transports."""
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 import os
 import stat
 import subprocess
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, ParamSpec
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -28,26 +26,12 @@ from rxfs.minirdr.sftp.loopback import LoopbackSshd
 from rxfs.rdbss import NtStatus, NtStatusError
 from rxfs.rdbss.irp import CreateDisposition
 
-from tests.sftp.test_minirdr import mount_error, mounted
+from tests.sftp.test_minirdr import mount_error, mounted, trio_test
 from tests.unit._harness import close, open_file, read_bytes, stat_path, write
-
-P = ParamSpec("P")
 
 pytestmark = pytest.mark.sshd
 
 TRANSPORTS = ["paramiko", "openssh"]
-
-
-def trio_test(fn: Callable[P, Awaitable[None]]) -> Callable[P, None]:
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
-        async def main() -> None:
-            with trio.fail_after(60):
-                await fn(*args, **kwargs)
-
-        trio.run(main)
-
-    return wrapper
 
 
 async def _session(server: LoopbackSshd, **options: str) -> SftpSession:

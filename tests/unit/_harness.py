@@ -49,24 +49,33 @@ WRITE_THROUGH = CreateOptions.FILE_WRITE_THROUGH
 OPEN_MODES = {"cached": CreateOptions(0), "write-through": WRITE_THROUGH}
 
 
-def trio_test(fn: Callable[P, Awaitable[None]]) -> Callable[P, None]:
-    """Run an async test function under trio with :data:`TEST_DEADLINE`."""
+def trio_test_within(
+    deadline: float,
+) -> Callable[[Callable[P, Awaitable[None]]], Callable[P, None]]:
+    """A decorator running an async test function under trio with ``deadline`` seconds."""
 
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
-        async def main() -> None:
-            with trio.fail_after(TEST_DEADLINE):
-                await fn(*args, **kwargs)
+    def decorate(fn: Callable[P, Awaitable[None]]) -> Callable[P, None]:
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+            async def main() -> None:
+                with trio.fail_after(deadline):
+                    await fn(*args, **kwargs)
 
-        # A hang inside a shielded teardown (RxDevice.stop) is out of trio's reach:
-        # then dump every stack and end the run rather than stall it.
-        faulthandler.dump_traceback_later(3 * TEST_DEADLINE, exit=True)
-        try:
-            trio.run(main)
-        finally:
-            faulthandler.cancel_dump_traceback_later()
+            # A hang inside a shielded teardown (RxDevice.stop) is out of trio's reach:
+            # then dump every stack and end the run rather than stall it.
+            faulthandler.dump_traceback_later(3 * deadline, exit=True)
+            try:
+                trio.run(main)
+            finally:
+                faulthandler.cancel_dump_traceback_later()
 
-    return wrapper
+        return wrapper
+
+    return decorate
+
+
+trio_test = trio_test_within(TEST_DEADLINE)
+"""Run an async test function under trio with :data:`TEST_DEADLINE`."""
 
 
 @asynccontextmanager
