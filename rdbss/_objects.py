@@ -87,6 +87,12 @@ def normalize_path(path: str) -> str:
     return "/" if norm in ("/", "//") else norm
 
 
+def _under(paths: Iterable[str], path: str) -> list[str]:
+    """The keys of ``paths`` that are ``path`` or below it (a list: callers re-key)."""
+    prefix = path.rstrip("/") + "/"
+    return [p for p in paths if p == path or p.startswith(prefix)]
+
+
 class _RefCounted:
     node_type: NodeType
 
@@ -234,8 +240,7 @@ class DirectoryCache:
         if old == new:
             return
         self._drop_tree(new)
-        prefix = old.rstrip("/") + "/"
-        for key in [k for k in self._listings if k == old or k.startswith(prefix)]:
+        for key in _under(self._listings, old):
             self._listings[new + key[len(old) :]] = self._listings.pop(key)
         self._invalidate_in_flight(old)
         self._change(old, present=False)
@@ -285,17 +290,14 @@ class DirectoryCache:
             self._names -= len(listing.names)
 
     def _drop_tree(self, path: str) -> None:
-        prefix = path.rstrip("/") + "/"
-        for key in [k for k in self._listings if k == path or k.startswith(prefix)]:
+        for key in _under(self._listings, path):
             self._drop(key)
         self._invalidate_in_flight(path)
 
     def _invalidate_in_flight(self, path: str) -> None:
-        prefix = path.rstrip("/") + "/"
-        for key, waiting in self._in_flight.items():
-            if key == path or key.startswith(prefix):
-                for pending in waiting:
-                    pending.valid = False
+        for key in _under(self._in_flight, path):
+            for pending in self._in_flight[key]:
+                pending.valid = False
 
 
 class SrvCall(_RefCounted):
@@ -360,9 +362,7 @@ class NetRoot(_RefCounted):
 
     def forget_attributes(self, path: str) -> None:
         """Our own change to ``path`` or below: cached attributes are no longer true."""
-        self.attribute_cache.pop(path, None)
-        prefix = path.rstrip("/") + "/"
-        for stale in [p for p in self.attribute_cache if p.startswith(prefix)]:
+        for stale in _under(self.attribute_cache, path):
             del self.attribute_cache[stale]
 
     def rename_fcbs(self, old: str, new: str) -> None:
@@ -371,9 +371,7 @@ class NetRoot(_RefCounted):
         self.forget_attributes(old)
         self.forget_attributes(new)
         self.directories.renamed(old, new)
-        prefix = old.rstrip("/") + "/"
-        moved = [p for p in self.fcb_table if p == old or p.startswith(prefix)]
-        for path in moved:
+        for path in _under(self.fcb_table, old):
             fcb = self.fcb_table.pop(path)
             fcb.path = new + path[len(old) :]
             replaced = self.fcb_table.pop(fcb.path, None)
@@ -433,10 +431,9 @@ class Fcb(_RefCounted):
 
     def take_write_error(self, fobx: Fobx) -> NtStatus | None:
         """The write error this descriptor has not reported yet, once."""
-        if fobx.write_error_seq == self.write_error_seq:
-            return None
+        error = self.peek_write_error(fobx)
         fobx.write_error_seq = self.write_error_seq
-        return self.write_error
+        return error
 
     def peek_write_error(self, fobx: Fobx) -> NtStatus | None:
         if fobx.write_error_seq == self.write_error_seq:
