@@ -41,6 +41,7 @@ __all__ = [
     "LoopbackSshd",
     "SshdError",
     "SshdNotFoundError",
+    "child_pids",
     "ensure_test_account",
     "set_account_password",
     "shared_password",
@@ -258,7 +259,7 @@ class LoopbackSshd:
 
         Returns how many sessions were cut. For reconnect tests.
         """
-        children = _child_pids(self.pid)
+        children = child_pids(self.pid)
         for child in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
@@ -365,7 +366,7 @@ class LoopbackSshd:
     def _terminate(process: subprocess.Popen[bytes]) -> None:
         # Collect the per-connection children first: once the listener is gone they are
         # re-parented and can no longer be told apart from other processes.
-        children = _child_pids(process.pid) if process.poll() is None else []
+        children = child_pids(process.pid) if process.poll() is None else []
         for pid in [process.pid, *children]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -418,7 +419,7 @@ def _free_port() -> int:
         return port
 
 
-def _child_pids(parent: int) -> list[int]:
+def child_pids(parent: int) -> list[int]:
     """PIDs whose parent is ``parent``, read from /proc."""
     children = []
     for entry in Path("/proc").iterdir():

@@ -19,27 +19,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rxfs.minirdr.sftp.loopback import SSHD_PATH, LoopbackSshd
+from rxfs.minirdr.sftp.loopback import SSHD_PATH, LoopbackSshd, child_pids
 
 from tests.support.faultproxy import FaultProxy
 
 MIB = 1 << 20
 LISTEN_TIMEOUT = 10.0
-
-
-def child_pids(parent: int) -> list[int]:
-    """PIDs whose parent is ``parent``, from /proc."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
-            children.append(int(entry.name))
-    return children
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
