@@ -68,6 +68,7 @@ __all__ = [
     "SftpError",
     "SftpSession",
     "WriteBatch",
+    "packet_length",
 ]
 
 log = logging.getLogger(__name__)
@@ -389,7 +390,7 @@ class SftpSession:
             while True:
                 self._on_packet(*_read_packet(self.link))
         except Exception as exc:
-            self._die(SftpError(SftpStatusCode.SSH_FX_CONNECTION_LOST, str(exc) or "EOF"))
+            self._lost(str(exc))
 
     def _on_packet(self, kind: int, body: bytes) -> None:
         """One reply off the wire: hand it to the request that waits for it."""
@@ -426,6 +427,9 @@ class SftpSession:
         self._budget.release(sum(waiter.cost for waiter, _ in batch), len(batch))
         for waiter, result in batch:
             waiter.callback(result)
+
+    def _lost(self, why: str) -> None:
+        self._die(SftpError(SftpStatusCode.SSH_FX_CONNECTION_LOST, why or "EOF"))
 
     def _die(self, error: SftpError) -> None:
         with self._lock:
@@ -1081,9 +1085,15 @@ class ChannelLink:
         """Nothing to wait for: paramiko's transport thread owns the socket."""
 
 
-def _read_packet(link: Link) -> tuple[int, bytes]:
-    header = link.recv_exact(5)
-    length = int.from_bytes(header[:4], "big")
+def packet_length(prefix: bytes | memoryview) -> int:
+    """The length a packet's 4-byte prefix gives; EOFError when it cannot be one."""
+    length = int.from_bytes(prefix, "big")
     if not 1 <= length <= MAX_PACKET_LENGTH:
         raise EOFError(f"SFTP packet of {length} bytes: the stream is out of step")
+    return length
+
+
+def _read_packet(link: Link) -> tuple[int, bytes]:
+    header = link.recv_exact(5)
+    length = packet_length(header[:4])
     return header[4], link.recv_exact(length - 1) if length > 1 else b""

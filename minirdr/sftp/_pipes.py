@@ -24,8 +24,7 @@ from typing import IO
 
 import trio
 
-from ._engine import MAX_PACKET_LENGTH, Reply, SftpError, SftpSession, _Waiter
-from ._wire import SftpStatusCode
+from ._engine import Reply, SftpError, SftpSession, _Waiter, packet_length
 
 __all__ = ["PipeLink", "PipedSession"]
 
@@ -125,7 +124,7 @@ class PipedSession(SftpSession):
         **budget: int,
     ) -> None:
         super().__init__(link, token, extensions, **budget)
-        self._unsent: deque[memoryview] = deque()
+        self._unsent: deque[bytes | memoryview] = deque()
         self._send_error: OSError | None = None
         self._sender_wakeup = trio.Event()
         self._tasks_running = 0
@@ -179,14 +178,15 @@ class PipedSession(SftpSession):
     def _complete_replies(self, buffer: bytearray) -> int:
         """Complete every whole reply at the start of ``buffer``; the bytes used."""
         pos, end = 0, len(buffer)
-        while end - pos >= 5:
-            length = int.from_bytes(buffer[pos : pos + 4], "big")
-            if not 1 <= length <= MAX_PACKET_LENGTH:
-                raise EOFError(f"SFTP packet of {length} bytes: the stream is out of step")
-            if end - pos - 4 < length:
-                break
-            self._on_packet(buffer[pos + 4], bytes(buffer[pos + 5 : pos + 4 + length]))
-            pos += 4 + length
+        # A view, so each body is copied once (a bytearray slice would copy it twice);
+        # released before the caller shrinks the buffer.
+        with memoryview(buffer) as view:
+            while end - pos >= 5:
+                length = packet_length(view[pos : pos + 4])
+                if end - pos - 4 < length:
+                    break
+                self._on_packet(view[pos + 4], bytes(view[pos + 5 : pos + 4 + length]))
+                pos += 4 + length
         return pos
 
     def _deliver(self, waiter: _Waiter, result: Reply | SftpError) -> None:
@@ -199,7 +199,7 @@ class PipedSession(SftpSession):
     def _flush(self) -> None:
         if not self._held:
             return
-        self._unsent.extend(map(memoryview, self._held))
+        self._unsent.extend(self._held)
         self._held.clear()
         self._write_unsent()
         if self._unsent or self._send_error is not None:
@@ -220,7 +220,7 @@ class PipedSession(SftpSession):
             while sent and sent >= len(unsent[0]):
                 sent -= len(unsent.popleft())
             if sent:
-                unsent[0] = unsent[0][sent:]
+                unsent[0] = memoryview(unsent[0])[sent:]  # a view: no copy of the rest
                 return  # the pipe is full
 
     async def _send_unsent(self) -> None:
@@ -238,9 +238,6 @@ class PipedSession(SftpSession):
                 self._write_unsent()
         finally:
             self._task_ended()
-
-    def _lost(self, why: str) -> None:
-        self._die(SftpError(SftpStatusCode.SSH_FX_CONNECTION_LOST, why or "EOF"))
 
     def _die(self, error: SftpError) -> None:
         super()._die(error)
