@@ -139,6 +139,12 @@ def _stale() -> FUSEError:
     return FUSEError(errno_for(NtStatus.STATUS_FILE_DELETED))
 
 
+def _check(status: NtStatus) -> None:
+    """A failure status becomes the errno of one table."""
+    if not nt_success(status):
+        raise FUSEError(errno_for(status))
+
+
 def _query(path: str, *, from_server: bool = False) -> Irp:
     return Irp(
         IrpMj.IRP_MJ_QUERY_INFORMATION,
@@ -206,9 +212,7 @@ class RxOperations(pyfuse3.Operations):
 
     async def _call(self, irp: Irp) -> Irp:
         """Dispatch ``irp``; a failure status becomes the errno of one table."""
-        io_status = await self.device.dispatch(irp)
-        if not nt_success(io_status.status):
-            raise FUSEError(errno_for(io_status.status))
+        _check((await self.device.dispatch(irp)).status)
         return irp
 
     def _path(self, inode: int) -> str:
@@ -245,11 +249,17 @@ class RxOperations(pyfuse3.Operations):
             irp = request(path)
             status = (await self.device.dispatch(irp)).status
             if status not in NAME_NOT_FOUND:
-                if not nt_success(status):
-                    raise FUSEError(errno_for(status))
+                _check(status)
                 return irp
             self._name_gone(inode, path)
         return None
+
+    async def _on_inode(self, inode: int, request: Callable[[str], Irp]) -> Irp:
+        """``_by_inode`` for a request only a name can serve: ESTALE when none is left."""
+        irp = await self._by_inode(inode, request)
+        if irp is None:
+            raise _stale()
+        return irp
 
     def _name_gone(self, inode: int, path: str) -> None:
         """The server no longer has ``path``: the inode loses the name, and the kernel is
@@ -277,18 +287,22 @@ class RxOperations(pyfuse3.Operations):
         inode = self.inodes.add_lookup(path, attrs)
         return _entry(inode, attrs, self.options)
 
-    async def _create(self, path: str, params: CreateParameters) -> Fobx:
+    async def _create(
+        self, path: str, params: CreateParameters
+    ) -> tuple[Fobx, FileAttributes | None]:
+        """Create or open ``path``: the handle, and the attributes the create left on
+        its Fcb (None when there are none: the entry then asks the server)."""
         irp = await self._call(Irp(IrpMj.IRP_MJ_CREATE, params, file_name=path))
-        assert irp.file_object is not None
-        return irp.file_object
+        fobx = irp.file_object
+        assert fobx is not None
+        return fobx, fobx.fcb.attributes if fobx.fcb is not None else None
 
     async def _close(self, fobx: Fobx) -> None:
         """IRP_MJ_CLEANUP then IRP_MJ_CLOSE; both are attempted, the first error wins."""
         cleanup = await self.device.dispatch(Irp(IrpMj.IRP_MJ_CLEANUP, file_object=fobx))
         close = await self.device.dispatch(Irp(IrpMj.IRP_MJ_CLOSE, file_object=fobx))
         for status in (cleanup.status, close.status):
-            if not nt_success(status):
-                raise FUSEError(errno_for(status))
+            _check(status)
 
     async def _set_info(self, buffer: Any, *, path: str) -> Irp:
         return await self._call(_set_info_irp(buffer, path=path))
@@ -305,13 +319,11 @@ class RxOperations(pyfuse3.Operations):
             parent = posixpath.dirname(self._path(parent_inode))
             return await self._lookup_entry(parent)
         path = self._child(parent_inode, name)
-        if self.inodes.held(path):
-            # The kernel has the name and asks again: its entry timed out, or it wants
-            # the server's word before O_EXCL, mkdir, a rename target or after ESTALE.
-            # A cached answer would defeat that (EEXIST for a file deleted meanwhile).
-            attrs = await self._stat(path, from_server=True)
-            return await self._lookup_entry(path, attrs)
-        return await self._lookup_entry(path)
+        # A name the kernel holds and asks for again: its entry timed out, or it wants
+        # the server's word before O_EXCL, mkdir, a rename target or after ESTALE. A
+        # cached answer would defeat that (EEXIST for a file deleted meanwhile).
+        attrs = await self._stat(path, from_server=self.inodes.held(path))
+        return await self._lookup_entry(path, attrs)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         # Never raises: pyfuse3 cannot report an error for forget.
@@ -396,11 +408,9 @@ class RxOperations(pyfuse3.Operations):
             CreateDisposition.FILE_OVERWRITE if flags & os.O_TRUNC else CreateDisposition.FILE_OPEN
         )
         params = CreateParameters(access, disposition, options)
-        irp = await self._by_inode(
+        irp = await self._on_inode(
             inode, lambda path: Irp(IrpMj.IRP_MJ_CREATE, params, file_name=path)
         )
-        if irp is None:
-            raise _stale()
         assert irp.file_object is not None
         return self._file_info(irp.file_object, inode)
 
@@ -416,11 +426,9 @@ class RxOperations(pyfuse3.Operations):
             disposition = CreateDisposition.FILE_OVERWRITE_IF
         else:
             disposition = CreateDisposition.FILE_OPEN_IF
-        fobx = await self._create(
+        fobx, attrs = await self._create(
             path, CreateParameters(access, disposition, options, stat.S_IMODE(mode))
         )
-        fcb = fobx.fcb
-        attrs = fcb.attributes if fcb is not None else None
         entry = await self._lookup_entry(path, attrs)
         return self._file_info(fobx, entry.st_ino), entry
 
@@ -474,9 +482,7 @@ class RxOperations(pyfuse3.Operations):
 
     @_handler
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        irp = await self._by_inode(inode, _query)
-        if irp is None:
-            raise _stale()
+        irp = await self._on_inode(inode, _query)
         assert irp.attributes is not None and irp.file_name is not None
         if not irp.attributes.is_dir:
             raise FUSEError(errno.ENOTDIR)
@@ -526,9 +532,7 @@ class RxOperations(pyfuse3.Operations):
             CreateOptions.FILE_DIRECTORY_FILE,
             stat.S_IMODE(mode),
         )
-        fobx = await self._create(path, params)
-        fcb = fobx.fcb
-        attrs = fcb.attributes if fcb is not None else None
+        fobx, attrs = await self._create(path, params)
         await self._close(fobx)
         return await self._lookup_entry(path, attrs)
 
@@ -578,11 +582,9 @@ class RxOperations(pyfuse3.Operations):
     @_handler
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         params = FsControlParameters(FsControlCode.FSCTL_GET_REPARSE_POINT)
-        irp = await self._by_inode(
+        irp = await self._on_inode(
             inode, lambda path: Irp(IrpMj.IRP_MJ_FILE_SYSTEM_CONTROL, params, file_name=path)
         )
-        if irp is None:
-            raise _stale()
         return os.fsencode(irp.link_target or "")
 
     @_handler
