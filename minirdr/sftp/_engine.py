@@ -776,8 +776,11 @@ class RemoteFile:
         view = memoryview(data)
         step = session.max_write
         batch = WriteBatch(session.stats)
+        if self._writes_in_flight == 0:
+            # Only when the file stops being idle: a later write must not swap the event
+            # under someone already waiting for this one.
+            self._idle = trio.Event()
         self._writes_in_flight += 1
-        self._idle = trio.Event()
         try:
             async with self._send_lock:
                 for pos in range(0, len(view), step):
