@@ -16,7 +16,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -192,10 +192,17 @@ def _serve_foreground(request: MountRequest, minirdr: MiniRdrDispatch) -> int:
         if error is not None:
             print(f"rxfs: {error}", file=sys.stderr)
 
-    pid_file = _state_file(request.mountpoint, "pid")
+    with _pid_file(request.mountpoint):
+        return run(request, minirdr, ready)
+
+
+@contextlib.contextmanager
+def _pid_file(mountpoint: str) -> Iterator[None]:
+    """The serving process's pid, for ``rxfs umount``, while it serves."""
+    pid_file = _state_file(mountpoint, "pid")
     pid_file.write_text(str(os.getpid()))
     try:
-        return run(request, minirdr, ready)
+        yield
     finally:
         with contextlib.suppress(FileNotFoundError):
             pid_file.unlink()
@@ -222,8 +229,6 @@ def _serve_background(request: MountRequest, minirdr: MiniRdrDispatch, debug: bo
     os.setsid()
     logfile = _state_file(request.mountpoint, "log")
     _setup_logging(debug, logfile)
-    pid_file = _state_file(request.mountpoint, "pid")
-    pid_file.write_text(str(os.getpid()))
 
     def ready(error: str | None) -> None:
         os.write(write_end, b"ok" if error is None else error.encode())
@@ -231,15 +236,13 @@ def _serve_background(request: MountRequest, minirdr: MiniRdrDispatch, debug: bo
         _detach_stdio()
 
     code = EXIT_FAILURE
-    try:
-        code = run(request, minirdr, ready)
-    except BaseException:
-        log.exception("mount process failed")
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            pid_file.unlink()
-        logging.shutdown()
-        os._exit(code)
+    with _pid_file(request.mountpoint):
+        try:
+            code = run(request, minirdr, ready)
+        except BaseException:
+            log.exception("mount process failed")
+    logging.shutdown()
+    os._exit(code)
 
 
 def _detach_stdio() -> None:
@@ -342,6 +345,12 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     return run_conformance(args.url, args.options, ["-k", args.k] if args.k else [])
 
 
+def _add_options_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "-o", dest="options", action="append", default=[], metavar="opt[=val],...", help=help_text
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rxfs",
@@ -360,14 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument(
         "-f", "--foreground", action="store_true", help="stay in the foreground, logging to stderr"
     )
-    mount.add_argument(
-        "-o",
-        dest="options",
-        action="append",
-        default=[],
-        metavar="opt[=val],...",
-        help="mount options (see 'rxfs backends')",
-    )
+    _add_options_argument(mount, "mount options (see 'rxfs backends')")
     mount.add_argument("--debug", action="store_true", help="log every request")
     mount.set_defaults(func=cmd_mount)
     umount = sub.add_parser(
@@ -389,14 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and print pytest's summary; exits non-zero when a test fails.",
     )
     conformance.add_argument("url", metavar="URL")
-    conformance.add_argument(
-        "-o",
-        dest="options",
-        action="append",
-        default=[],
-        metavar="opt[=val],...",
-        help="mount options, as for 'rxfs mount'",
-    )
+    _add_options_argument(conformance, "mount options, as for 'rxfs mount'")
     conformance.add_argument("-k", metavar="EXPR", help="only tests matching EXPR (pytest -k)")
     conformance.set_defaults(func=cmd_conformance)
     return parser
