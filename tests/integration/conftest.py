@@ -6,9 +6,10 @@ never see each other's files; ``target.server`` is that directory on the server 
 where the tests check the bytes that landed. memory:// has no server directory: there the
 checks read back through the mount instead.
 
-The sshd fixtures of tests/sftp/conftest.py are not visible from this directory, so this
-file starts its own servers (once per session). Missing FUSE or sshd fails the tests: the
-mount helper of tests/conftest.py fails without FUSE, LoopbackSshd raises without sshd.
+The sshd fixtures of tests/support/sshd.py are imported here to be visible in this
+directory, which so has servers of its own (once per session). Missing FUSE or sshd
+fails the tests: the mount helper of tests/conftest.py fails without FUSE, LoopbackSshd
+raises without sshd.
 """
 
 from __future__ import annotations
@@ -22,30 +23,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from rxfs.minirdr.sftp.loopback import LoopbackSshd, ensure_test_account, shared_password
+from rxfs.minirdr.sftp.loopback import LoopbackSshd
 
 from tests.integration.integration_support import Target
+from tests.support.sshd import sshd, sshd_user
 
 if TYPE_CHECKING:
     from tests.conftest import MountFactory
 
+__all__ = ["sshd", "sshd_user"]
+
 BACKENDS = ("sftp", "memory")
 _test_dirs = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackSshd]:
-    """sshd on 127.0.0.1 logging in root by key; its root is a pytest temp dir."""
-    with LoopbackSshd(root=tmp_path_factory.mktemp("sftp-root")) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def sshd_user() -> Iterator[LoopbackSshd]:
-    """sshd for the non-root test account; its root is a dir owned by that account."""
-    account = ensure_test_account()
-    with LoopbackSshd(account.pw_name, password=shared_password(account.pw_name)) as server:
-        yield server
 
 
 def fresh_server_dir(server: LoopbackSshd) -> tuple[Path, str]:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import pytest
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
 
+from tests.support.sshd import impostor_line, keygen
+
 if TYPE_CHECKING:
     from tests.conftest import Rxfs
 
@@ -66,15 +68,8 @@ def test_unknown_host_key_is_refused_naming_host_and_fingerprint(
 def test_changed_host_key_is_refused_naming_the_new_fingerprint(
     sshd: LoopbackSshd, rxfs: Rxfs, tmp_path: Path, mode: str
 ) -> None:
-    impostor = tmp_path / "impostor"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(impostor)],
-        check=True,
-        timeout=30,
-    )
-    key_type, blob = impostor.with_suffix(".pub").read_text().split()[:2]
     known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {key_type} {blob}\n")
+    known_hosts.write_text(impostor_line(sshd, tmp_path))
     before = known_hosts.read_text()
     # StrictHostKeyChecking=no too: a changed key is refused whatever the policy.
     options = {
@@ -96,12 +91,7 @@ def test_changed_host_key_is_refused_naming_the_new_fingerprint(
 def test_wrong_key_is_one_line_authentication_error(
     sshd: LoopbackSshd, rxfs: Rxfs, tmp_path: Path, mode: str
 ) -> None:
-    wrong_key = tmp_path / "wrong_ed25519"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong_key)],
-        check=True,
-        timeout=30,
-    )
+    wrong_key = keygen(tmp_path / "wrong_ed25519")
     options = {**sshd.mount_options(), "IdentityFile": str(wrong_key)}
     done, _ = refused_mount(rxfs, tmp_path, sshd.url(), options, mode)
 

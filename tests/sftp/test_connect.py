@@ -29,6 +29,8 @@ from rxfs.minirdr.sftp._connect import (
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
 from rxfs.rdbss import NtStatus, NtStatusError
 
+from tests.support.sshd import impostor_line, keygen
+
 
 @pytest.fixture(autouse=True)
 def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -58,14 +60,6 @@ def _refused(settings: ConnectSettings, **kwargs: Any) -> NtStatusError:
     with pytest.raises(NtStatusError) as refused, _connected(settings, **kwargs):
         pass
     return refused.value
-
-
-def _keygen(path: Path, passphrase: str = "") -> Path:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-C", "test", "-f", str(path)],
-        check=True,
-    )
-    return path
 
 
 @contextmanager
@@ -141,7 +135,7 @@ def test_agent_key_is_used(
 def test_wrong_key_is_a_logon_failure_naming_the_keys_tried(
     sshd: LoopbackSshd, tmp_path: Path
 ) -> None:
-    stranger = _keygen(tmp_path / "stranger")
+    stranger = keygen(tmp_path / "stranger")
     error = _refused(_settings(sshd, IdentityFile=str(stranger)))
     assert error.status == NtStatus.STATUS_LOGON_FAILURE
     assert f"authentication failed for {sshd.user}@127.0.0.1" in error.message
@@ -151,7 +145,7 @@ def test_wrong_key_is_a_logon_failure_naming_the_keys_tried(
 
 def test_encrypted_key_asks_for_its_passphrase(sshd: LoopbackSshd, tmp_path: Path) -> None:
     passphrase = "correct horse battery"
-    locked = _keygen(tmp_path / "locked", passphrase)
+    locked = keygen(tmp_path / "locked", passphrase)
     settings = _settings(sshd, IdentityFile=str(locked))
     assert settings.identity_files == (str(locked),)
     prompts: list[str] = []
@@ -305,17 +299,12 @@ def test_strict_no_accepts_an_unknown_key_without_recording_it(
     assert not known_hosts.exists()
 
 
-def _other_host_key_line(sshd: LoopbackSshd, tmp_path: Path) -> str:
-    other = _keygen(tmp_path / "impostor").with_suffix(".pub").read_text().split()
-    return f"[127.0.0.1]:{sshd.port} {other[0]} {other[1]}\n"
-
-
 @pytest.mark.parametrize("policy", ["yes", "accept-new", "no"])
 def test_changed_host_key_is_always_refused(
     sshd: LoopbackSshd, tmp_path: Path, policy: str
 ) -> None:
     known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text(_other_host_key_line(sshd, tmp_path))
+    known_hosts.write_text(impostor_line(sshd, tmp_path))
     before = known_hosts.read_text()
     error = _refused(
         _settings(sshd, UserKnownHostsFile=str(known_hosts), StrictHostKeyChecking=policy)
@@ -333,7 +322,7 @@ def test_a_match_in_any_known_hosts_file_is_enough(
     # A match in any known_hosts file is enough, as with ssh: a stale line in
     # ~/.ssh/known_hosts does not block a host the configured file knows.
     (private_home / ".ssh").mkdir()
-    (private_home / ".ssh" / "known_hosts").write_text(_other_host_key_line(sshd, tmp_path))
+    (private_home / ".ssh" / "known_hosts").write_text(impostor_line(sshd, tmp_path))
     with _connected(_settings(sshd)):
         pass
 
@@ -347,7 +336,7 @@ def test_hashed_known_hosts_entries_are_understood(sshd: LoopbackSshd, tmp_path:
         pass
 
     impostor = tmp_path / "impostor_known_hosts"
-    impostor.write_text(_other_host_key_line(sshd, tmp_path))
+    impostor.write_text(impostor_line(sshd, tmp_path))
     subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(impostor)], check=True)
     error = _refused(_settings(sshd, UserKnownHostsFile=str(impostor)))
     assert "HAS CHANGED" in error.message
@@ -489,7 +478,7 @@ def test_defaults_and_option_names_are_case_insensitive() -> None:
 
 
 def test_every_connect_option_is_understood(tmp_path: Path) -> None:
-    key = _keygen(tmp_path / "key")
+    key = keygen(tmp_path / "key")
     values = {
         "IdentityFile": str(key),
         "UserKnownHostsFile": str(tmp_path / "kh"),

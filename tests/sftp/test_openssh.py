@@ -8,7 +8,6 @@ import io
 import logging
 import os
 import stat
-import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +26,7 @@ from rxfs.rdbss import NtStatus, NtStatusError
 from rxfs.rdbss.irp import CreateDisposition
 
 from tests.sftp.test_minirdr import mount_error, mounted, trio_test
+from tests.support.sshd import impostor_line, keygen
 from tests.unit._harness import close, open_file, read_bytes, stat_path, write
 
 pytestmark = pytest.mark.sshd
@@ -158,14 +158,6 @@ def share(sshd: LoopbackSshd, tmp_path: Path) -> Path:
     return path
 
 
-def _impostor_line(sshd: LoopbackSshd, tmp_path: Path, name: str | None = None) -> str:
-    """A known_hosts line filing a key that is not the server's under ``name``."""
-    key = tmp_path / "impostor"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    key_type, blob = key.with_suffix(".pub").read_text().split()[:2]
-    return f"{name or f'[127.0.0.1]:{sshd.port}'} {key_type} {blob}\n"
-
-
 def _unknown_key_message(sshd: LoopbackSshd, name: str | None = None) -> str:
     return (
         f"host key of {name or f'[127.0.0.1]:{sshd.port}'} is unknown (ssh-ed25519 "
@@ -196,7 +188,7 @@ async def test_a_changed_host_key_is_refused_in_the_same_words_whatever_the_poli
     sshd: LoopbackSshd, share: Path, tmp_path: Path, transport: str, policy: str
 ) -> None:
     known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text(_impostor_line(sshd, tmp_path))
+    known_hosts.write_text(impostor_line(sshd, tmp_path))
     before = known_hosts.read_text()
     failure = await mount_error(
         sshd,
@@ -316,9 +308,7 @@ def ssh_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.fixture
 def stranger_key(tmp_path: Path) -> Path:
     """A key no server authorizes: the login has to be by password."""
-    key = tmp_path / "stranger"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    return key
+    return keygen(tmp_path / "stranger")
 
 
 class _Terminal(io.StringIO):
