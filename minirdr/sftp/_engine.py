@@ -579,17 +579,15 @@ class SftpSession:
         await self.call(PacketType.SYMLINK, pack_string(target), pack_string(link_path))
 
     async def readlink(self, path: str) -> str:
-        reader = await self._expect(PacketType.NAME, PacketType.READLINK, pack_string(path))
-        names = reader.names()
-        if not names:
-            raise SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE, "empty READLINK reply")
-        return names[0].filename
+        return await self._one_name(PacketType.READLINK, path)
 
     async def realpath(self, path: str) -> str:
-        reader = await self._expect(PacketType.NAME, PacketType.REALPATH, pack_string(path))
-        names = reader.names()
+        return await self._one_name(PacketType.REALPATH, path)
+
+    async def _one_name(self, kind: PacketType, path: str) -> str:
+        names = (await self._expect(PacketType.NAME, kind, pack_string(path))).names()
         if not names:
-            raise SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE, "empty REALPATH reply")
+            raise SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE, f"empty {kind.name} reply")
         return names[0].filename
 
     async def statvfs(self, path: str) -> StatVfs:
