@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from rxfs.minirdr import Capability
 
-from ._mount import MountedBackend, MountError, backend_capabilities, mount_backend, start_mount
+from ._mount import MountedBackend, MountError, backend_capabilities, mount_backend
 from ._runner import run_conformance
 
 if TYPE_CHECKING:
@@ -144,11 +144,8 @@ def rxfs_second_mount(
     between mounts."""
     _require(rxfs_mount, Capability.PERSISTENT)
     options = {**rxfs_options, "attr_timeout": "0", "entry_timeout": "0"}
-    mounted = start_mount(rxfs_url, options)
-    try:
+    with mount_backend(rxfs_url, options) as mounted:
         yield mounted
-    finally:
-        mounted.unmount()
 
 
 @pytest.fixture
