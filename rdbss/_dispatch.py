@@ -301,9 +301,15 @@ async def common_set_information(rx_context: RxContext) -> NtStatus:
     owner = rx_context.low_io.resource_thread_id
     buffer = params.buffer
     size_change = isinstance(buffer, FileEndOfFileInformation)
-    if size_change:
-        # Held bytes beyond the new end must not land after the truncate.
+    sets_times = isinstance(buffer, FileBasicInformation) and (
+        buffer.atime_ns is not None or buffer.mtime_ns is not None
+    )
+    if size_change or sets_times:
+        # Held bytes beyond the new end must not land after the truncate; held bytes
+        # that landed after a change of times would stamp the file "now" on the server
+        # (cp -p sets the times through the descriptor it wrote with, before close).
         await rx_context.device.lazy_writer.flush(fcb)
+    if size_change:
         await fcb.resource.acquire_exclusive(owner)
     try:
         if isinstance(buffer, FileRenameInformation | FileLinkInformation):

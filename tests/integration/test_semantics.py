@@ -187,6 +187,27 @@ def test_chmod_reaches_the_server(target: Target) -> None:
     assert os.stat(target.landed("d")).st_mode & 0o7777 == 0o700
 
 
+def test_times_set_through_the_writing_descriptor_survive_its_writes(target: Target) -> None:
+    # cp -p: write, futimens on the same descriptor, close. The written bytes are held
+    # for write-behind when the times are set: they must land first, or the server
+    # stamps the file with the time they landed.
+    path = target.mnt / "preserved"
+    mtime = 1_000_000_000
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, b"p" * 100_000)
+        os.utime(fd, (mtime, mtime))
+    finally:
+        os.close(fd)
+    assert os.stat(target.landed("preserved")).st_mtime == mtime
+    assert path.stat().st_mtime == mtime
+    source = target.mnt / "source"
+    source.write_bytes(b"s" * 200_000)
+    os.utime(source, (mtime + 7, mtime + 7))
+    run(["cp", "-p", str(source), str(target.mnt / "copy")])
+    assert os.stat(target.landed("copy")).st_mtime == mtime + 7
+
+
 def test_utime_keeps_what_the_server_can_store(target: Target) -> None:
     path = target.mnt / "times"
     path.write_bytes(b"x")
