@@ -349,6 +349,14 @@ class SftpSession:
         return self._budget.bytes + 64 * 1024 * (self._budget.requests + self.open_files)
 
     @property
+    def in_flight_bytes(self) -> int:
+        return self._budget.bytes
+
+    @property
+    def max_in_flight_bytes(self) -> int:
+        return self._budget.max_bytes
+
+    @property
     def max_write(self) -> int:
         """Bytes per WRITE request: the server's limit, in whole 4 KiB pages."""
         return _whole_pages(min(self.limits.max_write_length, _MAX_IO))
@@ -665,6 +673,23 @@ class SftpSession:
             raise _status_of(stated[0]) or SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE)
         return remote, stated[0].body.attrs()
 
+    async def open_handle(self, path: str, flags: OpenFlags) -> RemoteFile:
+        """OPEN alone: a handle on a file that exists, no attributes wanted."""
+        replies: list[Reply | SftpError] = []
+        done = trio.Event()
+
+        def on_reply(reply: Reply | SftpError) -> None:
+            replies.append(reply)
+            done.set()
+
+        fields = (pack_string(path), u32(flags), pack_attrs(Attrs()))
+        await self._submit(lambda rid: packet(PacketType.OPEN, rid, *fields), on_reply)
+        with trio.CancelScope(shield=True):
+            await done.wait()  # as in open_file: a handle the server opened is closed
+        remote = RemoteFile(self, self._handle_of(replies[0]), path, flags)
+        self.open_files += 1
+        return remote
+
     @staticmethod
     def _handle_of(reply: Reply | SftpError) -> bytes:
         if isinstance(reply, SftpError):
@@ -750,6 +775,7 @@ class RemoteFile:
         # Writes of this file leave in the order they were submitted (DESIGN §5).
         self._send_lock = trio.Lock()
         self._writes_in_flight = 0
+        self._queued_bytes = 0  # submitted, not yet handed to the session
         self._idle = trio.Event()
         self._idle.set()
         self._ahead: deque[_ReadSeg] = deque()
@@ -779,6 +805,8 @@ class RemoteFile:
             # under someone already waiting for this one.
             self._idle = trio.Event()
         self._writes_in_flight += 1
+        self._queued_bytes += len(view)
+        queued = len(view)
         try:
             async with self._send_lock:
                 for pos in range(0, len(view), step):
@@ -791,12 +819,15 @@ class RemoteFile:
                     session._enqueue(
                         self._write_builder(at, chunk), batch.expect(at), len(chunk), hold=True
                     )
+                    self._queued_bytes -= len(chunk)
+                    queued -= len(chunk)
                     session.stats.write_requests += 1
                     session.stats.write_bytes += len(chunk)
                     session.stats.largest_write_request = max(
                         session.stats.largest_write_request, len(chunk)
                     )
         finally:
+            self._queued_bytes -= queued
             session._flush()
             batch.seal()
         return batch
@@ -819,6 +850,24 @@ class RemoteFile:
             self.write_done()
         if failure is not None:
             raise failure[1]
+
+    @property
+    def writes_in_flight(self) -> int:
+        return self._writes_in_flight
+
+    @property
+    def backlog(self) -> int:
+        """Bytes in flight on the session plus this file's writes waiting to join them."""
+        return self.session.in_flight_bytes + self._queued_bytes
+
+    async def write_out_of_turn(self, offset: int, data: bytes) -> None:
+        """One small WRITE that does not queue behind this file's other writes, for a
+        range none of them touches; raises its failure."""
+        self.invalidate_read_ahead()
+        fields = (self._handle_field, u64(offset), pack_string(data))
+        self.session.stats.write_requests += 1
+        self.session.stats.write_bytes += len(data)
+        await self.session.call(PacketType.WRITE, *fields)
 
     def write_done(self) -> None:
         """Called once per submit_write after its batch has been waited for."""
@@ -964,6 +1013,17 @@ class RemoteFile:
         fields = (self._handle_field, u64(seg.start), u32(seg.length))
         return lambda rid: packet(PacketType.READ, rid, *fields)
 
+    async def pread(self, offset: int, length: int) -> bytes:
+        """One READ, past the read-ahead window: what the server holds right now."""
+        fields = (self._handle_field, u64(offset), u32(length))
+        reply = await self.session.request(PacketType.READ, *fields)
+        if reply.kind == PacketType.DATA:
+            return reply.body.bytes()
+        error = _status_of(reply)
+        if error is not None and error.code != SftpStatusCode.SSH_FX_EOF:
+            raise error
+        return b""
+
     # -- handle operations ---------------------------------------------------------------
 
     async def fstat(self) -> Attrs:
@@ -976,6 +1036,13 @@ class RemoteFile:
 
     async def fsync(self) -> None:
         await self.session.extended(EXT_FSYNC, self._handle_field)
+
+    async def fstatvfs(self) -> StatVfs:
+        """The server's file system under this file (fstatvfs@openssh.com)."""
+        reader = await self.session.extended(EXT_FSTATVFS, self._handle_field)
+        if reader is None:
+            raise SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE, "fstatvfs answered no data")
+        return reader.statvfs()
 
     async def close(self) -> None:
         """Wait for this file's writes, then CLOSE; raises the CLOSE's failure."""

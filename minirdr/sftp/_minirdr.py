@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import trio
 from rxfs.minirdr._protocol import Capability, MiniRdrDispatch
-from rxfs.rdbss import NtStatus, NtStatusError, RxContext, SrvOpenFlags
+from rxfs.rdbss import LowIoReadWriteFlags, NtStatus, NtStatusError, RxContext, SrvOpenFlags
 from rxfs.rdbss.irp import (
     AccessMask,
     CreateDisposition,
@@ -64,6 +64,7 @@ from ._engine import (
     WriteBatch,
 )
 from ._openssh import open_openssh_session
+from ._spread import SpreadWrites
 from ._status import NTSTATUS_OF_SFTP, TIMEOUT_STATUS, Probe, nt_status_of
 from ._wire import Attrs, OpenFlags
 
@@ -78,6 +79,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_CONNS = 2
 DEFAULT_CHANNELS = 1
 DEFAULT_TIMEOUT = 30.0
+# Read on every write: a module constant, not an enum lookup (see DESIGN §10).
+_PAGING_IO = LowIoReadWriteFlags.LOWIO_READWRITEFLAG_PAGING_IO
 # Threads that may block in connection setup at once (TCP, key exchange, login).
 _CONNECT_THREADS = 4
 
@@ -170,6 +173,8 @@ class _Open:
 
     file: RemoteFile | None
     is_dir: bool
+    # The handles its writes go through (``file`` first); None when there is no file.
+    writes: SpreadWrites | None = None
 
 
 _M = TypeVar("_M", bound="SftpMiniRdr")
@@ -479,9 +484,15 @@ class SftpMiniRdr(MiniRdrDispatch):
         else:
             append = bool(srv_open.flags & SrvOpenFlags.SRVOPEN_FLAG_APPEND)
             remote, attrs = await self._open_file(path, params, append)
-            srv_open.context = _Open(remote, remote is None)
+            srv_open.context = _Open(remote, remote is None, self._spread_writes(remote))
         rx_context.irp.attributes = _file_attributes(attrs)
         return NtStatus.STATUS_SUCCESS
+
+    def _spread_writes(self, remote: RemoteFile | None) -> SpreadWrites | None:
+        if remote is None:
+            return None
+        assert self._device is not None
+        return SpreadWrites(remote, self.pool, self._device.nursery, self.tuning.timeout)
 
     async def _stat_for_open(self, path: str, params: CreateParameters) -> Attrs:
         """An open for attributes only: no handle, just the file's attributes. A
@@ -557,11 +568,11 @@ class SftpMiniRdr(MiniRdrDispatch):
         """CLOSE the handle after its writes; a failure (a full disk seen at close) is
         the user's close() error."""
         ctx = self._open_of(rx_context)
-        if ctx is None or ctx.file is None:
+        if ctx is None or ctx.file is None or ctx.writes is None:
             return NtStatus.STATUS_SUCCESS
         remote = ctx.file
         try:
-            await remote.close()
+            await ctx.writes.close()
         except SftpError as exc:
             raise await _fail(exc, remote.session, Probe.SPACE, remote.path) from None
         return NtStatus.STATUS_SUCCESS
@@ -571,10 +582,11 @@ class SftpMiniRdr(MiniRdrDispatch):
         """fsync@openssh.com once every write of the handle is acknowledged. A server
         without it: success once the writes are acknowledged (logged once per mount)."""
         ctx = self._open_of(rx_context)
-        if ctx is None or ctx.file is None or not ctx.file.writable:
+        if ctx is None or ctx.file is None or ctx.writes is None or not ctx.file.writable:
             return NtStatus.STATUS_SUCCESS
         remote = ctx.file
-        await remote.wait_writes()
+        # One fsync covers them all: it syncs the file, whichever handle wrote.
+        await ctx.writes.wait_writes()
         if not remote.session.has(EXT_FSYNC):
             if not self._warned_no_fsync:
                 self._warned_no_fsync = True
@@ -618,6 +630,8 @@ class SftpMiniRdr(MiniRdrDispatch):
         remote = self._file_for_io(rx_context, OpenFlags.SSH_FXF_WRITE)
         rw = rx_context.low_io.read_write
         self._invalidate_read_ahead(rx_context.fcb)
+        if rw.flags & _PAGING_IO:
+            remote = await self._paging_handle(rx_context, remote)
         try:
             batch = await remote.submit_write(rw.byte_offset, rw.buffer)
         except BaseException:
@@ -633,6 +647,16 @@ class SftpMiniRdr(MiniRdrDispatch):
             self._finish_write, rx_context, remote, batch, len(rw.buffer)
         )
         return NtStatus.STATUS_PENDING
+
+    async def _paging_handle(self, rx_context: RxContext, remote: RemoteFile) -> RemoteFile:
+        """Where a paging write goes: the core never has two overlapping ones in flight,
+        so they may spread over the file's handles on several sessions (_spread)."""
+        ctx = self._open_of(rx_context)
+        writes = ctx.writes if ctx is not None else None
+        if writes is None:
+            return remote
+        rw = rx_context.low_io.read_write
+        return await writes.handle_for(rw.byte_offset, len(rw.buffer))
 
     async def _finish_write(
         self, rx_context: RxContext, remote: RemoteFile, batch: WriteBatch, length: int

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from rxfs.minirdr.sftp import SftpMiniRdr
+from rxfs.minirdr.sftp import SftpMiniRdr, _spread
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
-from rxfs.rdbss import MountError, NtStatus, RxDevice
+from rxfs.rdbss import CoreOptions, Fobx, MountError, NtStatus, RxDevice
 from rxfs.rdbss.irp import (
     AccessMask,
     CreateDisposition,
@@ -53,6 +53,7 @@ from tests.unit._harness import (
 pytestmark = pytest.mark.sshd
 
 DEADLINE = 60
+MIB = 1024 * 1024
 trio_test = trio_test_within(DEADLINE)
 _share_numbers = itertools.count(1)
 
@@ -71,7 +72,9 @@ async def mounted(
 ) -> AsyncIterator[tuple[RxDevice, SftpMiniRdr]]:
     minirdr = SftpMiniRdr()
     url = server.url(str(directory.relative_to(server.root)))
-    device = RxDevice(minirdr, url, {**server.mount_options(), **options})
+    device = RxDevice(
+        minirdr, url, {**server.mount_options(), **options}, CoreOptions.parse(options)
+    )
     async with trio.open_nursery() as nursery:
         try:
             await device.start(nursery)
@@ -611,6 +614,96 @@ async def test_several_connections_share_the_work(
             assert await close(device, fobx) == NtStatus.STATUS_SUCCESS
     for i in range(6):
         assert (share / f"p{i}").read_bytes() == bytes([i]) * 300_000
+
+
+# Writers held to a few MiB ahead of the server, as a large file's writer is by the
+# default 64 MiB, so that the file is still being written once its second handle is up.
+SPREADING = {"max_conns": "2", "dirty_limit": "4M"}
+
+
+async def _write_mib_by_mib(device: RxDevice, fobx: Fobx, data: bytes, start: int = 0) -> None:
+    for pos in range(start, len(data), MIB):
+        block = data[pos : pos + MIB]
+        assert (await write(device, fobx, pos, block)).information == len(block)
+
+
+@trio_test
+async def test_one_large_file_spreads_its_writes_over_the_connections(
+    sshd: LoopbackSshd, share: Path
+) -> None:
+    data = os.urandom(24 * MIB + 5)
+    async with mounted(sshd, share, **SPREADING) as (device, minirdr):
+        fobx = await open_file(device, "/big", CreateDisposition.FILE_CREATE)
+        await _write_mib_by_mib(device, fobx, data)
+        flush = Irp(IrpMj.IRP_MJ_FLUSH_BUFFERS, file_object=fobx)
+        assert (await device.dispatch(flush)).status == NtStatus.STATUS_SUCCESS
+        # fsync returned: every byte is on the server, whichever handle carried it.
+        assert (share / "big").read_bytes() == data
+        assert await close(device, fobx) == NtStatus.STATUS_SUCCESS
+        carried = [session.stats.write_bytes for session in minirdr.pool.sessions]
+        assert all(n >= 2 * MIB for n in carried), carried
+        assert sum(carried) == len(data) + 16  # and the nonce that proved the second handle
+    assert (share / "big").read_bytes() == data
+
+
+@pytest.mark.parametrize("replaced", [True, False], ids=["replaced", "renamed-away"])
+@trio_test
+async def test_a_second_handle_never_writes_to_another_file(
+    sshd: LoopbackSshd, share: Path, replaced: bool
+) -> None:
+    # The name is taken away on the server after the open: a second OPEN by name finds
+    # another file or none. The other file must stay untouched and every byte must go
+    # to the file the open holds, through its own handle.
+    data = os.urandom(12 * MIB)
+    other = os.urandom(20 * MIB)
+    async with mounted(sshd, share, **SPREADING) as (device, minirdr):
+        fobx = await open_file(device, "/f", CreateDisposition.FILE_CREATE)
+        (share / "f").rename(share / "moved")
+        if replaced:
+            (share / "f").write_bytes(other)
+        await _write_mib_by_mib(device, fobx, data)
+        assert await close(device, fobx) == NtStatus.STATUS_SUCCESS
+        carried = sorted(session.stats.write_bytes for session in minirdr.pool.sessions)
+        assert carried[0] == 0, carried
+    assert (share / "moved").read_bytes() == data
+    if replaced:
+        assert (share / "f").read_bytes() == other
+    else:
+        assert not (share / "f").exists()
+
+
+@trio_test
+async def test_writes_keep_to_one_handle_while_the_server_is_short_of_space(
+    sshd: LoopbackSshd, share: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Out of order, a full disk could fail a write below one that landed (a hole where
+    # one handle leaves a clean prefix): no spreading without ample room, and it stops
+    # when the room runs short.
+    monkeypatch.setattr(_spread, "RECHECK_EVERY", 2 * MIB)
+    data = os.urandom(32 * MIB)
+    async with mounted(sshd, share, **SPREADING) as (device, minirdr):
+        monkeypatch.setattr(_spread, "ROOM_NEEDED", 1 << 62)
+        fobx = await open_file(device, "/short", CreateDisposition.FILE_CREATE)
+        await _write_mib_by_mib(device, fobx, data)
+        assert await close(device, fobx) == NtStatus.STATUS_SUCCESS
+        assert sorted(s.stats.write_bytes for s in minirdr.pool.sessions)[0] == 0
+
+        monkeypatch.setattr(_spread, "ROOM_NEEDED", 0)
+        fobx = await open_file(device, "/shrinking", CreateDisposition.FILE_CREATE)
+        await _write_mib_by_mib(device, fobx, data[: 8 * MIB])
+        flush = Irp(IrpMj.IRP_MJ_FLUSH_BUFFERS, file_object=fobx)
+        assert (await device.dispatch(flush)).status == NtStatus.STATUS_SUCCESS
+        before = [s.stats.write_bytes for s in minirdr.pool.sessions]
+        assert min(before) > 0, before  # it spread
+        monkeypatch.setattr(_spread, "ROOM_NEEDED", 1 << 62)
+        await _write_mib_by_mib(device, fobx, data, 8 * MIB)
+        assert await close(device, fobx) == NtStatus.STATUS_SUCCESS
+        after = [s.stats.write_bytes for s in minirdr.pool.sessions]
+        grew = sorted(b - a for a, b in zip(before, after, strict=True))
+        # Until the next check (every 2 MiB here) the other handle still takes a share.
+        assert grew[0] <= 2 * MIB, grew
+    assert (share / "short").read_bytes() == data
+    assert (share / "shrinking").read_bytes() == data
 
 
 def _forget_extensions(minirdr: SftpMiniRdr, *names: str) -> None:
