@@ -93,6 +93,14 @@ class AttrFlags(enum.IntFlag):
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+_SIZE = int(AttrFlags.SIZE)
+_UIDGID = int(AttrFlags.UIDGID)
+_PERMISSIONS = int(AttrFlags.PERMISSIONS)
+_ACMODTIME = int(AttrFlags.ACMODTIME)
+_EXTENDED = int(AttrFlags.EXTENDED)
+_ALL_FOUR = _SIZE | _UIDGID | _PERMISSIONS | _ACMODTIME
+# size, uid, gid, permissions, atime, mtime: the order of Attrs' fields.
+_ALL_FOUR_FIELDS = struct.Struct(">QIIIII")
 
 
 def pack_string(data: bytes | str) -> bytes:
@@ -230,17 +238,21 @@ class Reader:
         return self.bytes().decode("utf-8", "surrogateescape")
 
     def attrs(self) -> Attrs:
+        # Plain ints, not AttrFlags: every STAT reply and every listed name comes
+        # through here, and an IntFlag operation costs a flag object each.
         flags = self.u32()
+        if flags == _ALL_FOUR:  # what OpenSSH sends for every file: one unpack
+            return Attrs(*_ALL_FOUR_FIELDS.unpack(self._take(_ALL_FOUR_FIELDS.size)))
         attrs = Attrs()
-        if flags & AttrFlags.SIZE:
+        if flags & _SIZE:
             attrs.size = self.u64()
-        if flags & AttrFlags.UIDGID:
+        if flags & _UIDGID:
             attrs.uid, attrs.gid = self.u32(), self.u32()
-        if flags & AttrFlags.PERMISSIONS:
+        if flags & _PERMISSIONS:
             attrs.permissions = self.u32()
-        if flags & AttrFlags.ACMODTIME:
+        if flags & _ACMODTIME:
             attrs.atime, attrs.mtime = self.u32(), self.u32()
-        if flags & AttrFlags.EXTENDED:
+        if flags & _EXTENDED:
             for _ in range(self.u32()):
                 self.bytes()
                 self.bytes()
