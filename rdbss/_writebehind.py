@@ -244,12 +244,19 @@ class LazyWriter:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._tick)
             task_status.started()
             while True:
-                with trio.move_on_after(self.delay):
-                    await self._wake.wait()
+                await self._wake.wait()
                 self._wake = trio.Event()
                 self._schedule()
+
+    async def _tick(self) -> None:
+        """Wake the lazy writer every ``delay`` for ranges that sat dirty that long: a
+        timer of its own, so that each of the many other wakeups costs no timeout."""
+        while True:
+            await trio.sleep(self.delay)
+            self._wake.set()
 
     # -- writers ------------------------------------------------------------------------
 
@@ -343,7 +350,9 @@ class LazyWriter:
             )
         self.in_flight_bytes -= extent.length
         fcb.write_behind.landed(extent)
-        self._wake.set()
+        if self.dirty_bytes:
+            # Ranges may wait for the room this write made, or for its range to land.
+            self._wake.set()
 
     async def _send(self, fcb: Fcb, extent: _Extent) -> NtStatus:
         srv_open = _writable_open(fcb)

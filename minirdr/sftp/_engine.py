@@ -73,6 +73,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# A dict lookup per reply instead of a call of the enum (several times slower).
+_PACKET_TYPES = {int(kind): kind for kind in PacketType}
+
 # What we assume when the server does not answer limits@openssh.com: the draft's floor.
 _DEFAULT_MAX_IO = 32768
 # Never send more than this in one request even if the server's limits allow it: OpenSSH
@@ -409,9 +412,8 @@ class SftpSession:
         if waiter is None:
             log.warning("%s: reply to unknown request %d dropped", self.name, request_id)
             return
-        try:
-            ptype = PacketType(kind)
-        except ValueError:
+        ptype = _PACKET_TYPES.get(kind)
+        if ptype is None:
             ptype = PacketType.STATUS
             reader = Reader(u32(SftpStatusCode.SSH_FX_BAD_MESSAGE))
         self._deliver(waiter, Reply(ptype, reader))
@@ -652,12 +654,19 @@ class SftpSession:
 
             return on_reply
 
-        await self._submit(
+        await self._budget.acquire(0)
+        # Held, so that both leave in one write when there is room for both at once.
+        self._enqueue(
             lambda rid: packet(PacketType.OPEN, rid, pack_string(path), u32(flags), attrs_field),
             collect(opened),
+            0,
+            hold=True,
         )
-        await self._submit(
-            lambda rid: packet(PacketType.STAT, rid, pack_string(path)), collect(stated)
+        if not self._budget.try_acquire(0):
+            self._flush()  # nothing stays held while we wait for room
+            await self._budget.acquire(0)
+        self._enqueue(
+            lambda rid: packet(PacketType.STAT, rid, pack_string(path)), collect(stated), 0
         )
         with trio.CancelScope(shield=True):
             # Shielded: a handle the server opened must be closed, not leaked.
