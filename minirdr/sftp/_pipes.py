@@ -157,18 +157,23 @@ class PipedSession(SftpSession):
     async def _receive_replies(self) -> None:
         fd = self.link.stdout_fd
         pending = bytearray()
+        # Read into one buffer kept for the session: os.read(fd, 1 MiB) would allocate
+        # (mmap) and give back a MiB for every reply of a few dozen bytes.
+        buffer = bytearray(_READ_SIZE)
+        into = [buffer]
         try:
             while self._dead is None:
                 await trio.lowlevel.wait_readable(fd)
                 try:
-                    chunk = os.read(fd, _READ_SIZE)
+                    count = os.readv(fd, into)
                 except BlockingIOError:
                     continue
-                if not chunk:
+                if not count:
                     why = await trio.to_thread.run_sync(self.link.why_closed)
                     self._lost(why)
                     return
-                pending += chunk
+                with memoryview(buffer) as view:
+                    pending += view[:count]
                 del pending[: self._complete_replies(pending)]
         except Exception as exc:  # a broken pipe, or a stream out of step
             self._lost(str(exc))
