@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ._readwrite import fill_write, rx_low_io_submit
-from ._rxcontext import LowIoReadWriteFlags, RxContext
+from ._rxcontext import LowIoReadWriteFlags, RxContext, RxContextFlags
 from .irp import Irp, IrpMj, WriteParameters
 from .ntstatus import NtStatus, nt_success
 
@@ -42,6 +42,7 @@ __all__ = ["LazyWriter", "WriteBehindBuffer"]
 log = logging.getLogger(__name__)
 
 MIB = 1 << 20
+_NO_WAIT = RxContextFlags(0)
 
 
 class _Extent:
@@ -85,6 +86,49 @@ def _join(run: list[_Extent]) -> _Extent:
     return _Extent(run[0].offset, b"".join(e.data for e in run), min(e.seq for e in run))
 
 
+@dataclass(slots=True)
+class _Turn:
+    """A paging write's place in the order of hand-over to the backend."""
+
+    number: int
+    passed: bool = False
+
+
+class _Turns:
+    """A file's paging writes reach the backend in the order the lazy writer took their
+    ranges (by offset). trio starts a batch of new tasks in any order; were two writes
+    of one flush handed over reversed and the server's disk filled between them, the
+    file would keep a hole below bytes that landed. Only the hand-over is ordered: the
+    writes are in flight together, and other files' writes never wait for it."""
+
+    def __init__(self) -> None:
+        self._issued = 0
+        self._next = 0
+        self._passed: set[int] = set()
+        self._changed = trio.Event()
+
+    def take(self) -> _Turn:
+        turn = _Turn(self._issued)
+        self._issued += 1
+        return turn
+
+    async def wait_for(self, turn: _Turn) -> None:
+        while self._next < turn.number:
+            await self._changed.wait()
+
+    def pass_on(self, turn: _Turn) -> None:
+        """``turn`` is handed over, or will never be (it failed before): the next goes."""
+        if turn.passed:
+            return
+        turn.passed = True
+        self._passed.add(turn.number)
+        while self._next in self._passed:
+            self._passed.remove(self._next)
+            self._next += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+
 @dataclass(eq=False)
 class WriteBehindBuffer:
     """The dirty and in-flight ranges of one Fcb."""
@@ -96,6 +140,7 @@ class WriteBehindBuffer:
     forced: bool = False
     # Numbers the writes; see _Extent.seq.
     seq: int = 0
+    turns: _Turns = field(default_factory=_Turns)
     changed: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -327,7 +372,7 @@ class LazyWriter:
                 self.dirty_bytes -= extent.length
                 self.in_flight_bytes += extent.length
                 assert self._nursery is not None
-                self._nursery.start_soon(self._paging_write, fcb, extent)
+                self._nursery.start_soon(self._paging_write, fcb, extent, buffer.turns.take())
             if buffer.empty:
                 del self._fcbs[fcb]
         # Writers waiting for room go again only when there is more room: waking them
@@ -335,10 +380,16 @@ class LazyWriter:
         if self.dirty_bytes < dirty_before:
             self._space.unpark_all()
 
-    async def _paging_write(self, fcb: Fcb, extent: _Extent) -> None:
+    async def _paging_write(self, fcb: Fcb, extent: _Extent, turn: _Turn) -> None:
         # Held until acknowledged: a write lost with its connection is sent again on
-        # the next one (a positioned write is idempotent).
-        status = await self.device.reconnector.with_replay(lambda: self._send(fcb, extent))
+        # the next one (a positioned write is idempotent; a replay does not queue for
+        # a turn again).
+        try:
+            status = await self.device.reconnector.with_replay(
+                lambda: self._send(fcb, extent, turn)
+            )
+        finally:
+            fcb.write_behind.turns.pass_on(turn)
         if not nt_success(status):
             fcb.latch_write_error(status)
             log.error(
@@ -354,7 +405,9 @@ class LazyWriter:
             # Ranges may wait for the room this write made, or for its range to land.
             self._wake.set()
 
-    async def _send(self, fcb: Fcb, extent: _Extent) -> NtStatus:
+    async def _send(self, fcb: Fcb, extent: _Extent, turn: _Turn) -> NtStatus:
+        turns = fcb.write_behind.turns
+        await turns.wait_for(turn)
         srv_open = _writable_open(fcb)
         if srv_open is None:
             return NtStatus.STATUS_FILE_CLOSED
@@ -363,12 +416,19 @@ class LazyWriter:
             WriteParameters(len(extent.data), extent.offset),
             buffer=extent.data,
         )
-        rx_context = RxContext(self.device, irp, fcb=fcb, srv_open=srv_open)
+        # Not WAIT: the submit returns once the backend has the write in hand, so the
+        # next paging write may go while this one is in flight.
+        rx_context = RxContext(self.device, irp, fcb=fcb, srv_open=srv_open, flags=_NO_WAIT)
         paging = LowIoReadWriteFlags.LOWIO_READWRITEFLAG_PAGING_IO
         fill_write(rx_context, extent.offset, extent.data, paging)
         srv_open.paging_writes += 1
         try:
-            status = await rx_low_io_submit(rx_context)
+            try:
+                status = await rx_low_io_submit(rx_context)
+            finally:
+                turns.pass_on(turn)
+            if status == NtStatus.STATUS_PENDING:
+                status = await rx_context.wait()
         finally:
             srv_open.paging_writes -= 1
             if not srv_open.paging_writes:
