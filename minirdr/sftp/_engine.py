@@ -459,11 +459,21 @@ class SftpSession:
         build: Callable[[int], bytes | _Packet],
         callback: Callable[[Reply | SftpError], None],
         cost: int = 0,
+        *,
+        hold: bool = False,
     ) -> None:
-        """Wait for room in the budget, then queue one request. ``callback`` runs on
-        the loop exactly once, with the reply or the error that ended the session."""
-        await self._budget.acquire(cost)
-        self._enqueue(build, callback, cost)
+        """Wait for room in the budget, then queue one request (``hold``: see
+        :meth:`_enqueue`). ``callback`` runs on the loop exactly once, with the reply or
+        the error that ended the session."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._room_for(cost)
+        self._enqueue(build, callback, cost, hold=hold)
+
+    async def _room_for(self, cost: int) -> None:
+        """Take budget for one request; held requests leave first if we must wait."""
+        if not self._budget.try_acquire(cost):
+            self._flush()
+            await self._budget.acquire(cost)
 
     def _enqueue(
         self,
@@ -654,26 +664,19 @@ class SftpSession:
 
             return on_reply
 
-        await self._budget.acquire(0)
-        # Held, so that both leave in one write when there is room for both at once.
-        self._enqueue(
+        # The OPEN is held, so that both leave in one write.
+        await self._submit(
             lambda rid: packet(PacketType.OPEN, rid, pack_string(path), u32(flags), attrs_field),
             collect(opened),
-            0,
             hold=True,
         )
-        if not self._budget.try_acquire(0):
-            self._flush()  # nothing stays held while we wait for room
-            await self._budget.acquire(0)
-        self._enqueue(
-            lambda rid: packet(PacketType.STAT, rid, pack_string(path)), collect(stated), 0
+        await self._submit(
+            lambda rid: packet(PacketType.STAT, rid, pack_string(path)), collect(stated)
         )
         with trio.CancelScope(shield=True):
             # Shielded: a handle the server opened must be closed, not leaked.
             await done.wait()
-        handle = self._handle_of(opened[0])
-        remote = RemoteFile(self, handle, path, flags)
-        self.open_files += 1
+        remote = self._opened(opened[0], path, flags)
         if isinstance(stated[0], SftpError):
             await remote.close()
             raise stated[0]
@@ -695,7 +698,11 @@ class SftpSession:
         await self._submit(lambda rid: packet(PacketType.OPEN, rid, *fields), on_reply)
         with trio.CancelScope(shield=True):
             await done.wait()  # as in open_file: a handle the server opened is closed
-        remote = RemoteFile(self, self._handle_of(replies[0]), path, flags)
+        return self._opened(replies[0], path, flags)
+
+    def _opened(self, reply: Reply | SftpError, path: str, flags: OpenFlags) -> RemoteFile:
+        """The file an OPEN's reply gives; raises the OPEN's failure."""
+        remote = RemoteFile(self, self._handle_of(reply), path, flags)
         self.open_files += 1
         return remote
 
@@ -821,10 +828,7 @@ class RemoteFile:
                 for pos in range(0, len(view), step):
                     chunk = view[pos : pos + step]
                     at = offset + pos
-                    if not session._budget.try_acquire(len(chunk)):
-                        # Nothing stays held while we wait for room.
-                        session._flush()
-                        await session._budget.acquire(len(chunk))
+                    await session._room_for(len(chunk))
                     session._enqueue(
                         self._write_builder(at, chunk), batch.expect(at), len(chunk), hold=True
                     )

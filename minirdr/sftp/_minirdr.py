@@ -168,13 +168,16 @@ def _printable(value: str) -> str:
 
 @dataclass(eq=False)
 class _Open:
-    """``srv_open.context``: the remote handle, or None for a directory or an open that
-    asked for attributes only (no SFTP handle is held for those)."""
+    """``srv_open.context``: the file's handles (its own first, the one reads and
+    every other request use), or None for a directory or an open that asked for
+    attributes only (no SFTP handle is held for those)."""
 
-    file: RemoteFile | None
+    writes: SpreadWrites | None
     is_dir: bool
-    # The handles its writes go through (``file`` first); None when there is no file.
-    writes: SpreadWrites | None = None
+
+    @property
+    def file(self) -> RemoteFile | None:
+        return self.writes.own if self.writes is not None else None
 
 
 _M = TypeVar("_M", bound="SftpMiniRdr")
@@ -484,7 +487,7 @@ class SftpMiniRdr(MiniRdrDispatch):
         else:
             append = bool(srv_open.flags & SrvOpenFlags.SRVOPEN_FLAG_APPEND)
             remote, attrs = await self._open_file(path, params, append)
-            srv_open.context = _Open(remote, remote is None, self._spread_writes(remote))
+            srv_open.context = _Open(self._spread_writes(remote), remote is None)
         rx_context.irp.attributes = _file_attributes(attrs)
         return NtStatus.STATUS_SUCCESS
 
@@ -568,9 +571,9 @@ class SftpMiniRdr(MiniRdrDispatch):
         """CLOSE the handle after its writes; a failure (a full disk seen at close) is
         the user's close() error."""
         ctx = self._open_of(rx_context)
-        if ctx is None or ctx.file is None or ctx.writes is None:
+        if ctx is None or ctx.writes is None:
             return NtStatus.STATUS_SUCCESS
-        remote = ctx.file
+        remote = ctx.writes.own
         try:
             await ctx.writes.close()
         except SftpError as exc:
@@ -582,9 +585,9 @@ class SftpMiniRdr(MiniRdrDispatch):
         """fsync@openssh.com once every write of the handle is acknowledged. A server
         without it: success once the writes are acknowledged (logged once per mount)."""
         ctx = self._open_of(rx_context)
-        if ctx is None or ctx.file is None or ctx.writes is None or not ctx.file.writable:
+        if ctx is None or ctx.writes is None or not ctx.writes.own.writable:
             return NtStatus.STATUS_SUCCESS
-        remote = ctx.file
+        remote = ctx.writes.own
         # One fsync covers them all: it syncs the file, whichever handle wrote.
         await ctx.writes.wait_writes()
         if not remote.session.has(EXT_FSYNC):
@@ -604,13 +607,13 @@ class SftpMiniRdr(MiniRdrDispatch):
 
     # -- low I/O ---------------------------------------------------------------------------
 
-    def _file_for_io(self, rx_context: RxContext, want: OpenFlags) -> RemoteFile:
+    def _handles_for_io(self, rx_context: RxContext, want: OpenFlags) -> SpreadWrites:
         ctx = self._open_of(rx_context)
-        if ctx is None or ctx.file is None:
+        if ctx is None or ctx.writes is None:
             raise NtStatusError(NtStatus.STATUS_INVALID_DEVICE_REQUEST, "no data handle")
-        if not ctx.file.flags & want:
+        if not ctx.writes.own.flags & want:
             raise NtStatusError(NtStatus.STATUS_ACCESS_DENIED, "not opened for this access")
-        return ctx.file
+        return ctx.writes
 
     @staticmethod
     def _invalidate_read_ahead(fcb: Fcb | None) -> None:
@@ -627,11 +630,16 @@ class SftpMiniRdr(MiniRdrDispatch):
         """Queue the write as pipelined requests and answer STATUS_PENDING; the write
         completes with its byte count once every reply has come back OK, or with the
         status of the first failure (nothing is then claimed as written)."""
-        remote = self._file_for_io(rx_context, OpenFlags.SSH_FXF_WRITE)
+        writes = self._handles_for_io(rx_context, OpenFlags.SSH_FXF_WRITE)
         rw = rx_context.low_io.read_write
         self._invalidate_read_ahead(rx_context.fcb)
+        # The core never has two overlapping paging writes in flight, so they may
+        # spread over the file's handles on several sessions (_spread); others keep
+        # to its own handle, in order.
         if rw.flags & _PAGING_IO:
-            remote = await self._paging_handle(rx_context, remote)
+            remote = await writes.handle_for(rw.byte_offset, len(rw.buffer))
+        else:
+            remote = writes.own
         try:
             batch = await remote.submit_write(rw.byte_offset, rw.buffer)
         except BaseException:
@@ -647,16 +655,6 @@ class SftpMiniRdr(MiniRdrDispatch):
             self._finish_write, rx_context, remote, batch, len(rw.buffer)
         )
         return NtStatus.STATUS_PENDING
-
-    async def _paging_handle(self, rx_context: RxContext, remote: RemoteFile) -> RemoteFile:
-        """Where a paging write goes: the core never has two overlapping ones in flight,
-        so they may spread over the file's handles on several sessions (_spread)."""
-        ctx = self._open_of(rx_context)
-        writes = ctx.writes if ctx is not None else None
-        if writes is None:
-            return remote
-        rw = rx_context.low_io.read_write
-        return await writes.handle_for(rw.byte_offset, len(rw.buffer))
 
     async def _finish_write(
         self, rx_context: RxContext, remote: RemoteFile, batch: WriteBatch, length: int
@@ -692,7 +690,7 @@ class SftpMiniRdr(MiniRdrDispatch):
     async def lowio_read(self, rx_context: RxContext) -> NtStatus:
         """Up to ByteCount bytes (short only at the end of the file); at or past the end,
         STATUS_END_OF_FILE, which the core turns into a read of 0 bytes."""
-        remote = self._file_for_io(rx_context, OpenFlags.SSH_FXF_READ)
+        remote = self._handles_for_io(rx_context, OpenFlags.SSH_FXF_READ).own
         rw = rx_context.low_io.read_write
         if rw.byte_count == 0:
             rw.buffer = b""

@@ -17,10 +17,13 @@ keeps to the open's own handle, in order.
 
 Landing out of order has one cost: when the server's disk fills, a write may fail below
 one that landed, leaving a hole where writes in order leave a clean prefix (which
-resuming tools such as ``rsync --append`` trust). So nothing is reordered, not even by
-holding a write back, until fstatvfs@openssh.com has shown ample room on the server's
-file system, and that is checked again as the file grows; a server without it gets one
+resuming tools such as ``rsync --append`` trust). So writes spread only while
+fstatvfs@openssh.com shows ample room on the server's file system, checked before the
+extra handles are opened and again as the file grows; a server without it gets one
 handle per file.
+
+The core hands a file's paging writes over one at a time, in offset order (its write-
+behind's turns), so :meth:`SpreadWrites.handle_for` never runs twice at once for a file.
 """
 
 from __future__ import annotations
@@ -160,14 +163,10 @@ class SpreadWrites:
             log.debug("%s: writes spread over %d connections", self.own.path, len(self._active))
 
     async def _recheck_room(self) -> None:
-        # Writes that come during the check keep to the own handle: the bytes out of
-        # order stay within what was handed out before it.
-        spread, self._active = self._active, [self.own]
         self._since_check = 0
-        if await self._room_to_spread():
-            self._active = spread
-        else:
+        if not await self._room_to_spread():
             log.debug("%s: the server runs short of space; one handle", self.own.path)
+            del self._active[1:]
 
     def _pick(self) -> RemoteFile:
         """The live handle with the smallest backlog."""
