@@ -7,15 +7,16 @@ parent's table) when the last one goes. Backends hang their own state on ``conte
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
 import itertools
 import posixpath
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import SplitResult
 
 import trio
@@ -93,6 +94,61 @@ def _under(paths: Iterable[str], path: str) -> list[str]:
     return [p for p in paths if p == path or p.startswith(prefix)]
 
 
+V = TypeVar("V")
+
+
+class PathMap(Generic[V]):
+    """A dict keyed by core paths that also finds a path and every key below it in
+    O(log n): a lookup the server answers "no such file" drops what the caches held
+    for the name and below it, and scanning a few thousand cached paths for that cost
+    half a millisecond per miss. Iterates in insertion order (oldest first)."""
+
+    __slots__ = ("_items", "_sorted")
+
+    def __init__(self) -> None:
+        self._items: dict[str, V] = {}
+        self._sorted: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def get(self, key: str) -> V | None:
+        return self._items.get(key)
+
+    def __setitem__(self, key: str, value: V) -> None:
+        if key not in self._items:
+            bisect.insort(self._sorted, key)
+        self._items[key] = value
+
+    def pop(self, key: str) -> V | None:
+        """Remove ``key``; its value, or None if it was not there."""
+        if key not in self._items:
+            return None
+        del self._sorted[bisect.bisect_left(self._sorted, key)]
+        return self._items.pop(key)
+
+    def drop_oldest(self, count: int) -> None:
+        for key in list(itertools.islice(self._items, count)):
+            del self._items[key]
+        self._sorted = sorted(self._items)
+
+    def under(self, path: str) -> list[str]:
+        """``path`` (if present) and the keys below it."""
+        base = path.rstrip("/")
+        keys = self._sorted
+        # Keys below base are those from base + "/" up to base + "0" ("0" follows "/").
+        below = keys[bisect.bisect_left(keys, base + "/") : bisect.bisect_left(keys, base + "0")]
+        if base and path in self._items:
+            below.insert(0, path)
+        return below
+
+
 class _RefCounted:
     node_type: NodeType
 
@@ -156,7 +212,7 @@ class DirectoryCache:
     """
 
     def __init__(self) -> None:
-        self._listings: dict[str, Listing] = {}
+        self._listings: PathMap[Listing] = PathMap()
         self._in_flight: dict[str, list[ListingInFlight]] = {}
         self._names = 0
 
@@ -240,8 +296,10 @@ class DirectoryCache:
         if old == new:
             return
         self._drop_tree(new)
-        for key in _under(self._listings, old):
-            self._listings[new + key[len(old) :]] = self._listings.pop(key)
+        for key in self._listings.under(old):
+            moved = self._listings.pop(key)
+            assert moved is not None
+            self._listings[new + key[len(old) :]] = moved
         self._invalidate_in_flight(old)
         self._change(old, present=False)
         self._change(new, present=True)
@@ -285,12 +343,12 @@ class DirectoryCache:
             self._drop(next(iter(self._listings)))
 
     def _drop(self, directory: str) -> None:
-        listing = self._listings.pop(directory, None)
+        listing = self._listings.pop(directory)
         if listing is not None:
             self._names -= len(listing.names)
 
     def _drop_tree(self, path: str) -> None:
-        for key in _under(self._listings, path):
+        for key in self._listings.under(path):
             self._drop(key)
         self._invalidate_in_flight(path)
 
@@ -331,7 +389,7 @@ class NetRoot(_RefCounted):
         self.fcb_table: dict[str, Fcb] = {}
         # Attributes of files whose Fcb went away, with when they were true: a stat
         # right after close need not ask the server (the core's attribute cache).
-        self.attribute_cache: dict[str, tuple[FileAttributes, float]] = {}
+        self.attribute_cache: PathMap[tuple[FileAttributes, float]] = PathMap()
         # The names directories hold (-o dir_timeout), for "no such file" answers.
         self.directories = DirectoryCache()
         srv_call.reference()
@@ -345,7 +403,7 @@ class NetRoot(_RefCounted):
         if fcb is None:
             fcb = Fcb(self, path)
             self.fcb_table[path] = fcb
-            remembered = self.attribute_cache.pop(path, None)
+            remembered = self.attribute_cache.pop(path)
             if remembered is not None:
                 fcb.attributes, fcb.attributes_time = remembered
         fcb.reference()
@@ -356,14 +414,13 @@ class NetRoot(_RefCounted):
             return
         if len(self.attribute_cache) >= _ATTRIBUTE_CACHE_SIZE:
             # Oldest first (insertion order): drop the older half.
-            for path in list(self.attribute_cache)[: _ATTRIBUTE_CACHE_SIZE // 2]:
-                del self.attribute_cache[path]
+            self.attribute_cache.drop_oldest(_ATTRIBUTE_CACHE_SIZE // 2)
         self.attribute_cache[fcb.path] = (fcb.attributes, fcb.attributes_time)
 
     def forget_attributes(self, path: str) -> None:
         """Our own change to ``path`` or below: cached attributes are no longer true."""
-        for stale in _under(self.attribute_cache, path):
-            del self.attribute_cache[stale]
+        for stale in self.attribute_cache.under(path):
+            self.attribute_cache.pop(stale)
 
     def rename_fcbs(self, old: str, new: str) -> None:
         """Re-key ``old`` and everything below it after a rename; an Fcb already at the

@@ -325,8 +325,10 @@ class LazyWriter:
         self._fcbs[fcb] = None
         dirty = buffer.dirty
         # Wake the lazy writer when a chunk filled up and there is room to send it; a
-        # paging write that completes wakes it anyway. Once per chunk, not per write.
-        filled = len(dirty) > extents or dirty[-1].length >= self.chunk_size
+        # paging write that completes wakes it anyway. Once per chunk, not per write,
+        # and not for a file's first bytes: nothing can be ready to go yet (a small
+        # file goes at its close, from the closing task).
+        filled = 0 < extents < len(dirty) or dirty[-1].length >= self.chunk_size
         if filled and self.in_flight_bytes < self.in_flight_limit:
             self._wake.set()
 
@@ -339,9 +341,26 @@ class LazyWriter:
         while buffer.holds_writes_up_to(target):
             if buffer.dirty:
                 buffer.forced = True
+                if await self._send_from_here(fcb):
+                    continue
+                # Nothing could go (in flight is full, or the ranges overlap ones in
+                # flight): the lazy writer sends them when room is made.
                 self._fcbs[fcb] = None
                 self._wake.set()
             await buffer.changed.wait()
+
+    async def _send_from_here(self, fcb: Fcb) -> bool:
+        """Send what of the Fcb's dirty ranges may go now, the last of them from this
+        (the flushing) task: a small file's close then costs no wakeup of the lazy
+        writer, no task started and no wakeup back. False if none went.
+
+        Only a forced unmount cancels a flush; a range whose write it cuts short stays
+        held, so the unmount reports it as not landed (as it does the lazy writer's)."""
+        budget = self.in_flight_limit - self.in_flight_bytes
+        started = self._start_paging_writes(fcb, budget) if budget > 0 else []
+        for extent, turn in started:
+            await self._paging_write(fcb, extent, turn)
+        return bool(started)
 
     def held(self) -> list[tuple[str, int, int]]:
         """(path, start, end) of every range not yet acknowledged by the server."""
@@ -358,7 +377,6 @@ class LazyWriter:
     # -- the lazy writer proper ---------------------------------------------------------
 
     def _schedule(self) -> None:
-        dirty_before = self.dirty_bytes
         now = time.monotonic()
         pressed = self.dirty_bytes > self.dirty_limit // 2
         for fcb in list(self._fcbs):
@@ -368,17 +386,34 @@ class LazyWriter:
             budget = self.in_flight_limit - self.in_flight_bytes
             if budget <= 0:
                 break
-            for extent in buffer.take(self.chunk_size, budget):
-                self.dirty_bytes -= extent.length
-                self.in_flight_bytes += extent.length
-                assert self._nursery is not None
-                self._nursery.start_soon(self._paging_write, fcb, extent, buffer.turns.take())
+            self._start_paging_writes(fcb, budget, keep=0)
             if buffer.empty:
                 del self._fcbs[fcb]
-        # Writers waiting for room go again only when there is more room: waking them
-        # otherwise has them wake us straight back, a busy loop while in flight is full.
-        if self.dirty_bytes < dirty_before:
+
+    def _start_paging_writes(
+        self, fcb: Fcb, budget: int, keep: int = 1
+    ) -> list[tuple[_Extent, _Turn]]:
+        """Take the Fcb's ranges that go now and account for them as in flight; all but
+        the last ``keep`` of them start in tasks of their own. The rest is the caller's
+        to send (:meth:`_paging_write`), in the order returned."""
+        buffer = fcb.write_behind
+        taken = [(extent, buffer.turns.take()) for extent in buffer.take(self.chunk_size, budget)]
+        for extent, _ in taken:
+            self.dirty_bytes -= extent.length
+            self.in_flight_bytes += extent.length
+        if taken:
+            # Writers waiting for room go again only when there is more room: waking
+            # them otherwise has them wake us straight back, a busy loop while in flight
+            # is full.
             self._space.unpark_all()
+        cut = max(len(taken) - keep, 0)
+        for extent, turn in taken[:cut]:
+            self._spawn_paging_write(fcb, extent, turn)
+        return taken[cut:]
+
+    def _spawn_paging_write(self, fcb: Fcb, extent: _Extent, turn: _Turn) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._paging_write, fcb, extent, turn)
 
     async def _paging_write(self, fcb: Fcb, extent: _Extent, turn: _Turn) -> None:
         # Held until acknowledged: a write lost with its connection is sent again on

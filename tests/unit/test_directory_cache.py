@@ -19,7 +19,7 @@ import trio.testing
 from rxfs.minirdr.memory import MemoryMiniRdr
 from rxfs.rdbss import IRP_MN_QUERY_FROM_SERVER, CoreOptions, NtStatus, RxContext, RxDevice
 from rxfs.rdbss import _objects as objects
-from rxfs.rdbss._objects import DirectoryCache
+from rxfs.rdbss._objects import DirectoryCache, PathMap
 from rxfs.rdbss.irp import (
     CreateDisposition,
     FileDispositionInformation,
@@ -417,3 +417,19 @@ def test_the_cache_is_bounded_in_directories_and_names(monkeypatch: pytest.Monke
         cache.name_exists(f"/d5/n{index}")
     # Over 10 names: the oldest directories went until it fit, the growing one last.
     assert [i for i in range(6) if cache.lacks(f"/d{i}/x", 1e30, 0) is not None] == []
+
+
+def test_path_map_finds_a_path_and_what_is_below_it_only() -> None:
+    paths = PathMap[int]()
+    for index, path in enumerate(["/a", "/a/b", "/a/b/c", "/ab", "/a0", "/b", "/"]):
+        paths[path] = index
+    assert paths.under("/a") == ["/a", "/a/b", "/a/b/c"]
+    assert paths.under("/a/b") == ["/a/b", "/a/b/c"]
+    assert paths.under("/ab") == ["/ab"]
+    assert paths.under("/c") == []
+    assert sorted(paths.under("/")) == sorted(paths)
+    assert paths.pop("/a/b") == 1 and paths.pop("/a/b") is None
+    assert paths.under("/a") == ["/a", "/a/b/c"]
+    paths.drop_oldest(2)  # "/a" and "/a/b/c" were the oldest left
+    assert list(paths) == ["/ab", "/a0", "/b", "/"]
+    assert paths.under("/a") == [] and paths.under("/a0") == ["/a0"]
