@@ -83,7 +83,8 @@ async def serve(request: MountRequest, minirdr: MiniRdrDispatch, ready: ReadyCal
             nursery.start_soon(_watch_signals, shutdown, nursery)
             nursery.start_soon(_raise_read_ahead, request.mountpoint)
             try:
-                await pyfuse3.main()
+                with shutdown.fuse_scope:
+                    await pyfuse3.main()
             finally:
                 with trio.CancelScope(shield=True):
                     await shutdown.teardown()
@@ -148,6 +149,11 @@ class _Shutdown:
         self.unflushed: list[str] = []
         self.forced = False
         self._flush_scope: trio.CancelScope | None = None
+        # Around the FUSE loop: pyfuse3.terminate() lets the loop end only once every
+        # request in progress has been answered, and a close(2) waiting on a server
+        # that stopped answering is one. A forced unmount cancels them; their callers
+        # get ECONNABORTED when the session closes.
+        self.fuse_scope = trio.CancelScope()
 
     async def flush(self) -> None:
         with trio.CancelScope() as self._flush_scope:
@@ -167,6 +173,7 @@ class _Shutdown:
         self.forced = True
         if self._flush_scope is not None:
             self._flush_scope.cancel()
+        self.fuse_scope.cancel()
         pyfuse3.terminate()
 
     async def teardown(self) -> None:

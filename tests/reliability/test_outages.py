@@ -4,6 +4,10 @@ hang, and a server that comes back is used again without remounting (DESIGN §4)
 from __future__ import annotations
 
 import errno
+import os
+import signal
+import threading
+import time
 
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
 
@@ -43,3 +47,40 @@ def test_sshd_killed_and_restarted_while_writing_loses_nothing(
     assert outcome.exit_codes == [0], outcome
     assert not outcome.errors, outcome
     assert outcome.exact, outcome
+
+
+def test_a_second_signal_unmounts_at_once_while_a_close_waits_on_a_stalled_server(
+    rig_factory: RigFactory,
+) -> None:
+    # The write's own deadline is far away: only the forced unmount can end the wait.
+    rig = rig_factory(timeout="60")
+    fd = os.open(rig.mnt / "held", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(fd, b"x" * 10_000)
+    rig.proxy.stall()
+    closed: list[int] = []
+
+    def close() -> None:
+        try:
+            os.close(fd)
+        except OSError as exc:
+            closed.append(exc.errno)
+        else:
+            closed.append(0)
+
+    closer = threading.Thread(target=close, daemon=True)
+    try:
+        closer.start()
+        time.sleep(1.0)  # the close is now waiting for the server's answer
+        assert not closed
+        os.kill(rig.mount.pid, signal.SIGTERM)  # flush, then unmount: waits
+        time.sleep(0.5)
+        started = time.monotonic()
+        os.kill(rig.mount.pid, signal.SIGTERM)  # unmount now
+        assert rig.mount.wait_exit(SLACK), rig.mount.stderr()
+        assert time.monotonic() - started < SLACK
+        closer.join(SLACK)
+    finally:
+        rig.proxy.resume()
+    # The close never claims bytes the server did not get, and the unmount names them.
+    assert closed == [errno.ECONNABORTED]
+    assert "not flushed: /held: bytes 0-10000 (unmount forced)" in rig.mount.stderr()
