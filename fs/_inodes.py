@@ -14,6 +14,7 @@ carries no inode numbers, so links made elsewhere look like separate files, as w
 from __future__ import annotations
 
 import itertools
+import posixpath
 from dataclasses import dataclass
 from typing import NewType
 
@@ -38,6 +39,9 @@ class InodeTable:
     def __init__(self) -> None:
         self._by_inode: dict[InodeT, _Inode] = {ROOT_INODE: _Inode(["/"], lookups=1)}
         self._by_path: dict[str, InodeT] = {"/": ROOT_INODE}
+        # The paths in _by_path by directory, so that a rename moves a subtree without
+        # scanning every path the kernel knows (12 ms a rename at 100,000 of them).
+        self._children: dict[str, set[str]] = {}
         self._numbers = itertools.count(ROOT_INODE + 1)
 
     def path_of(self, inode: int) -> str | None:
@@ -65,7 +69,7 @@ class InodeTable:
         if inode is None:
             inode = InodeT(next(self._numbers))
             self._by_inode[inode] = _Inode([path])
-            self._by_path[path] = inode
+            self._add_path(path, inode)
         return inode
 
     def add_lookup(self, path: str, attributes: FileAttributes) -> InodeT:
@@ -85,7 +89,7 @@ class InodeTable:
         entry.paths.append(path)
         entry.lookups += 1
         entry.attributes = attributes
-        self._by_path[path] = InodeT(inode)
+        self._add_path(path, InodeT(inode))
         return InodeT(inode)
 
     def remember(self, inode: int, attributes: FileAttributes) -> None:
@@ -114,7 +118,7 @@ class InodeTable:
 
     def unlink(self, path: str) -> None:
         """The name is gone; the inode lives on (nameless) until the kernel forgets it."""
-        inode = self._by_path.pop(path, None)
+        inode = self._remove_path(path)
         if inode is not None:
             entry = self._by_inode[inode]
             entry.paths.remove(path)
@@ -131,20 +135,44 @@ class InodeTable:
         """Move ``old`` and everything below it to ``new``; a replaced target loses its
         name."""
         self.unlink(new)
-        prefix = old.rstrip("/") + "/"
-        moved = [p for p in self._by_path if p == old or p.startswith(prefix)]
-        for path in moved:
-            inode = self._by_path.pop(path)
+        for path in self._subtree(old):
+            inode = self._remove_path(path)
+            assert inode is not None
             new_path = new + path[len(old) :]
             paths = self._by_inode[inode].paths
             paths[paths.index(path)] = new_path
-            self._by_path[new_path] = inode
+            self._add_path(new_path, inode)
 
     def _forget_entry(self, inode: InodeT, entry: _Inode) -> None:
         del self._by_inode[inode]
         for path in entry.paths:
             if self._by_path.get(path) == inode:
-                del self._by_path[path]
+                self._remove_path(path)
+
+    def _add_path(self, path: str, inode: InodeT) -> None:
+        self._by_path[path] = inode
+        self._children.setdefault(posixpath.dirname(path), set()).add(path)
+
+    def _remove_path(self, path: str) -> InodeT | None:
+        inode = self._by_path.pop(path, None)
+        directory = posixpath.dirname(path)
+        siblings = self._children.get(directory)
+        if inode is not None and siblings is not None:
+            siblings.discard(path)
+            if not siblings:
+                del self._children[directory]
+        return inode
+
+    def _subtree(self, path: str) -> list[str]:
+        """``path`` and the known paths below it, parents before children. A path whose
+        parent lost its name is not reached; the server no longer has it either."""
+        found = [path] if path in self._by_path else []
+        pending = [path]
+        while pending:
+            for child in self._children.get(pending.pop(), ()):
+                found.append(child)
+                pending.append(child)
+        return found
 
     def __len__(self) -> int:
         return len(self._by_inode)
