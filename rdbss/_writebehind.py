@@ -357,10 +357,10 @@ class LazyWriter:
         Only a forced unmount cancels a flush; a range whose write it cuts short stays
         held, so the unmount reports it as not landed (as it does the lazy writer's)."""
         budget = self.in_flight_limit - self.in_flight_bytes
-        started = self._start_paging_writes(fcb, budget) if budget > 0 else []
-        for extent, turn in started:
-            await self._paging_write(fcb, extent, turn)
-        return bool(started)
+        last = self._start_paging_writes(fcb, budget) if budget > 0 else []
+        if last:
+            await self._paging_write(fcb, *last[0])
+        return bool(last)
 
     def held(self) -> list[tuple[str, int, int]]:
         """(path, start, end) of every range not yet acknowledged by the server."""
@@ -408,12 +408,9 @@ class LazyWriter:
             self._space.unpark_all()
         cut = max(len(taken) - keep, 0)
         for extent, turn in taken[:cut]:
-            self._spawn_paging_write(fcb, extent, turn)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._paging_write, fcb, extent, turn)
         return taken[cut:]
-
-    def _spawn_paging_write(self, fcb: Fcb, extent: _Extent, turn: _Turn) -> None:
-        assert self._nursery is not None
-        self._nursery.start_soon(self._paging_write, fcb, extent, turn)
 
     async def _paging_write(self, fcb: Fcb, extent: _Extent, turn: _Turn) -> None:
         # Held until acknowledged: a write lost with its connection is sent again on
