@@ -155,9 +155,9 @@ class InodeTable:
 
     def _remove_path(self, path: str) -> InodeT | None:
         inode = self._by_path.pop(path, None)
-        directory = posixpath.dirname(path)
-        siblings = self._children.get(directory)
-        if inode is not None and siblings is not None:
+        if inode is not None and path != "/":  # the root is nobody's child
+            directory = posixpath.dirname(path)
+            siblings = self._children[directory]
             siblings.discard(path)
             if not siblings:
                 del self._children[directory]

@@ -89,7 +89,9 @@ def normalize_path(path: str) -> str:
 
 
 def _under(paths: Iterable[str], path: str) -> list[str]:
-    """The keys of ``paths`` that are ``path`` or below it (a list: callers re-key)."""
+    """The keys of ``paths`` that are ``path`` or below it (a list: callers re-key).
+    A scan, for the small tables (Fcbs in use, listings on their way); the caches,
+    asked on every miss, keep a :class:`PathMap`."""
     prefix = path.rstrip("/") + "/"
     return [p for p in paths if p == path or p.startswith(prefix)]
 

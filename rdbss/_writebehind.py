@@ -357,10 +357,11 @@ class LazyWriter:
         Only a forced unmount cancels a flush; a range whose write it cuts short stays
         held, so the unmount reports it as not landed (as it does the lazy writer's)."""
         budget = self.in_flight_limit - self.in_flight_bytes
-        last = self._start_paging_writes(fcb, budget) if budget > 0 else []
-        if last:
-            await self._paging_write(fcb, *last[0])
-        return bool(last)
+        taken = self._take_paging_writes(fcb, budget) if budget > 0 else []
+        self._start_paging_writes(fcb, taken[:-1])
+        if taken:
+            await self._paging_write(fcb, *taken[-1])
+        return bool(taken)
 
     def held(self) -> list[tuple[str, int, int]]:
         """(path, start, end) of every range not yet acknowledged by the server."""
@@ -386,16 +387,13 @@ class LazyWriter:
             budget = self.in_flight_limit - self.in_flight_bytes
             if budget <= 0:
                 break
-            self._start_paging_writes(fcb, budget, keep=0)
+            self._start_paging_writes(fcb, self._take_paging_writes(fcb, budget))
             if buffer.empty:
                 del self._fcbs[fcb]
 
-    def _start_paging_writes(
-        self, fcb: Fcb, budget: int, keep: int = 1
-    ) -> list[tuple[_Extent, _Turn]]:
-        """Take the Fcb's ranges that go now and account for them as in flight; all but
-        the last ``keep`` of them start in tasks of their own. The rest is the caller's
-        to send (:meth:`_paging_write`), in the order returned."""
+    def _take_paging_writes(self, fcb: Fcb, budget: int) -> list[tuple[_Extent, _Turn]]:
+        """Take the Fcb's ranges that go now, each with its turn, and count them as in
+        flight; the caller sends each (:meth:`_paging_write`)."""
         buffer = fcb.write_behind
         taken = [(extent, buffer.turns.take()) for extent in buffer.take(self.chunk_size, budget)]
         for extent, _ in taken:
@@ -406,11 +404,12 @@ class LazyWriter:
             # them otherwise has them wake us straight back, a busy loop while in flight
             # is full.
             self._space.unpark_all()
-        cut = max(len(taken) - keep, 0)
-        for extent, turn in taken[:cut]:
-            assert self._nursery is not None
+        return taken
+
+    def _start_paging_writes(self, fcb: Fcb, taken: list[tuple[_Extent, _Turn]]) -> None:
+        assert self._nursery is not None
+        for extent, turn in taken:
             self._nursery.start_soon(self._paging_write, fcb, extent, turn)
-        return taken[cut:]
 
     async def _paging_write(self, fcb: Fcb, extent: _Extent, turn: _Turn) -> None:
         # Held until acknowledged: a write lost with its connection is sent again on

@@ -356,10 +356,6 @@ class SftpSession:
         return self._budget.bytes
 
     @property
-    def max_in_flight_bytes(self) -> int:
-        return self._budget.max_bytes
-
-    @property
     def max_write(self) -> int:
         """Bytes per WRITE request: the server's limit, in whole 4 KiB pages."""
         return _whole_pages(min(self.limits.max_write_length, _MAX_IO))
@@ -507,8 +503,10 @@ class SftpSession:
             self._outbox.put(tuple(self._held))
             self._held.clear()
 
-    async def request(self, kind: PacketType, *fields: bytes) -> Reply:
-        """Send one request and wait for its reply (any type; STATUS is not checked)."""
+    async def request(self, kind: PacketType, *fields: bytes, shielded: bool = False) -> Reply:
+        """Send one request and wait for its reply (any type; STATUS is not checked).
+        ``shielded``: once sent, the reply is waited for even if the caller is
+        cancelled (an OPEN's reply holds a handle that must be closed, not leaked)."""
         done = trio.Event()
         result: list[Reply | SftpError] = []
 
@@ -517,7 +515,11 @@ class SftpSession:
             done.set()
 
         await self._submit(lambda rid: packet(kind, rid, *fields), on_reply)
-        await done.wait()
+        if shielded:
+            with trio.CancelScope(shield=True):
+                await done.wait()
+        else:
+            await done.wait()
         if isinstance(result[0], SftpError):
             raise result[0]
         return result[0]
@@ -687,18 +689,9 @@ class SftpSession:
 
     async def open_handle(self, path: str, flags: OpenFlags) -> RemoteFile:
         """OPEN alone: a handle on a file that exists, no attributes wanted."""
-        replies: list[Reply | SftpError] = []
-        done = trio.Event()
-
-        def on_reply(reply: Reply | SftpError) -> None:
-            replies.append(reply)
-            done.set()
-
         fields = (pack_string(path), u32(flags), pack_attrs(Attrs()))
-        await self._submit(lambda rid: packet(PacketType.OPEN, rid, *fields), on_reply)
-        with trio.CancelScope(shield=True):
-            await done.wait()  # as in open_file: a handle the server opened is closed
-        return self._opened(replies[0], path, flags)
+        reply = await self.request(PacketType.OPEN, *fields, shielded=True)
+        return self._opened(reply, path, flags)
 
     def _opened(self, reply: Reply | SftpError, path: str, flags: OpenFlags) -> RemoteFile:
         """The file an OPEN's reply gives; raises the OPEN's failure."""
@@ -1027,15 +1020,14 @@ class RemoteFile:
         return lambda rid: packet(PacketType.READ, rid, *fields)
 
     async def pread(self, offset: int, length: int) -> bytes:
-        """One READ, past the read-ahead window: what the server holds right now."""
-        fields = (self._handle_field, u64(offset), u32(length))
-        reply = await self.session.request(PacketType.READ, *fields)
-        if reply.kind == PacketType.DATA:
-            return reply.body.bytes()
-        error = _status_of(reply)
-        if error is not None and error.code != SftpStatusCode.SSH_FX_EOF:
-            raise error
-        return b""
+        """READs past the read-ahead window: what the server holds right now."""
+        out = []
+        for seg in await self._fetch(offset, offset + length):
+            await seg.done.wait()
+            if seg.error is not None:
+                raise seg.error
+            out.append(bytes(seg.data))
+        return b"".join(out)
 
     # -- handle operations ---------------------------------------------------------------
 
