@@ -8,7 +8,6 @@ flushed and closed before the FUSE mount goes and the backend disconnects.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import trio
 from rxfs.minirdr import MiniRdrDispatch
 from rxfs.rdbss import CoreOptions, MountError, NtStatus, RxDevice
 
+from ._mounttable import mount_device
 from ._operations import FsOptions, RxOperations
 
 __all__ = ["MountRequest", "serve"]
@@ -81,7 +81,7 @@ async def serve(request: MountRequest, minirdr: MiniRdrDispatch, ready: ReadyCal
             ready(None)
             shutdown = _Shutdown(operations, device, request.report_path)
             nursery.start_soon(_watch_signals, shutdown, nursery)
-            nursery.start_soon(_raise_read_ahead, request.mountpoint)
+            nursery.start_soon(_raise_read_ahead, request.mountpoint, operations.initialized)
             try:
                 with shutdown.fuse_scope:
                     await pyfuse3.main()
@@ -114,17 +114,23 @@ async def _attach(
     return None
 
 
-async def _raise_read_ahead(mountpoint: str) -> None:
+async def _raise_read_ahead(mountpoint: str, initialized: trio.Event) -> None:
     """Raise the mount's read-ahead to READ_AHEAD_KB where we may (root owns sysfs).
 
     Not before the kernel has handled FUSE INIT: its reply sets the read-ahead back to
-    what the INIT request proposed. A stat of the mount point is answered by this
-    process only after that, so it is done once the stat returns."""
+    what the INIT request proposed. ``initialized`` is set by the INIT handler, and the
+    kernel has applied the reply by the time another task runs (libfuse writes it
+    before pyfuse3 reads the next request). The device number comes from mountinfo, not
+    from a stat of the mount point: this process never makes a request to its own mount
+    (a kill -9 during one wedges it, DESIGN §11)."""
+    await initialized.wait()
 
     def raise_it() -> None:
         try:
-            device = os.stat(mountpoint).st_dev
-            path = f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb"
+            device = mount_device(mountpoint)
+            if device is None:
+                return
+            path = f"/sys/class/bdi/{device}/read_ahead_kb"
             with open(path, "r+", encoding="ascii") as setting:
                 if int(setting.read()) < READ_AHEAD_KB:
                     setting.seek(0)

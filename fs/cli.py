@@ -11,11 +11,8 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
 import stat
-import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,7 +21,9 @@ from rxfs.minirdr import MiniRdrDispatch, UnknownSchemeError, available_backends
 from rxfs.rdbss import CORE_OPTIONS, CoreOptions, parse_seconds
 
 from ._mount import MountRequest, run
+from ._mounttable import mount_entry
 from ._operations import FsOptions
+from ._umount import ProcessState, Umount, UmountRefusedError, process_state
 
 __all__ = ["main"]
 
@@ -60,20 +59,10 @@ def _state_file(mountpoint: str, suffix: str) -> Path:
 # -- mount table --------------------------------------------------------------------------
 
 
-def _unescape(field: str) -> str:
-    return field.encode().decode("unicode_escape").encode("latin-1").decode()
-
-
 def mounted_at(mountpoint: str) -> str | None:
-    """The file system type mounted at ``mountpoint`` (from mountinfo), or None. Unlike
-    os.path.ismount this also sees a FUSE mount whose process died (ENOTCONN)."""
-    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
-        for line in mountinfo:
-            fields = line.split()
-            sep = fields.index("-")
-            if _unescape(fields[4]) == mountpoint:
-                return fields[sep + 1]
-    return None
+    """The file system type mounted at ``mountpoint``, or None (see _mounttable)."""
+    entry = mount_entry(mountpoint)
+    return entry.fstype if entry is not None else None
 
 
 # -- options ------------------------------------------------------------------------------
@@ -252,67 +241,50 @@ def _detach_stdio() -> None:
     os.close(devnull)
 
 
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs. A zombie has exited: its parent (a supervisor, or a
-    shell that has not reaped it yet) may keep it in the process table indefinitely."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in {"Z", "X"}
+def resolve_without_entering(path: str) -> str:
+    """``path`` made absolute with its parent's links resolved, but without a lookup of
+    ``path`` itself: realpath() would stat the mount point, which waits forever on a
+    mount whose process no longer answers."""
+    parent, name = os.path.split(os.path.abspath(path))
+    return os.path.join(os.path.realpath(parent), name)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    """Ask the mount process to flush and unmount (SIGTERM); clean up a dead mount."""
-    mountpoint = os.path.realpath(args.mountpoint)
-    pid_file = _state_file(mountpoint, "pid")
-    pid = int(pid_file.read_text()) if pid_file.exists() else None
-    if pid is not None and pid_alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + args.timeout
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if pid_alive(pid):
-            print(
-                f"rxfs: the mount process {pid} is still flushing after {args.timeout:g}s; "
-                f"run 'rxfs umount' again later",
-                file=sys.stderr,
-            )
-            return EXIT_FAILURE
-    with contextlib.suppress(FileNotFoundError):
-        pid_file.unlink()
-    if _print_unflushed(mountpoint):
-        return EXIT_FAILURE
-    if mounted_at(mountpoint) is None:
+    """Unmount within --timeout whatever state the mount is in (see _umount)."""
+    if args.timeout <= 0:
+        raise UsageError("--timeout takes a number of seconds above 0")
+    mountpoint = resolve_without_entering(args.mountpoint)
+    umount = Umount(
+        mountpoint,
+        args.mountpoint,
+        args.timeout,
+        lazy=args.lazy,
+        force=args.force,
+        pid_file=_state_file(mountpoint, "pid"),
+        report_file=_state_file(mountpoint, "unflushed"),
+        log_file=_state_file(mountpoint, "log"),
+        say=lambda line: print(f"rxfs: {line}", file=sys.stderr),
+    )
+    entry = mount_entry(mountpoint)
+    if entry is None:
+        pid = umount.pid()
+        if process_state(pid) is not ProcessState.GONE:
+            assert pid is not None
+            return umount.wait_only(pid)  # unmounted, still sending what it holds
+        umount.forget_pid()
         if pid is None:
             raise UsageError(f"{args.mountpoint} is not mounted")
-        return 0
-    # The process is gone (killed) or unknown: undo the mount it left behind.
-    result = subprocess.run(
-        ["fusermount3", "-u", mountpoint], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        result = subprocess.run(
-            ["fusermount3", "-u", "-z", mountpoint], capture_output=True, text=True, check=False
+        return EXIT_FAILURE if umount.print_unflushed() else 0
+    if not entry.is_rxfs:
+        raise UsageError(
+            f"{args.mountpoint} is a {entry.fstype} mount, not an rxfs one: "
+            "unmount it with umount or fusermount3 -u"
         )
-    if result.returncode != 0:
-        print(f"rxfs: cannot unmount {args.mountpoint}: {result.stderr.strip()}", file=sys.stderr)
-        return EXIT_FAILURE
-    return 0
-
-
-def _print_unflushed(mountpoint: str) -> bool:
-    """Say what the mount process could not flush; True if anything."""
-    report = _state_file(mountpoint, "unflushed")
     try:
-        lines = report.read_text().splitlines()
-    except FileNotFoundError:
-        return False
-    report.unlink()
-    for line in lines:
-        print(f"rxfs: not flushed: {line}", file=sys.stderr)
-    return bool(lines)
+        return umount.run(entry)
+    except UmountRefusedError as exc:
+        print(f"rxfs: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
@@ -379,7 +351,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     umount.add_argument("mountpoint", metavar="MOUNTPOINT")
     umount.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds to wait for the flush (default 300)"
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait in all (default 30); past them the mount is detached and "
+        "the process left to finish sending what it holds",
+    )
+    how = umount.add_mutually_exclusive_group()
+    how.add_argument(
+        "--lazy",
+        action="store_true",
+        help="unmount even while in use: detach now, finish when the last user lets go",
+    )
+    how.add_argument(
+        "--force",
+        action="store_true",
+        help="unmount even while in use: abort the FUSE connection, so processes using "
+        "the mount get ENOTCONN at once (held bytes are still sent)",
     )
     umount.set_defaults(func=cmd_umount)
     backends = sub.add_parser("backends", help="list the installed mini-redirectors")

@@ -30,6 +30,9 @@ COMMAND_TIMEOUT = 60.0
 # blocked system call returns ENOTCONN and the test fails instead of hanging CI.
 WATCHDOG_TIMEOUT = 180.0
 
+# What the mount process logs when one of its own threads makes a request to its mount.
+OWN_REQUEST_MARK = "request to its own mount"
+
 MountOptions = Mapping[str, str | None] | Iterable[str]
 
 
@@ -287,6 +290,9 @@ def _teardown(mount: Mount) -> list[str]:
         )
     elif mount.process is not None and mount.process.returncode not in (0, -signal.SIGKILL):
         problems.append(f"{mount.url}: rxfs mount -f exited with {mount.process.returncode}")
+    if OWN_REQUEST_MARK in mount.stderr():
+        # DESIGN §11: such a request wedges the mount if a kill -9 lands during it.
+        problems.append(f"{mount.url}: the mount process made a request to its own mount")
     if "Traceback" in mount.stderr():
         problems.append(f"{mount.url}: the mount process printed a traceback:\n{mount.stderr()}")
     return problems

@@ -168,7 +168,9 @@ def test_umount_cleans_up_after_a_killed_mount_and_the_point_mounts_again(
     killed.kill()
     assert rxfs.is_mounted(killed.path), "a SIGKILLed FUSE daemon leaves its mount behind"
     done = rxfs("umount", str(killed.path))
-    assert done.returncode == 0, done.stderr
+    # Whatever the killed process held is gone with it: umount cannot say all landed.
+    assert done.returncode == 1, done.stderr
+    assert "had died" in done.stderr
     assert not rxfs.is_mounted(killed.path)
     again = mount("memory://", mountpoint=killed.path)
     (again.path / "f").write_bytes(b"mounted again")
