@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ._objects import Fcb, Fobx, SrvOpen, SrvOpenFlags, normalize_path
 from ._readwrite import common_read, common_write, rx_low_io_submit
-from ._reconnect import RETRYABLE
+from ._reconnect import RETRYABLE, final
 from ._rxcontext import LowIoOp, RxContext
 from .irp import (
     AccessMask,
@@ -188,16 +188,27 @@ async def common_flush(rx_context: RxContext) -> NtStatus:
     (fsync) ask the server to sync.
 
     Every close(2) arrives here with IRP_MN_FLUSH_NO_SYNC. A write error is returned
-    once to each descriptor open when it happened (Fcb.take_write_error).
+    once to each descriptor open when it happened (Fcb.take_write_error), by fsync or
+    close, whichever comes first; a close also returns it however often it was
+    reported before, if bytes written through the descriptor may be among those that
+    did not land (Fobx.unlanded): close() returns 0 only when they are all on the
+    server. What is returned is the request's answer, never replayed (``final``): the
+    lazy writer has replayed the writes already, and a replay would find the error
+    reported and answer 0.
     """
-    fobx, fcb = rx_context.fobx, rx_context.fcb
-    if fobx is None or fcb is None or rx_context.srv_open is None:
+    fobx, fcb, srv_open = rx_context.fobx, rx_context.fcb, rx_context.srv_open
+    if fobx is None or fcb is None or srv_open is None:
         return NtStatus.STATUS_FILE_CLOSED
     await rx_context.device.lazy_writer.flush(fcb)
     error = fcb.take_write_error(fobx)
+    closing = rx_context.irp.minor_function == IRP_MN_FLUSH_NO_SYNC
+    if error is None:
+        # Nothing can be synced through a handle gone for good; a close of one that
+        # wrote nothing claims nothing.
+        error = fobx.unlanded if closing else srv_open.orphan_status
     if error is not None:
-        return error
-    if rx_context.irp.minor_function == IRP_MN_FLUSH_NO_SYNC:
+        return final(error)
+    if closing:
         return NtStatus.STATUS_SUCCESS
     status = await rx_context.device.minirdr.flush(rx_context)
     if status == NtStatus.STATUS_NOT_IMPLEMENTED:
@@ -229,6 +240,11 @@ def _by_name(routine: Routine) -> Routine:
             return NtStatus.STATUS_INVALID_PARAMETER
         fcb = rx_context.fcb
         try:
+            srv_open = rx_context.srv_open
+            if srv_open is not None and srv_open.orphan_status is not None:
+                # Through a handle that died with a connection and could not be had
+                # again (fstat, ftruncate, fchmod): the server cannot be asked.
+                return srv_open.orphan_status
             return await routine(rx_context)
         finally:
             fcb.dereference()

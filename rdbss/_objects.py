@@ -71,6 +71,9 @@ class SrvOpenFlags(enum.IntFlag):
     SRVOPEN_FLAG_FILE_RENAMED = 0x8
     SRVOPEN_FLAG_FILE_DELETED = 0x10
     SRVOPEN_FLAG_APPEND = 0x20
+    # Its handle died with a connection and could not be opened again (the file was
+    # deleted, renamed or made unwritable meanwhile): nothing goes through it again.
+    SRVOPEN_FLAG_ORPHANED = 0x40
 
 
 _ATTRIBUTE_CACHE_SIZE = 4096
@@ -485,8 +488,17 @@ class Fcb(_RefCounted):
         self.write_error_seq = 0
 
     def latch_write_error(self, status: NtStatus) -> None:
+        """Bytes of this file cannot land: each descriptor open now reports ``status``
+        once at its next fsync or close (errseq), and each one that can write reports it
+        at its close however often it was reported before (:attr:`Fobx.unlanded`):
+        writes through any writable descriptor may be among the missing bytes, since the
+        kernel's writeback sends a file's pages through whichever one it picks."""
         self.write_error = status
         self.write_error_seq += 1
+        for srv_open in self.srv_opens:
+            if srv_open.writes_at_all:
+                for fobx in srv_open.fobxs:
+                    fobx.unlanded = status
 
     def take_write_error(self, fobx: Fobx) -> NtStatus | None:
         """The write error this descriptor has not reported yet, once."""
@@ -552,6 +564,8 @@ class SrvOpen:
     # Its last descriptor is closing: the lazy writer sends through it only when the
     # file has no other writable handle, and the remote close waits for those writes.
     closing: bool = False
+    # Why the handle could not be reopened after a reconnect (SRVOPEN_FLAG_ORPHANED).
+    orphan_status: NtStatus | None = None
     paging_writes: int = 0
     paging_idle: trio.Event = field(default_factory=trio.Event)
 
@@ -559,6 +573,15 @@ class SrvOpen:
         while self.paging_writes:
             self.paging_idle = trio.Event()
             await self.paging_idle.wait()
+
+    def orphan(self, status: NtStatus) -> None:
+        """The handle is dead and cannot be had again: every request through it fails
+        with ``status`` from now on, instead of being sent on a handle of a connection
+        that is gone (which would look like a connection lost again, and reconnect).
+        RDBSS orphans SrvOpens the same way (SRVOPEN_FLAG_ORPHANED) when their
+        NetRoot is torn down under them."""
+        self.flags |= SrvOpenFlags.SRVOPEN_FLAG_ORPHANED
+        self.orphan_status = status
 
     # These run on every read and write: plain int tests, since enum.Flag's & costs
     # microseconds a call.
@@ -578,6 +601,11 @@ class SrvOpen:
     def may_write(self) -> bool:
         return _has(self.desired_access, _WRITE_DATA)
 
+    @property
+    def writes_at_all(self) -> bool:
+        """Opened for writing or appending."""
+        return _has(self.desired_access, _WRITE_DATA | _APPEND_DATA)
+
 
 def _has(flags: int, bits: int) -> bool:
     return int.__and__(flags, bits) != 0
@@ -587,6 +615,7 @@ _CLOSED = int(SrvOpenFlags.SRVOPEN_FLAG_CLOSED)
 _APPEND = int(SrvOpenFlags.SRVOPEN_FLAG_APPEND)
 _NO_WRITE_CACHE = int(SrvOpenFlags.SRVOPEN_FLAG_DONTUSE_WRITE_CACHING)
 _WRITE_DATA = int(AccessMask.FILE_WRITE_DATA)
+_APPEND_DATA = int(AccessMask.FILE_APPEND_DATA)
 
 
 @dataclass(eq=False)
@@ -597,6 +626,10 @@ class Fobx:
     key: int = field(default_factory=lambda: next(_fobx_keys))
     # The Fcb's write_error_seq this descriptor has reported (see Fcb.take_write_error).
     write_error_seq: int = 0
+    # Why bytes that may have been written through this descriptor did not land: its
+    # close() reports it, every time, even after an fsync() reported it once (a close
+    # never claims bytes the server does not have). See Fcb.latch_write_error.
+    unlanded: NtStatus | None = None
     node_type: NodeType = NodeType.RDBSS_NTC_FOBX
 
     @property

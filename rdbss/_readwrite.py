@@ -8,10 +8,15 @@ straight to ``MRxLowIOSubmit[LOWIO_OP_WRITE]`` (O_SYNC, O_DIRECT and append open
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
+from ._reconnect import final
 from ._rxcontext import LowIoOp, LowIoReadWriteFlags, RxContext
 from .irp import ReadParameters, WriteParameters
 from .ntstatus import NtStatus, nt_success
+
+if TYPE_CHECKING:
+    from ._objects import Fobx
 
 __all__ = [
     "MAX_FILE_SIZE",
@@ -146,9 +151,11 @@ async def common_write(rx_context: RxContext) -> NtStatus:
     assert fcb is not None and fobx is not None and srv_open is not None
     # After a failed write-behind, further writes fail at once (as NFS does) instead
     # of filling the cache with bytes that cannot land; close still reports it.
-    error = fcb.peek_write_error(fobx)
+    # A handle orphaned after a reconnect (its file deleted, renamed or made unwritable
+    # meanwhile) answers why, and is never sent to.
+    error = srv_open.orphan_status or fcb.peek_write_error(fobx)
     if error is not None:
-        return error
+        return _refused(fobx, error)
     if length == 0:
         irp.io_status.information = 0
         return _STATUS_SUCCESS
@@ -189,6 +196,16 @@ async def common_write(rx_context: RxContext) -> NtStatus:
             release_fcb_resource(rx_context)
 
 
+def _refused(fobx: Fobx, status: NtStatus) -> NtStatus:
+    """A write refused because bytes of the file cannot land (a latched error, a handle
+    orphaned after a reconnect): under the kernel's writeback cache the caller is the
+    kernel writing pages back, not the user, so the descriptor's close() says so too.
+    The answer is final: a latched STATUS_CONNECTION_DISCONNECTED must not start a
+    reconnect and a replay of its own."""
+    fobx.unlanded = status
+    return final(status)
+
+
 def fill_write(
     rx_context: RxContext,
     offset: int,
@@ -216,6 +233,10 @@ async def common_read(rx_context: RxContext) -> NtStatus:
     status = _check_open(rx_context)
     if not nt_success(status):
         return status
+    assert rx_context.srv_open is not None
+    if rx_context.srv_open.orphan_status is not None:
+        # Its handle died with a connection and could not be had again.
+        return rx_context.srv_open.orphan_status
     params = rx_context.irp.parameters
     if not isinstance(params, ReadParameters) or params.byte_offset < 0 or params.length < 0:
         return NtStatus.STATUS_INVALID_PARAMETER

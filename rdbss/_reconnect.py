@@ -30,13 +30,13 @@ import trio
 
 from ._rxcontext import RxContext
 from .irp import AccessMask, CreateDisposition, CreateOptions, CreateParameters, Irp, IrpMj
-from .ntstatus import NtStatus, nt_success, status_of
+from .ntstatus import NAME_NOT_FOUND, NtStatus, nt_success, status_of
 
 if TYPE_CHECKING:
     from ._device import RxDevice
     from ._objects import SrvOpen
 
-__all__ = ["RETRYABLE", "Reconnector", "SrvCallState"]
+__all__ = ["RETRYABLE", "FinalStatus", "Reconnector", "SrvCallState", "final"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,25 @@ RETRYABLE = frozenset(
         NtStatus.STATUS_NETWORK_NAME_DELETED,
     }
 )
+
+
+class FinalStatus(Exception):  # noqa: N818 - a status, not an error of the code
+    """Raised by a request whose answer is a failure it reports, not one it met: a
+    latched write error that says the server stayed away (STATUS_CONNECTION_DISCONNECTED)
+    is RETRYABLE by value, but replaying the request would report it a second time, or,
+    once reported, not at all (errseq): a close() answered 0 after its bytes were lost.
+    :meth:`Reconnector.with_replay` answers ``status`` without a replay."""
+
+    def __init__(self, status: NtStatus) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def final(status: NtStatus) -> NtStatus:
+    """``status`` as the request's own answer, never replayed (see FinalStatus)."""
+    if status in RETRYABLE:
+        raise FinalStatus(status)
+    return status
 
 
 class SrvCallState(enum.Enum):
@@ -85,19 +104,23 @@ class Reconnector:
         run it again — at most MAX_REPLAYS times and not past ``reconnect_timeout``
         after its first failure, so that a request which breaks every connection it is
         sent on cannot loop. What still fails for want of a connection is answered
-        STATUS_CONNECTION_DISCONNECTED (EIO: the server stayed away)."""
+        STATUS_CONNECTION_DISCONNECTED (EIO: the server stayed away). An attempt that
+        raises :class:`FinalStatus` is answered with its status, never replayed."""
         generation = self.generation
-        status = await attempt()
-        if status not in RETRYABLE:
-            return status
-        deadline = time.monotonic() + self.reconnect_timeout
-        for _ in range(MAX_REPLAYS):
-            if time.monotonic() > deadline or not await self.recover(generation):
-                break
-            generation = self.generation
+        try:
             status = await attempt()
             if status not in RETRYABLE:
                 return status
+            deadline = time.monotonic() + self.reconnect_timeout
+            for _ in range(MAX_REPLAYS):
+                if time.monotonic() > deadline or not await self.recover(generation):
+                    break
+                generation = self.generation
+                status = await attempt()
+                if status not in RETRYABLE:
+                    return status
+        except FinalStatus as answer:
+            return answer.status
         return NtStatus.STATUS_CONNECTION_DISCONNECTED
 
     async def recover(self, seen_generation: int) -> bool:
@@ -145,14 +168,26 @@ class Reconnector:
         if not nt_success(status):
             return status
         for srv_open in list(device.srv_opens):
+            if srv_open.orphan_status is not None:
+                continue  # its file could not be had again once; it is not tried again
             status = await self._reopen(srv_open)
             if status in RETRYABLE:
                 return status
         return NtStatus.STATUS_SUCCESS
 
     async def _reopen(self, srv_open: SrvOpen) -> NtStatus:
-        """Reopen a handle that died with the connection, without truncating. A file
-        that cannot be reopened (deleted meanwhile) keeps its error for its writers."""
+        """Reopen a handle that died with the connection, without truncating.
+
+        A handle that cannot be reopened (the file was deleted, renamed or made
+        unwritable meanwhile) is orphaned: every request through it fails with the
+        server's answer from now on (EACCES, ESTALE ...) instead of going out on the
+        dead handle, where it would fail as if the connection were lost again and
+        reconnect, over and over. A writable one latches the answer on the Fcb: bytes
+        it holds cannot land, and each writer's next fsync() and its close() say so.
+        A file deleted or renamed on the server answers STATUS_FILE_DELETED (ESTALE) and
+        its name is forgotten (the Fcb orphaned): a file made under the name later is
+        another file, and gets none of these bytes; so does one that was unlinked or
+        replaced through this mount, which is never reopened by its old name."""
         fcb = srv_open.fcb
         is_dir = fcb.is_directory
         params = CreateParameters(
@@ -160,10 +195,28 @@ class Reconnector:
             CreateDisposition.FILE_OPEN,
             CreateOptions.FILE_DIRECTORY_FILE if is_dir else CreateOptions.FILE_NON_DIRECTORY_FILE,
         )
-        irp = Irp(IrpMj.IRP_MJ_CREATE, params, file_name=fcb.path)
-        rx_context = RxContext(self.device, irp, fcb=fcb, srv_open=srv_open)
-        status, _ = await status_of(self.device.minirdr.create(rx_context))
+        if fcb.orphaned:
+            # Unlinked or replaced through this mount: its name, if it still has one,
+            # is another file's now, which must not get these bytes.
+            status = NtStatus.STATUS_FILE_DELETED
+        else:
+            irp = Irp(IrpMj.IRP_MJ_CREATE, params, file_name=fcb.path)
+            rx_context = RxContext(self.device, irp, fcb=fcb, srv_open=srv_open)
+            status, _ = await status_of(self.device.minirdr.create(rx_context))
+            if status in NAME_NOT_FOUND:
+                # Deleted or renamed on the server: the file this descriptor had cannot
+                # be reached again (ESTALE, as NFS answers for it).
+                self.device.net_root.name_gone(fcb.path)
+                status = NtStatus.STATUS_FILE_DELETED
         if not nt_success(status) and status not in RETRYABLE:
-            log.error("cannot reopen %s after reconnecting: %s", fcb.path, status)
-            fcb.latch_write_error(status)
+            held = len(fcb.write_behind.in_flight) + len(fcb.write_behind.dirty)
+            log.error(
+                "cannot reopen %s after reconnecting: %s; its descriptors fail from now on%s",
+                fcb.path,
+                status,
+                f" and {held} range(s) of bytes it holds cannot land" if held else "",
+            )
+            srv_open.orphan(status)
+            if srv_open.writes_at_all:
+                fcb.latch_write_error(status)
         return status

@@ -440,8 +440,8 @@ class LazyWriter:
         turns = fcb.write_behind.turns
         await turns.wait_for(turn)
         srv_open = _writable_open(fcb)
-        if srv_open is None:
-            return NtStatus.STATUS_FILE_CLOSED
+        if isinstance(srv_open, NtStatus):
+            return srv_open
         irp = Irp(
             IrpMj.IRP_MJ_WRITE,
             WriteParameters(len(extent.data), extent.offset),
@@ -469,15 +469,23 @@ class LazyWriter:
         return status
 
 
-def _writable_open(fcb: Fcb) -> SrvOpen | None:
+def _writable_open(fcb: Fcb) -> SrvOpen | NtStatus:
     """A handle to send through: one that is not being closed if there is one, so that
-    a close need not wait for writes made through another descriptor."""
-    usable = [
+    a close need not wait for writes made through another descriptor. None left: why
+    (an orphaned handle's status: the held bytes cannot land, and must not be sent on
+    the handle of a connection that is gone), else STATUS_FILE_CLOSED."""
+    writable = [
         srv_open
         for srv_open in fcb.srv_opens
         if not srv_open.closed and not srv_open.append and srv_open.may_write
     ]
+    usable = [srv_open for srv_open in writable if srv_open.orphan_status is None]
     for srv_open in usable:
         if not srv_open.closing:
             return srv_open
-    return usable[0] if usable else None
+    if usable:
+        return usable[0]
+    for srv_open in writable:
+        if srv_open.orphan_status is not None:
+            return srv_open.orphan_status
+    return NtStatus.STATUS_FILE_CLOSED
