@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
-from pyfuse3 import FUSEError
+from pyfuse3 import FileHandleT, FUSEError, InodeT
 from rxfs.rdbss import (
     IRP_MN_FLUSH_NO_SYNC,
     IRP_MN_QUERY_FROM_SERVER,
@@ -48,6 +48,7 @@ from rxfs.rdbss.irp import (
     QueryDirectoryParameters,
     QueryInformationParameters,
     ReadParameters,
+    SetInformationBuffer,
     SetInformationParameters,
     WriteParameters,
 )
@@ -147,7 +148,7 @@ class _DirHandle:
     entries: list[DirEntry] = field(default_factory=list)
 
 
-def _entry(inode: int, attrs: FileAttributes, options: FsOptions) -> pyfuse3.EntryAttributes:
+def _entry(inode: InodeT, attrs: FileAttributes, options: FsOptions) -> pyfuse3.EntryAttributes:
     entry = pyfuse3.EntryAttributes()
     entry.st_ino = inode
     entry.generation = 0
@@ -190,7 +191,9 @@ def _query(path: str, *, from_server: bool = False) -> Irp:
     )
 
 
-def _set_info_irp(buffer: Any, *, path: str | None = None, fobx: Fobx | None = None) -> Irp:
+def _set_info_irp(
+    buffer: SetInformationBuffer, *, path: str | None = None, fobx: Fobx | None = None
+) -> Irp:
     return Irp(
         IrpMj.IRP_MJ_SET_INFORMATION,
         SetInformationParameters(buffer),
@@ -238,10 +241,10 @@ class RxOperations(pyfuse3.Operations):
         self.device = device
         self.options = options or FsOptions()
         self.inodes = InodeTable()
-        self._files: dict[int, Fobx] = {}
+        self._files: dict[FileHandleT, Fobx] = {}
         # The inode each open file handle is on.
-        self._file_inodes: dict[int, int] = {}
-        self._dirs: dict[int, _DirHandle] = {}
+        self._file_inodes: dict[FileHandleT, InodeT] = {}
+        self._dirs: dict[FileHandleT, _DirHandle] = {}
         self._next_dir_handle = 1
         # Set once the kernel has sent FUSE INIT (see init()).
         self.initialized = trio.Event()
@@ -258,13 +261,13 @@ class RxOperations(pyfuse3.Operations):
         _check((await self.device.dispatch(irp)).status)
         return irp
 
-    def _path(self, inode: int) -> str:
+    def _path(self, inode: InodeT) -> str:
         path = self.inodes.path_of(inode)
         if path is None:
             raise FUSEError(errno.ENOENT)
         return path
 
-    def _child(self, parent_inode: int, name: bytes) -> str:
+    def _child(self, parent_inode: InodeT, name: bytes) -> str:
         if len(name) > NAME_MAX:
             raise FUSEError(errno.ENAMETOOLONG)
         text = os.fsdecode(name)
@@ -272,7 +275,7 @@ class RxOperations(pyfuse3.Operations):
             raise FUSEError(errno.EINVAL)
         return posixpath.join(self._path(parent_inode), text)
 
-    def _fobx(self, fh: int) -> Fobx:
+    def _fobx(self, fh: FileHandleT) -> Fobx:
         fobx = self._files.get(fh)
         if fobx is None:
             raise FUSEError(errno.EBADF)
@@ -283,7 +286,7 @@ class RxOperations(pyfuse3.Operations):
         assert irp.attributes is not None
         return irp.attributes
 
-    async def _by_inode(self, inode: int, request: Callable[[str], Irp]) -> Irp | None:
+    async def _by_inode(self, inode: InodeT, request: Callable[[str], Irp]) -> Irp | None:
         """Run ``request(path)`` on the file behind ``inode`` by its name (each of its
         names in turn). A name the server no longer has (deleted or renamed by another
         client while the kernel held the inode) is taken from the inode. None when no
@@ -297,14 +300,14 @@ class RxOperations(pyfuse3.Operations):
             self._name_gone(inode, path)
         return None
 
-    async def _on_inode(self, inode: int, request: Callable[[str], Irp]) -> Irp:
+    async def _on_inode(self, inode: InodeT, request: Callable[[str], Irp]) -> Irp:
         """``_by_inode`` for a request only a name can serve: ESTALE when none is left."""
         irp = await self._by_inode(inode, request)
         if irp is None:
             raise _stale()
         return irp
 
-    def _name_gone(self, inode: int, path: str) -> None:
+    def _name_gone(self, inode: InodeT, path: str) -> None:
         """The server no longer has ``path``: the inode loses the name, and the kernel is
         told to drop it too, or it would go on showing the file for entry_timeout. Told
         from pyfuse3's own thread: this handler may hold the directory's lock."""
@@ -314,7 +317,7 @@ class RxOperations(pyfuse3.Operations):
             name = os.fsencode(posixpath.basename(path))
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
 
-    def _open_fobx(self, inode: int) -> Fobx | None:
+    def _open_fobx(self, inode: InodeT) -> Fobx | None:
         """A descriptor still open on ``inode``: it reaches the file when no name does."""
         for fh, on in self._file_inodes.items():
             fobx = self._files.get(fh)
@@ -347,14 +350,14 @@ class RxOperations(pyfuse3.Operations):
         for status in (cleanup.status, close.status):
             _check(status)
 
-    async def _set_info(self, buffer: Any, *, path: str) -> Irp:
+    async def _set_info(self, buffer: SetInformationBuffer, *, path: str) -> Irp:
         return await self._call(_set_info_irp(buffer, path=path))
 
     # -- names and attributes -----------------------------------------------------------
 
     @_handler
     async def lookup(
-        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+        self, parent_inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         if name == b".":
             return await self.getattr(parent_inode, ctx)
@@ -368,13 +371,13 @@ class RxOperations(pyfuse3.Operations):
         attrs = await self._stat(path, from_server=self.inodes.held(path))
         return await self._lookup_entry(path, attrs)
 
-    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
         # Never raises: pyfuse3 cannot report an error for forget.
         for inode, count in inode_list:
             self.inodes.forget(inode, count)
 
     @_handler
-    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         """A file without a name (unlinked) answers its last attributes, as a local file
         system would for an open, unlinked file. One whose name just turned out gone on
         the server does so only while a descriptor is open on it (fstat must not fail);
@@ -395,10 +398,10 @@ class RxOperations(pyfuse3.Operations):
     @_handler
     async def setattr(
         self,
-        inode: int,
+        inode: InodeT,
         attr: pyfuse3.EntryAttributes,
         fields: pyfuse3.SetattrFields,
-        fh: int | None,
+        fh: FileHandleT | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         fobx = self._files.get(fh) if fh is not None else None
@@ -415,7 +418,9 @@ class RxOperations(pyfuse3.Operations):
             await self._set_inode_info(inode, fobx, basic)
         return await self.getattr(inode, ctx)
 
-    async def _set_inode_info(self, inode: int, fobx: Fobx | None, buffer: Any) -> None:
+    async def _set_inode_info(
+        self, inode: InodeT, fobx: Fobx | None, buffer: SetInformationBuffer
+    ) -> None:
         """By descriptor when the kernel gave one (ftruncate), else by name; when no name
         is left, through a descriptor open on the file (fchmod of an unlinked file)."""
         if fobx is None:
@@ -445,7 +450,9 @@ class RxOperations(pyfuse3.Operations):
     # -- files --------------------------------------------------------------------------
 
     @_handler
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+    async def open(
+        self, inode: InodeT, flags: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
         access, options = _access_for(flags)
         disposition = (
             CreateDisposition.FILE_OVERWRITE if flags & os.O_TRUNC else CreateDisposition.FILE_OPEN
@@ -459,7 +466,7 @@ class RxOperations(pyfuse3.Operations):
 
     @_handler
     async def create(
-        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+        self, parent_inode: InodeT, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         path = self._child(parent_inode, name)
         access, options = _access_for(flags)
@@ -475,7 +482,7 @@ class RxOperations(pyfuse3.Operations):
         entry = await self._lookup_entry(path, attrs)
         return self._file_info(fobx, entry.st_ino), entry
 
-    def _file_info(self, fobx: Fobx, inode: int) -> pyfuse3.FileInfo:
+    def _file_info(self, fobx: Fobx, inode: InodeT) -> pyfuse3.FileInfo:
         self._files[fobx.key] = fobx
         self._file_inodes[fobx.key] = inode
         info = pyfuse3.FileInfo(fh=fobx.key)
@@ -484,14 +491,14 @@ class RxOperations(pyfuse3.Operations):
         return info
 
     @_handler
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         irp = await self._call(
             Irp(IrpMj.IRP_MJ_READ, ReadParameters(size, off), file_object=self._fobx(fh))
         )
         return bytes(irp.buffer)
 
     @_handler
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
+    async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
         fobx = self._fobx(fh)
         irp = await self._call(
             Irp(
@@ -504,18 +511,18 @@ class RxOperations(pyfuse3.Operations):
         return irp.io_status.information
 
     @_handler
-    async def flush(self, fh: int) -> None:
+    async def flush(self, fh: FileHandleT) -> None:
         """Every close(2): the bytes written through this descriptor must be on the
         server, and any failure to get them there is returned here (pyfuse3 drops errors
         raised in release). May run several times for one fh (dup'd descriptors)."""
         await self._call(_close_flush(self._fobx(fh)))
 
     @_handler
-    async def fsync(self, fh: int, datasync: bool) -> None:
+    async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
         await self._call(Irp(IrpMj.IRP_MJ_FLUSH_BUFFERS, file_object=self._fobx(fh)))
 
     @_handler
-    async def release(self, fh: int) -> None:
+    async def release(self, fh: FileHandleT) -> None:
         self._file_inodes.pop(fh, None)
         fobx = self._files.pop(fh, None)
         if fobx is not None:
@@ -524,7 +531,7 @@ class RxOperations(pyfuse3.Operations):
     # -- directories --------------------------------------------------------------------
 
     @_handler
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+    async def opendir(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileHandleT:
         irp = await self._on_inode(inode, _query)
         assert irp.attributes is not None and irp.file_name is not None
         if not irp.attributes.is_dir:
@@ -535,7 +542,7 @@ class RxOperations(pyfuse3.Operations):
         return handle
 
     @_handler
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+    async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         """Entries come from a snapshot taken at offset 0, so the ``next_id`` offsets
         stay valid while other tasks create and delete names in the directory."""
         handle = self._dirs.get(fh)
@@ -561,12 +568,12 @@ class RxOperations(pyfuse3.Operations):
             self.inodes.add_lookup(path, item.attributes)
 
     @_handler
-    async def releasedir(self, fh: int) -> None:
+    async def releasedir(self, fh: FileHandleT) -> None:
         self._dirs.pop(fh, None)
 
     @_handler
     async def mkdir(
-        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+        self, parent_inode: InodeT, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         path = self._child(parent_inode, name)
         params = CreateParameters(
@@ -579,25 +586,25 @@ class RxOperations(pyfuse3.Operations):
         await self._close(fobx)
         return await self._lookup_entry(path, attrs)
 
-    async def _remove(self, parent_inode: int, name: bytes) -> None:
+    async def _remove(self, parent_inode: InodeT, name: bytes) -> None:
         path = self._child(parent_inode, name)
         await self._set_info(FileDispositionInformation(), path=path)
         self.inodes.unlink(path)
 
     @_handler
-    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def unlink(self, parent_inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self._remove(parent_inode, name)
 
     @_handler
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def rmdir(self, parent_inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self._remove(parent_inode, name)
 
     @_handler
     async def rename(  # noqa: PLR0917 - pyfuse3's signature
         self,
-        parent_inode_old: int,
+        parent_inode_old: InodeT,
         name_old: bytes,
-        parent_inode_new: int,
+        parent_inode_new: InodeT,
         name_new: bytes,
         flags: int,
         ctx: pyfuse3.RequestContext,
@@ -615,7 +622,7 @@ class RxOperations(pyfuse3.Operations):
 
     @_handler
     async def symlink(
-        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+        self, parent_inode: InodeT, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         path = self._child(parent_inode, name)
         params = FsControlParameters(FsControlCode.FSCTL_SET_REPARSE_POINT, os.fsdecode(target))
@@ -623,7 +630,7 @@ class RxOperations(pyfuse3.Operations):
         return await self._lookup_entry(path)
 
     @_handler
-    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+    async def readlink(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> bytes:
         params = FsControlParameters(FsControlCode.FSCTL_GET_REPARSE_POINT)
         irp = await self._on_inode(
             inode, lambda path: Irp(IrpMj.IRP_MJ_FILE_SYSTEM_CONTROL, params, file_name=path)
@@ -632,7 +639,7 @@ class RxOperations(pyfuse3.Operations):
 
     @_handler
     async def link(
-        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+        self, inode: InodeT, new_parent_inode: InodeT, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         new = self._child(new_parent_inode, new_name)
         await self._set_info(FileLinkInformation(new), path=self._path(inode))
