@@ -195,26 +195,29 @@ class Reconnector:
             CreateDisposition.FILE_OPEN,
             CreateOptions.FILE_DIRECTORY_FILE if is_dir else CreateOptions.FILE_NON_DIRECTORY_FILE,
         )
+        why = ""
         if fcb.orphaned:
             # Unlinked or replaced through this mount: its name, if it still has one,
             # is another file's now, which must not get these bytes.
-            status = NtStatus.STATUS_FILE_DELETED
+            status, why = NtStatus.STATUS_FILE_DELETED, "it was deleted or replaced"
         else:
             irp = Irp(IrpMj.IRP_MJ_CREATE, params, file_name=fcb.path)
             rx_context = RxContext(self.device, irp, fcb=fcb, srv_open=srv_open)
-            status, _ = await status_of(self.device.minirdr.create(rx_context))
+            status, why = await status_of(self.device.minirdr.create(rx_context))
             if status in NAME_NOT_FOUND:
                 # Deleted or renamed on the server: the file this descriptor had cannot
                 # be reached again (ESTALE, as NFS answers for it).
                 self.device.net_root.name_gone(fcb.path)
-                status = NtStatus.STATUS_FILE_DELETED
+                status, why = NtStatus.STATUS_FILE_DELETED, "deleted or renamed meanwhile"
         if not nt_success(status) and status not in RETRYABLE:
             held = len(fcb.write_behind.in_flight) + len(fcb.write_behind.dirty)
             log.error(
-                "cannot reopen %s after reconnecting: %s; its descriptors fail from now on%s",
+                "cannot reopen %s after reconnecting (%s): its descriptors fail with %s "
+                "from now on%s",
                 fcb.path,
+                why or "the server refused",
                 status,
-                f" and {held} range(s) of bytes it holds cannot land" if held else "",
+                f"; {held} range(s) of bytes held for it cannot land" if held else "",
             )
             srv_open.orphan(status)
             if srv_open.writes_at_all:
