@@ -17,6 +17,13 @@ accepts (``limits@openssh.com``, 256 KiB on OpenSSH) and many stay outstanding w
 memory growing with the file. Every reply is checked: a write whose reply says FAILURE
 fails the whole write it belongs to, and nothing is claimed as written.
 
+A session whose requests get no reply at all for ``reply_timeout`` seconds (``-o
+timeout``) is dead, whether or not anything closed it: a stopped ssh client or a stalled
+server closes nothing. One watchdog task per session enforces that for every request
+alike, so a reply waited for shielded from the caller's deadline (an OPEN's, which holds
+a handle) cannot wait longer than any other: the session dies, every waiter fails with
+CONNECTION_LOST, and the core reconnects and replays.
+
 An SFTP handle belongs to the session that opened it (each channel is a separate
 sftp-server process), so a :class:`RemoteFile` stays on its session; requests by path go
 to the least loaded session of the :class:`SessionPool`, which spans several SSH
@@ -28,8 +35,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -252,6 +261,13 @@ class SftpSession:
         self._drain_scheduled = False
         self._held: list[bytes | memoryview] = []  # see _enqueue(hold=True); loop only
         self._threads: list[threading.Thread] = []
+        # Seconds outstanding requests may go without any reply before the session
+        # counts as dead (see _watch_replies); set by the owner before the first request.
+        self.reply_timeout = math.inf
+        # Since when requests have been outstanding with no reply (time.monotonic()),
+        # None while none is outstanding; under _lock.
+        self._quiet_since: float | None = None
+        self._watch_wakeup = trio.Event()  # loop only
 
     # -- opening and closing (worker thread) ------------------------------------------
 
@@ -304,13 +320,17 @@ class SftpSession:
         return session
 
     def _start_io(self) -> None:
-        """Start the sender and the reader thread."""
+        """Start the sender and the reader thread, and the watchdog on the loop."""
         self._threads = [
             threading.Thread(target=self._send_loop, name=f"{self.name}-send", daemon=True),
             threading.Thread(target=self._read_loop, name=f"{self.name}-read", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
+        trio.from_thread.run_sync(self._spawn_watchdog, trio_token=self._token)
+
+    def _spawn_watchdog(self) -> None:
+        trio.lowlevel.spawn_system_task(self._watch_replies, name=f"{self.name}-watchdog")
 
     def _ask_limits_blocking(self) -> None:
         """Before the threads start, this thread owns the link: ask synchronously."""
@@ -405,6 +425,8 @@ class SftpSession:
         request_id = reader.u32()
         with self._lock:
             waiter = self._waiters.pop(request_id, None)
+            # Any reply shows the connection alive; the clock restarts for the rest.
+            self._quiet_since = time.monotonic() if self._waiters else None
         if waiter is None:
             log.warning("%s: reply to unknown request %d dropped", self.name, request_id)
             return
@@ -443,10 +465,63 @@ class SftpSession:
                 self._dead = error
                 log.info("%s closed: %s", self.name, error)
             waiters, self._waiters = list(self._waiters.values()), {}
+            self._quiet_since = None
         for waiter in waiters:
             self._deliver(waiter, error)
         self._outbox.put(None)
         self.link.close()
+        # The watchdog ends too (this may run in any thread: the loop wakes it).
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._wake_watchdog)
+
+    def _wake_watchdog(self) -> None:
+        self._watch_wakeup.set()
+
+    async def _watch_replies(self) -> None:
+        """A system task of the loop for the life of the session: when requests have
+        been outstanding for ``reply_timeout`` seconds without any reply, the session
+        dies (:meth:`_abort`), its waiters fail with CONNECTION_LOST, and the core
+        reconnects and replays them.
+
+        This is the one place the deadline holds for every request: the entries' own
+        deadline (``trio.fail_after``) cannot end a wait shielded from it, and an OPEN's
+        reply is waited for shielded (its handle must be closed, not leaked). Once the
+        session is dead no handle can leak: the server's sftp-server ends with it.
+        Counted from the last reply, not from each request, so a slow link with many
+        requests queued is not taken for a dead one while replies keep coming."""
+        try:
+            while self._dead is None:
+                self._watch_wakeup = trio.Event()
+                quiet_since, timeout = self._quiet_since, self.reply_timeout
+                if quiet_since is None or math.isinf(timeout):
+                    await self._watch_wakeup.wait()  # set by _enqueue and _die
+                    continue
+                left = quiet_since + timeout - time.monotonic()
+                if left > 0:
+                    await trio.sleep(left)
+                    continue
+                log.warning(
+                    "%s: no reply for %g s to %d outstanding request(s); counting the "
+                    "connection as lost",
+                    self.name,
+                    timeout,
+                    len(self._waiters),
+                )
+                self._abort(
+                    SftpError(SftpStatusCode.SSH_FX_CONNECTION_LOST, f"no reply for {timeout:g} s")
+                )
+                return
+        except Exception:
+            # A system task must never raise: that would end the whole mount.
+            log.exception("%s: the reply watchdog failed", self.name)
+
+    def _abort(self, error: SftpError) -> None:
+        """On the loop: end the session as a broken link would. Closing a paramiko
+        channel may block on a stalled transport, so that runs in a thread of its own
+        (``_pipes.PipedSession`` closes its link without blocking, on the loop)."""
+        threading.Thread(
+            target=self._die, args=(error,), name=f"{self.name}-abort", daemon=True
+        ).start()
 
     # -- requests (trio loop) -----------------------------------------------------------
 
@@ -486,12 +561,17 @@ class SftpSession:
         waiter = _Waiter(cost, callback)
         with self._lock:
             dead = self._dead
+            first = not self._waiters
             if dead is None:
                 self._waiters[request_id] = waiter
+                if first:
+                    self._quiet_since = time.monotonic()
         if dead is not None:
             self._budget.release(cost)
             callback(SftpError(SftpStatusCode.SSH_FX_NO_CONNECTION, dead.message))
             return
+        if first:
+            self._wake_watchdog()
         built = build(request_id)
         self._held.extend((built,) if isinstance(built, bytes) else built)
         if not hold:

@@ -185,27 +185,34 @@ _Entry = Callable[[_M, RxContext], Coroutine[Any, Any, NtStatus]]
 
 
 def _entry(method: _Entry[_M]) -> _Entry[_M]:
-    """Run an entry under the request deadline; turn failures into its NTSTATUS."""
+    """Run an entry under the request deadline; turn failures into its NTSTATUS. A
+    failure that came at or past the deadline is logged as a WARNING naming the
+    request: its session was found dead (SftpSession._watch_replies) or the deadline
+    cancelled it, and either way the user waited that long."""
 
     @functools.wraps(method)
     async def run(self: _M, rx_context: RxContext) -> NtStatus:
+        timeout = self.tuning.timeout
+        started = trio.current_time()
         try:
-            with trio.fail_after(self.tuning.timeout):
+            with trio.fail_after(timeout):
                 return await method(self, rx_context)
         except NtStatusError as exc:
-            log.debug("%r: %s", rx_context, exc.message)
-            return exc.status
+            why, status = exc.message, exc.status
         except SftpError as exc:
-            log.debug("%r: %s", rx_context, exc)
-            return NTSTATUS_OF_SFTP[exc.code]
+            why, status = str(exc), NTSTATUS_OF_SFTP[exc.code]
         except trio.TooSlowError:
-            log.warning("%r: no answer within %s s", rx_context, self.tuning.timeout)
-            return TIMEOUT_STATUS
+            why, status = "cancelled", TIMEOUT_STATUS
         except ValueError as exc:
             # A reply too short for its type (the Reader's complaint). Framing is intact,
             # so only this request fails; the same reply again would fail a replay too.
             log.warning("%r: the server's reply made no sense: %s", rx_context, exc)
             return NtStatus.STATUS_IO_DEVICE_ERROR
+        if trio.current_time() - started >= timeout:
+            log.warning("%r: no answer within %g s (%s)", rx_context, timeout, why)
+        else:
+            log.debug("%r: %s", rx_context, why)
+        return status
 
     return run
 
@@ -405,12 +412,17 @@ class SftpMiniRdr(MiniRdrDispatch):
         def connect() -> None:
             if transport is Transport.OPENSSH:
                 for _ in range(self.tuning.channels):
-                    sessions.append(open_openssh_session(settings, token, self.tuning.ssh_command))
+                    add(open_openssh_session(settings, token, self.tuning.ssh_command))
                 return
             ssh = open_transport(settings, credentials=self._credentials)
             transports.append(ssh)
             for _ in range(self.tuning.channels):
-                sessions.append(SftpSession.open(ssh, token))
+                add(SftpSession.open(ssh, token))
+
+        def add(session: SftpSession) -> None:
+            # The request deadline, for every request: see SftpSession._watch_replies.
+            session.reply_timeout = self.tuning.timeout
+            sessions.append(session)
 
         try:
             # The first login alone, so a password or passphrase is asked for once and
@@ -665,6 +677,13 @@ class SftpMiniRdr(MiniRdrDispatch):
                 failure = await batch.wait()
             if deadline.cancelled_caught:
                 status = TIMEOUT_STATUS
+                log.warning(
+                    "write of %d bytes at %d to %s: no answer within %g s",
+                    length,
+                    rx_context.low_io.read_write.byte_offset,
+                    remote.path,
+                    self.tuning.timeout,
+                )
             elif failure is None:
                 status, information = NtStatus.STATUS_SUCCESS, length
             else:

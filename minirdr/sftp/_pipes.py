@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import itertools
 import os
+import signal
 import subprocess
 import threading
 from collections import deque
@@ -75,9 +76,12 @@ class PipeLink:
 
     def close(self) -> None:
         """Stop ssh: the loop's reader then sees the end of its output, a writer EPIPE.
-        The pipes stay open until :meth:`wait_closed`: the loop may still wait on them."""
+        The pipes stay open until :meth:`wait_closed`: the loop may still wait on them.
+        A stopped ssh (SIGSTOP) would hold the SIGTERM until someone continues it, and
+        the reconnect would wait for it (5 s, then SIGKILL): it is continued at once."""
         with contextlib.suppress(ProcessLookupError):
             self.process.terminate()
+            self.process.send_signal(signal.SIGCONT)
 
     def wait_closed(self, timeout: float = 5.0) -> None:
         """Blocking: reap ssh and close the pipes."""
@@ -140,6 +144,7 @@ class PipedSession(SftpSession):
         spawn = trio.lowlevel.spawn_system_task
         spawn(self._receive_replies, name=f"{self.name}-receive")
         spawn(self._send_unsent, name=f"{self.name}-send")
+        self._spawn_watchdog()
 
     def join(self, timeout: float = 5.0) -> None:
         """Blocking: once ssh is gone and both tasks have ended, close the pipes."""
@@ -248,3 +253,7 @@ class PipedSession(SftpSession):
         super()._die(error)
         self._unsent.clear()
         self._sender_wakeup.set()
+
+    def _abort(self, error: SftpError) -> None:
+        # Closing the link only signals ssh: no thread needed.
+        self._die(error)
