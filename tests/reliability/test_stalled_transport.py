@@ -6,7 +6,8 @@ tell that its connection is gone. Issue 12: a create (OPEN with O_CREAT, sent wi
 STAT) waited for its reply past any deadline, 625 s with not one log line, while a stat
 timed out and reconnected. Here each kind of request runs in a child process with a
 time limit while the mount's ssh processes are stopped: it must succeed on a new
-connection or fail with EIO within the deadlines, and the log must name it.
+connection or fail with EIO within the deadlines, and the log must name it. The same
+holds for paramiko's connection when the fault proxy stops forwarding.
 """
 
 from __future__ import annotations
@@ -221,3 +222,30 @@ def test_lookup_under_stopped_ssh_ends_within_the_deadlines(rig_factory: RigFact
     assert outcome["errno"] in (errno.ENOENT, errno.EIO), outcome
     assert outcome["seconds"] < BOUND, f"took {outcome['seconds']:.1f} s\n{rig.mount.stderr()}"
     assert "IRP_MJ_QUERY_INFORMATION '/missing'" in rig.mount.stderr(), rig.mount.stderr()
+
+
+@pytest.mark.expect_log(r"unreachable .*; failing what waits for it")
+def test_create_on_a_stalled_paramiko_connection_ends_within_the_deadlines(
+    rig_factory: RigFactory,
+) -> None:
+    # paramiko's threads wait on a socket; the proxy stops forwarding (new connections
+    # too), so the reconnect cannot succeed: EIO once reconnect_timeout has passed.
+    rig = rig_factory(transport="paramiko", max_conns="2")
+    target = rig.mnt / "newfile"
+    (rig.mnt / "warmup").write_bytes(b"x")
+    assert "newfile" not in os.listdir(rig.mnt)
+    code = f"""
+    result, seconds = timed(lambda: os.close(os.open({str(target)!r}, os.O_WRONLY | os.O_CREAT)))
+    print(json.dumps({{"errno": result, "seconds": seconds}}))
+    """
+    rig.proxy.stall()
+    try:
+        child = _Child(code)
+        child.finish()
+    finally:
+        rig.proxy.resume()
+    outcome = child.result()
+    connect_timeout = float(FAST_OPTIONS["ConnectTimeout"])
+    assert outcome["errno"] == errno.EIO, outcome
+    assert outcome["seconds"] < BOUND + connect_timeout, rig.mount.stderr()
+    assert "IRP_MJ_CREATE '/newfile'" in rig.mount.stderr(), rig.mount.stderr()
