@@ -9,6 +9,7 @@ fails the test: a file system whose mount tests skip on a broken machine is unte
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,14 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+
+# check_logs (autouse) and pytest_configure (its marker) are found by pytest here.
+from tests.support.checklogs import (  # noqa: F401
+    check_logs,
+    expected_patterns,
+    pytest_configure,
+    unexpected_lines,
+)
 
 RXFS = Path(sys.executable).with_name("rxfs")
 MOUNT_TIMEOUT = 15.0
@@ -192,8 +201,9 @@ class MountFactory(Protocol):
 
 
 class _Mounter:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, expected: list[re.Pattern[str]]) -> None:
         self._tmp_path = tmp_path
+        self._expected = expected
         self._mounts: list[Mount] = []
         self._timers: list[threading.Timer] = []
 
@@ -265,10 +275,10 @@ class _Mounter:
         """Unmount whatever is still mounted; return what went wrong."""
         for timer in self._timers:
             timer.cancel()
-        return [problem for mount in self._mounts for problem in _teardown(mount)]
+        return [problem for mount in self._mounts for problem in _teardown(mount, self._expected)]
 
 
-def _teardown(mount: Mount) -> list[str]:
+def _teardown(mount: Mount, expected: list[re.Pattern[str]]) -> list[str]:
     problems = []
     if mount.watchdog_fired:
         problems.append(f"{mount.url}: the test blocked for {WATCHDOG_TIMEOUT} s; killed")
@@ -295,13 +305,19 @@ def _teardown(mount: Mount) -> list[str]:
         problems.append(f"{mount.url}: the mount process made a request to its own mount")
     if "Traceback" in mount.stderr():
         problems.append(f"{mount.url}: the mount process printed a traceback:\n{mount.stderr()}")
+    unexpected = unexpected_lines(mount.stderr(), expected)
+    if unexpected:
+        problems.append(
+            f"{mount.url}: the mount process logged, unexpected (add @pytest.mark.expect_log "
+            "if on purpose):\n" + "\n".join(unexpected[:20])
+        )
     return problems
 
 
 @pytest.fixture
-def mount(tmp_path: Path) -> Iterator[MountFactory]:
+def mount(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[MountFactory]:
     """``mount(url, options, foreground=True)`` -> Mount; unmounted and checked after."""
-    mounter = _Mounter(tmp_path)
+    mounter = _Mounter(tmp_path, expected_patterns(request.node))
     yield mounter
     problems = mounter.cleanup()
     if problems:

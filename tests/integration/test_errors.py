@@ -19,6 +19,7 @@ import pytest
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
 
 from tests.integration.integration_support import MIB, Target
+from tests.support.checklogs import LOST_BYTES
 
 if TYPE_CHECKING:
     from tests.conftest import MountFactory
@@ -77,6 +78,7 @@ def write_until_failure(path: Path, data: bytes, block: int, fsync: bool) -> OSE
 @pytest.mark.parametrize(
     ("block", "fsync"), [(MIB, True), (4096, True), (MIB, False)], ids=["1M", "4K", "close"]
 )
+@pytest.mark.expect_log(*LOST_BYTES)
 def test_full_remote_disk_reports_enospc_and_no_phantom_bytes(
     full_target: Target, block: int, fsync: bool
 ) -> None:
@@ -174,6 +176,7 @@ def test_missing_parent_and_wrong_types_give_their_errnos(target: Target) -> Non
         assert raised.value.errno == expected, raised.value
 
 
+@pytest.mark.expect_log(*LOST_BYTES)
 def test_enospc_reaches_a_descriptor_that_did_not_write(full_target: Target) -> None:
     path = full_target.mnt / "shared"
     path.write_bytes(b"")

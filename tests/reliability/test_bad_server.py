@@ -15,8 +15,11 @@ import pytest
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
 
 from tests.conftest import Mount, MountFactory
+from tests.support.checklogs import RECONNECTS
 
 from .rig import MIB, pattern
+
+pytestmark = pytest.mark.expect_log(*RECONNECTS, r"reply made no sense")
 
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 FILTER = Path(__file__).with_name("bad_sftp_server.py")

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from tests.support.checklogs import RECONNECTS
+
 from .conftest import Rig
 from .scenarios import concurrent_writers, copy_with_cuts
+
+pytestmark = pytest.mark.expect_log(*RECONNECTS)
 
 
 def test_copy_of_128_mib_survives_every_connection_cut_three_times(

@@ -9,13 +9,19 @@ import signal
 import threading
 import time
 
+import pytest
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
 
 from tests.conftest import MountFactory
+from tests.support.checklogs import LOST_BYTES, RECONNECTS
 
 from .conftest import FAST_OPTIONS, RigFactory
 from .rig import RestartableSshd
 from .scenarios import sshd_restart, stalled_server
+
+pytestmark = pytest.mark.expect_log(
+    *RECONNECTS, *LOST_BYTES, r"again: unmounting without waiting for the flush"
+)
 
 # Seconds allowed on top of the deadlines for the kernel, the threads and a busy CI box.
 SLACK = 5.0

@@ -21,10 +21,13 @@ import pytest
 from rxfs.minirdr.sftp.loopback import LoopbackSshd, ensure_test_account
 
 from tests.conftest import MountFactory
+from tests.support.checklogs import LOST_BYTES, RECONNECTS
 from tests.support.faultproxy import FaultProxy
 
 from .conftest import FAST_OPTIONS, Rig
 from .rig import MIB, endpoint_via, fresh_server_dir, pattern
+
+pytestmark = pytest.mark.expect_log(*RECONNECTS, *LOST_BYTES)
 
 # The whole scenario takes about a second; the bound is the request deadline
 # (FAST_OPTIONS timeout=5) with room for a busy machine, far below reconnect_timeout

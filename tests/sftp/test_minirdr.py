@@ -37,6 +37,7 @@ from rxfs.rdbss.irp import (
     QueryDirectoryParameters,
 )
 
+from tests.support.checklogs import LOST_BYTES, RECONNECTS
 from tests.unit._harness import (
     close,
     create,
@@ -569,6 +570,7 @@ async def test_full_disk_fails_a_write_through_write_with_disk_full(
     assert on_disk[:written] == (chunk * 8)[:written]
 
 
+@pytest.mark.expect_log(*LOST_BYTES)
 @trio_test
 async def test_full_disk_is_reported_by_write_flush_or_close(
     sshd: LoopbackSshd, small_disk: Path
@@ -713,6 +715,7 @@ def _forget_extensions(minirdr: SftpMiniRdr, *names: str) -> None:
             session.extensions.pop(name, None)
 
 
+@pytest.mark.expect_log(r"lacks fsync@openssh.com", r"no posix-rename@openssh.com")
 @trio_test
 async def test_fallbacks_when_the_server_lacks_extensions(sshd: LoopbackSshd, share: Path) -> None:
     (share / "src").write_bytes(b"new")
@@ -746,6 +749,7 @@ async def test_fallbacks_when_the_server_lacks_extensions(sshd: LoopbackSshd, sh
     assert not (share / "src").exists()
 
 
+@pytest.mark.expect_log(*RECONNECTS)
 @trio_test
 async def test_a_dropped_connection_is_reconnected_and_the_request_replayed(
     sshd: LoopbackSshd, share: Path

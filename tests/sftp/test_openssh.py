@@ -26,6 +26,7 @@ from rxfs.rdbss import NtStatus, NtStatusError
 from rxfs.rdbss.irp import CreateDisposition
 
 from tests.sftp.test_minirdr import mount_error, mounted, trio_test
+from tests.support.checklogs import RECONNECTS
 from tests.support.sshd import impostor_line, keygen
 from tests.unit._harness import close, open_file, read_bytes, stat_path, write
 
@@ -132,6 +133,7 @@ async def test_an_unknown_transport_is_an_invalid_parameter(
     assert "-o ssh_command=ssh -o 'unbalanced: expected a command" in str(failure)
 
 
+@pytest.mark.expect_log(*RECONNECTS)
 @trio_test
 async def test_a_dropped_ssh_connection_is_reconnected(sshd: LoopbackSshd, tmp_path: Path) -> None:
     share = sshd.root / tmp_path.name
@@ -378,6 +380,7 @@ async def test_auto_with_password_stdin_logs_in_with_paramiko_at_once(
     assert ssh_runs == []
 
 
+@pytest.mark.expect_log(*RECONNECTS)
 @trio_test
 async def test_auto_falls_back_to_paramiko_for_a_password_login_and_keeps_it(
     sshd_user: LoopbackSshd,

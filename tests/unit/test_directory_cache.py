@@ -33,6 +33,8 @@ from rxfs.rdbss.irp import (
     QueryInformationParameters,
 )
 
+from tests.support.checklogs import RECONNECTS
+
 from ._harness import (
     close,
     create,
@@ -316,6 +318,7 @@ async def test_an_error_from_the_server_drops_the_listing() -> None:
         assert await lookup(device, "/d/theirs") == SUCCESS
 
 
+@pytest.mark.expect_log(*RECONNECTS)
 @trio_test
 async def test_a_listing_learned_before_a_reconnect_is_not_trusted_after_it() -> None:
     share = new_share()

@@ -67,6 +67,7 @@ def test_table_maps_only_failures_to_real_errnos() -> None:
         assert value in known and value != 0, status
 
 
+@pytest.mark.expect_log(r"a success status reached the errno mapping")
 @pytest.mark.parametrize("status", [S.STATUS_SUCCESS, S.STATUS_PENDING], ids=lambda s: s.name)
 def test_success_or_pending_reaching_the_mapping_is_eio_never_zero(status: NtStatus) -> None:
     assert errno_for(status) == errno.EIO

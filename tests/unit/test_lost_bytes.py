@@ -9,11 +9,16 @@ fail with why, at once, instead of going out on the dead handle and reconnecting
 
 from __future__ import annotations
 
+import pytest
 from rxfs.rdbss import IRP_MN_FLUSH_NO_SYNC, Fobx, NtStatus, RxContext, SrvCallState
 from rxfs.rdbss.irp import AccessMask, CreateDisposition, Irp, IrpMj
 
+from tests.support.checklogs import LOST_BYTES, RECONNECTS
+
 from ._harness import close, create, file_bytes, mounted, open_file, trio_test, write
 from .test_reconnect import FlakyMiniRdr
+
+pytestmark = pytest.mark.expect_log(*RECONNECTS, *LOST_BYTES)
 
 DOWN = NtStatus.STATUS_CONNECTION_DISCONNECTED
 OK = NtStatus.STATUS_SUCCESS

@@ -216,6 +216,7 @@ async def test_statfs_answers_the_volume() -> None:
         assert data.f_bsize > 0
 
 
+@pytest.mark.expect_log(r"failed unexpectedly; answering EIO")
 @trio_test
 async def test_an_unexpected_exception_becomes_eio_not_a_crash(
     monkeypatch: pytest.MonkeyPatch,

@@ -3,10 +3,13 @@ descriptors are reopened without truncating and the writes are replayed (DESIGN 
 
 from __future__ import annotations
 
+import pytest
 import trio
 from rxfs.minirdr.memory import MemoryMiniRdr
 from rxfs.rdbss import NtStatus, RxContext, SrvCall, SrvCallState
 from rxfs.rdbss.irp import CreateDisposition, Irp, IrpMj
+
+from tests.support.checklogs import LOST_BYTES, RECONNECTS
 
 from ._harness import (
     OPEN_MODES,
@@ -18,6 +21,9 @@ from ._harness import (
     trio_test,
     write,
 )
+
+pytestmark = pytest.mark.expect_log(*RECONNECTS, *LOST_BYTES)
+
 
 DOWN = NtStatus.STATUS_CONNECTION_DISCONNECTED
 
