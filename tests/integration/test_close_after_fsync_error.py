@@ -12,10 +12,12 @@ import pytest
 
 from tests.integration.integration_support import MIB, Target
 from tests.integration.test_errors import TMPFS_MIB, full_target, tmpfs_dir
+from tests.support.checklogs import LOST_BYTES
 
 __all__ = ["full_target", "tmpfs_dir"]
 
 
+@pytest.mark.expect_log(*LOST_BYTES)
 def test_close_reports_enospc_after_fsync_reported_it(full_target: Target) -> None:
     data = random.Random(12).randbytes(2 * TMPFS_MIB * MIB)
     fd = os.open(full_target.mnt / "big", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
