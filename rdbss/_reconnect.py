@@ -182,8 +182,10 @@ class Reconnector:
         unwritable meanwhile) is orphaned: every request through it fails with the
         server's answer from now on (EACCES, ESTALE ...) instead of going out on the
         dead handle, where it would fail as if the connection were lost again and
-        reconnect, over and over. A writable one latches the answer on the Fcb: bytes
-        it holds cannot land, and each writer's next fsync() and its close() say so.
+        reconnect, over and over. The Fcb's held bytes that no other handle can carry
+        then fail with that answer when they are sent (_writebehind._writable_open),
+        which latches it for each writer's next fsync() and its close(); a file that
+        held nothing lost nothing, and a close of it claims nothing false.
         A file deleted or renamed on the server answers STATUS_FILE_DELETED (ESTALE) and
         its name is forgotten (the Fcb orphaned): a file made under the name later is
         another file, and gets none of these bytes; so does one that was unlinked or
@@ -220,6 +222,4 @@ class Reconnector:
                 f"; {held} range(s) of bytes held for it cannot land" if held else "",
             )
             srv_open.orphan(status)
-            if srv_open.writes_at_all:
-                fcb.latch_write_error(status)
         return status

@@ -15,7 +15,16 @@ from rxfs.rdbss.irp import AccessMask, CreateDisposition, Irp, IrpMj
 
 from tests.support.checklogs import LOST_BYTES, RECONNECTS
 
-from ._harness import close, create, file_bytes, mounted, open_file, trio_test, write
+from ._harness import (
+    OPEN_MODES,
+    close,
+    create,
+    file_bytes,
+    mounted,
+    open_file,
+    trio_test,
+    write,
+)
 from .test_reconnect import FlakyMiniRdr
 
 pytestmark = pytest.mark.expect_log(*RECONNECTS, *LOST_BYTES)
@@ -174,3 +183,30 @@ async def test_a_latched_disconnect_is_answered_not_replayed_into_success() -> N
         assert await close_flush(device, again) == OK
         assert await close(device, again) == OK
         assert await file_bytes(device, "/g") == b"fine"
+
+
+@trio_test
+async def test_a_file_gone_with_nothing_held_closes_clean_until_written_to() -> None:
+    """Orphaned with every byte landed: nothing was lost, so a close says 0; fsync and
+    write say the file is gone, and a descriptor that wrote then fails its close."""
+    backend = ChangingMiniRdr()
+    async with mounted(backend) as device:
+        device.reconnector.first_delay = 0.01
+        idle, writer = await open_file(device, "/f"), await open_file(device, "/f")
+        assert (await write(device, idle, 0, b"landed")).status == OK
+        assert await fsync(device, idle) == OK
+        other = await open_file(device, "/g", options=OPEN_MODES["write-through"])
+        backend.cut()
+        backend.delete_on_server("/f")
+        backend.down = False
+        # Another file's write meets the dead connection; the reconnect finds /f gone.
+        assert (await write(device, other, 0, b"g")).status == OK
+        assert device.reconnector.reconnects == 1
+
+        assert await fsync(device, idle) == NtStatus.STATUS_FILE_DELETED
+        assert await close_flush(device, idle) == OK
+        assert (await write(device, writer, 6, b"more")).status == NtStatus.STATUS_FILE_DELETED
+        assert await close_flush(device, writer) == NtStatus.STATUS_FILE_DELETED
+        for fobx in (idle, writer, other):
+            assert await close(device, fobx) == OK
+        assert device.reconnector.reconnects == 1
