@@ -16,7 +16,7 @@ from .irp import ReadParameters, WriteParameters
 from .ntstatus import NtStatus, nt_success
 
 if TYPE_CHECKING:
-    from ._objects import Fobx
+    from ._objects import Fcb, Fobx
 
 __all__ = [
     "MAX_FILE_SIZE",
@@ -155,7 +155,7 @@ async def common_write(rx_context: RxContext) -> NtStatus:
     # meanwhile) answers why, and is never sent to.
     error = srv_open.orphan_status or fcb.peek_write_error(fobx)
     if error is not None:
-        return _refused(fobx, error)
+        return _refused(fcb, fobx, error)
     if length == 0:
         irp.io_status.information = 0
         return _STATUS_SUCCESS
@@ -196,12 +196,17 @@ async def common_write(rx_context: RxContext) -> NtStatus:
             release_fcb_resource(rx_context)
 
 
-def _refused(fobx: Fobx, status: NtStatus) -> NtStatus:
+def _refused(fcb: Fcb, fobx: Fobx, status: NtStatus) -> NtStatus:
     """A write refused because bytes of the file cannot land (a latched error, a handle
-    orphaned after a reconnect): under the kernel's writeback cache the caller is the
-    kernel writing pages back, not the user, so the descriptor's close() says so too.
-    The answer is final: a latched STATUS_CONNECTION_DISCONNECTED must not start a
-    reconnect and a replay of its own."""
+    orphaned after a reconnect). Under the kernel's writeback cache the caller is the
+    kernel writing back pages, through whichever writable descriptor it picked, not the
+    user: so the refusal through an orphaned handle is latched like a failed
+    write-behind (every writer's close() says so), and the descriptor's close() says
+    so in any case. The answer is final: a latched STATUS_CONNECTION_DISCONNECTED must
+    not start a reconnect and a replay of its own."""
+    assert fobx.srv_open is not None
+    if fobx.srv_open.orphan_status is not None:
+        fcb.latch_write_error(status)
     fobx.unlanded = status
     return final(status)
 
