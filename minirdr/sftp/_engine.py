@@ -17,7 +17,7 @@ accepts (``limits@openssh.com``, 256 KiB on OpenSSH) and many stay outstanding w
 memory growing with the file. Every reply is checked: a write whose reply says FAILURE
 fails the whole write it belongs to, and nothing is claimed as written.
 
-A session whose requests get no reply at all for ``reply_timeout`` seconds (``-o
+A session whose oldest request goes unanswered for ``reply_timeout`` seconds (``-o
 timeout``) is dead, whether or not anything closed it: a stopped ssh client or a stalled
 server closes nothing. One watchdog task per session enforces that for every request
 alike, so a reply waited for shielded from the caller's deadline (an OPEN's, which holds
@@ -261,12 +261,13 @@ class SftpSession:
         self._drain_scheduled = False
         self._held: list[bytes | memoryview] = []  # see _enqueue(hold=True); loop only
         self._threads: list[threading.Thread] = []
-        # Seconds outstanding requests may go without any reply before the session
+        # Seconds the oldest outstanding request may go unanswered before the session
         # counts as dead (see _watch_replies); set by the owner before the first request.
         self.reply_timeout = math.inf
-        # Since when requests have been outstanding with no reply (time.monotonic()),
-        # None while none is outstanding; under _lock.
-        self._quiet_since: float | None = None
+        # Since when the oldest outstanding request has been the oldest (time.monotonic():
+        # sent, or the one before it answered); None while none is outstanding. Under
+        # _lock. _waiters keeps the order requests were sent in: the first is the oldest.
+        self._head_since: float | None = None
         self._watch_wakeup = trio.Event()  # loop only
 
     # -- opening and closing (worker thread) ------------------------------------------
@@ -424,9 +425,11 @@ class SftpSession:
         reader = Reader(body)
         request_id = reader.u32()
         with self._lock:
+            oldest = next(iter(self._waiters), None)
             waiter = self._waiters.pop(request_id, None)
-            # Any reply shows the connection alive; the clock restarts for the rest.
-            self._quiet_since = time.monotonic() if self._waiters else None
+            if request_id == oldest:
+                # The next request's clock starts now: before, it waited its turn.
+                self._head_since = time.monotonic() if self._waiters else None
         if waiter is None:
             log.warning("%s: reply to unknown request %d dropped", self.name, request_id)
             return
@@ -465,7 +468,7 @@ class SftpSession:
                 self._dead = error
                 log.info("%s closed: %s", self.name, error)
             waiters, self._waiters = list(self._waiters.values()), {}
-            self._quiet_since = None
+            self._head_since = None
         for waiter in waiters:
             self._deliver(waiter, error)
         self._outbox.put(None)
@@ -478,31 +481,32 @@ class SftpSession:
         self._watch_wakeup.set()
 
     async def _watch_replies(self) -> None:
-        """A system task of the loop for the life of the session: when requests have
-        been outstanding for ``reply_timeout`` seconds without any reply, the session
-        dies (:meth:`_abort`), its waiters fail with CONNECTION_LOST, and the core
-        reconnects and replays them.
+        """A system task of the loop for the life of the session: when the oldest
+        outstanding request has gone unanswered for ``reply_timeout`` seconds, the
+        session dies (:meth:`_abort`), its waiters fail with CONNECTION_LOST, and the
+        core reconnects and replays them.
 
         This is the one place the deadline holds for every request: the entries' own
         deadline (``trio.fail_after``) cannot end a wait shielded from it, and an OPEN's
         reply is waited for shielded (its handle must be closed, not leaked). Once the
         session is dead no handle can leak: the server's sftp-server ends with it.
-        Counted from the last reply, not from each request, so a slow link with many
-        requests queued is not taken for a dead one while replies keep coming."""
+        A request's clock starts when it becomes the oldest, not when it is queued:
+        behind megabytes of writes on a slow link it waits its turn, and that is no
+        sign of a dead connection while the ones before it are answered."""
         try:
             while self._dead is None:
                 self._watch_wakeup = trio.Event()
-                quiet_since, timeout = self._quiet_since, self.reply_timeout
-                if quiet_since is None or math.isinf(timeout):
+                head_since, timeout = self._head_since, self.reply_timeout
+                if head_since is None or math.isinf(timeout):
                     await self._watch_wakeup.wait()  # set by _enqueue and _die
                     continue
-                left = quiet_since + timeout - time.monotonic()
+                left = head_since + timeout - time.monotonic()
                 if left > 0:
                     await trio.sleep(left)
                     continue
                 log.warning(
-                    "%s: no reply for %g s to %d outstanding request(s); counting the "
-                    "connection as lost",
+                    "%s: no reply for %g s to the oldest of %d outstanding request(s); "
+                    "counting the connection as lost",
                     self.name,
                     timeout,
                     len(self._waiters),
@@ -565,7 +569,7 @@ class SftpSession:
             if dead is None:
                 self._waiters[request_id] = waiter
                 if first:
-                    self._quiet_since = time.monotonic()
+                    self._head_since = time.monotonic()
         if dead is not None:
             self._budget.release(cost)
             callback(SftpError(SftpStatusCode.SSH_FX_NO_CONNECTION, dead.message))

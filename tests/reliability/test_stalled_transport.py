@@ -20,13 +20,19 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rxfs.minirdr.sftp.loopback import child_pids
+from rxfs.minirdr.sftp.loopback import LoopbackSshd, child_pids
+
+from tests.conftest import MountFactory
 
 from .conftest import FAST_OPTIONS, Rig, RigFactory
+from .test_bad_server import FILTER, SFTP_SERVER
+from .test_bad_server import OPTIONS as BAD_SERVER_OPTIONS
 
 # What the stall makes the mount say, on purpose: the stuck request by name, the
 # connection found dead, the reconnect.
@@ -62,7 +68,9 @@ def stopped_ssh(mount_pid: int) -> Iterator[list[int]]:
             os.kill(pid, signal.SIGSTOP)
         yield pids
     finally:
-        for pid in pids:
+        # Only those still there: the mount reaps the ssh it replaced, and its PID may
+        # then name another process.
+        for pid in set(pids) & set(child_pids(mount_pid)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
 
@@ -249,3 +257,61 @@ def test_create_on_a_stalled_paramiko_connection_ends_within_the_deadlines(
     assert outcome["errno"] == errno.EIO, outcome
     assert outcome["seconds"] < BOUND + connect_timeout, rig.mount.stderr()
     assert "IRP_MJ_CREATE '/newfile'" in rig.mount.stderr(), rig.mount.stderr()
+
+
+@pytest.fixture
+def stuck_server(tmp_path: Path) -> Iterator[tuple[LoopbackSshd, Path]]:
+    """sshd whose sftp-server swallows one reply about a ``stuck*`` file while
+    ``control/stuck-armed`` exists (see bad_sftp_server.py), and answers all others."""
+    control = tmp_path / "control"
+    control.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    subsystem = f"{sys.executable} {FILTER} {SFTP_SERVER} {control}"
+    with LoopbackSshd(root=root, sftp_subsystem=subsystem) as server:
+        yield server, control
+
+
+def test_create_whose_reply_never_comes_ends_while_other_replies_flow(
+    stuck_server: tuple[LoopbackSshd, Path], mount: MountFactory
+) -> None:
+    # One session, busy with other requests the whole time, so that replies keep
+    # coming: only the create's OPEN is never answered (its STAT is).
+    server, control = stuck_server
+    options = {**server.mount_options(), **BAD_SERVER_OPTIONS, "max_conns": "1"}
+    # No attribute cache (every fstat asks the server); the listing answers lookups.
+    mounted = mount(server.url(), {**options, "attr_timeout": "0", "dir_timeout": "60"})
+    (mounted.path / "sub").mkdir()
+    (mounted.path / "sub" / "busy").write_bytes(b"busy")
+    assert "stuck-new" not in os.listdir(mounted.path)
+    busy_fd = os.open(mounted.path / "sub" / "busy", os.O_RDONLY)
+    busy_until = time.monotonic() + CHILD_LIMIT
+
+    def keep_busy() -> None:
+        # fstat of an open file: a request by handle (attr_timeout=0), no directory lock.
+        with contextlib.suppress(OSError):
+            while time.monotonic() < busy_until:
+                os.fstat(busy_fd)
+                time.sleep(0.05)
+
+    busy = threading.Thread(target=keep_busy, daemon=True)
+    try:
+        (control / "stuck-armed").touch()
+        busy.start()
+        child = _Child(f"""
+        path = {str(mounted.path / "stuck-new")!r}
+        result, seconds = timed(lambda: os.close(os.open(path, os.O_WRONLY | os.O_CREAT)))
+        print(json.dumps({{"errno": result, "seconds": seconds}}))
+        """)
+        child.finish()
+        outcome = child.result()
+    finally:
+        busy_until = 0.0
+        busy.join(CHILD_LIMIT)
+        os.close(busy_fd)
+    assert not (control / "stuck-armed").exists(), "the OPEN never reached the server"
+    timeout = float(BAD_SERVER_OPTIONS["timeout"])
+    bound = timeout + float(BAD_SERVER_OPTIONS["reconnect_timeout"]) + 5.0
+    assert outcome["errno"] in (0, errno.EIO), outcome
+    assert timeout <= outcome["seconds"] < bound, mounted.stderr()
+    assert "IRP_MJ_CREATE '/stuck-new'" in mounted.stderr(), mounted.stderr()
