@@ -18,7 +18,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from rxfs.minirdr import MiniRdrDispatch, UnknownSchemeError, available_backends, load_backend
-from rxfs.rdbss import CORE_OPTIONS, CoreOptions, parse_seconds
+from rxfs.rdbss import (
+    CORE_OPTIONS,
+    CoreOptions,
+    option_what,
+    parse_option_groups,
+    parse_seconds,
+)
 
 from ._mount import MountRequest, run
 from ._mounttable import mount_entry
@@ -68,17 +74,6 @@ def mounted_at(mountpoint: str) -> str | None:
 # -- options ------------------------------------------------------------------------------
 
 
-def parse_options(groups: Sequence[str]) -> dict[str, str]:
-    options: dict[str, str] = {}
-    for group in groups:
-        for item in group.split(","):
-            if not item:
-                continue
-            name, _, value = item.partition("=")
-            options[name.strip()] = value
-    return options
-
-
 def split_options(
     options: dict[str, str], minirdr: type[MiniRdrDispatch]
 ) -> tuple[FsOptions, CoreOptions, dict[str, str]]:
@@ -92,7 +87,7 @@ def split_options(
             if name in CORE_OPTIONS:
                 core[name] = value
             elif name == "entry_timeout":
-                fs_options.entry_timeout = parse_seconds(name, value)
+                fs_options.entry_timeout = parse_seconds(value, option_what(name, value))
             elif name == "allow_other":
                 fs_options.allow_other = True
             elif name == "default_permissions":
@@ -147,7 +142,8 @@ def _build_request(args: argparse.Namespace) -> tuple[MountRequest, type[MiniRdr
     except Exception as exc:  # a broken plugin: say which, without its traceback
         raise PluginError(f"cannot load the mini-redirector for {url.scheme}://: {exc}") from None
     mountpoint = _check_mountpoint(args.mountpoint)
-    fs_options, core_options, backend_options = split_options(parse_options(args.options), minirdr)
+    options = parse_option_groups(args.options)
+    fs_options, core_options, backend_options = split_options(options, minirdr)
     report = _state_file(mountpoint, "unflushed")
     report.unlink(missing_ok=True)
     request = MountRequest(args.url, mountpoint, fs_options, core_options, backend_options, report)

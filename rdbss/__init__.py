@@ -4,7 +4,7 @@ Never imports pyfuse3: the front end (rxfs.fs) builds IRPs and maps the NTSTATUS
 back; backends (rxfs.minirdr) implement the dispatch table.
 """
 
-from ._device import CORE_OPTIONS, CoreOptions, MountError, RxDevice, parse_seconds
+from ._device import CORE_OPTIONS, CoreOptions, MountError, RxDevice
 from ._dispatch import IRP_MN_FLUSH_NO_SYNC, IRP_MN_QUERY_FROM_SERVER
 from ._objects import (
     Fcb,
@@ -17,6 +17,15 @@ from ._objects import (
     SrvOpenFlags,
     VNetRoot,
     normalize_path,
+)
+from ._options import (
+    OptionError,
+    option_what,
+    parse_flag,
+    parse_option_groups,
+    parse_port,
+    parse_seconds,
+    parse_size,
 )
 from ._readwrite import MAX_FILE_SIZE
 from ._reconnect import RETRYABLE, Reconnector, SrvCallState
@@ -52,6 +61,7 @@ __all__ = [
     "NodeType",
     "NtStatus",
     "NtStatusError",
+    "OptionError",
     "ReadWriteParams",
     "Reconnector",
     "RxContext",
@@ -64,5 +74,10 @@ __all__ = [
     "VNetRoot",
     "normalize_path",
     "nt_success",
+    "option_what",
+    "parse_flag",
+    "parse_option_groups",
+    "parse_port",
     "parse_seconds",
+    "parse_size",
 ]

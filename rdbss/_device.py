@@ -12,6 +12,7 @@ import trio
 
 from ._dispatch import DISPATCH_TABLE, Routine
 from ._objects import NetRoot, SrvCall, SrvOpen, VNetRoot, normalize_path
+from ._options import option_what, parse_seconds, parse_size
 from ._reconnect import Reconnector
 from ._rxcontext import RxContext, RxContextFlags
 from ._writebehind import MIB, LazyWriter
@@ -21,7 +22,7 @@ from .ntstatus import NtStatus, NtStatusError, nt_success, status_of
 if TYPE_CHECKING:
     from rxfs.minirdr import MiniRdrDispatch
 
-__all__ = ["CORE_OPTIONS", "CoreOptions", "MountError", "RxDevice", "parse_seconds"]
+__all__ = ["CORE_OPTIONS", "CoreOptions", "MountError", "RxDevice"]
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,6 @@ CORE_OPTIONS = {
     "creates may stay unseen that long (default: attr_timeout; 0: off)",
 }
 
-_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-
 
 @dataclass(slots=True)
 class CoreOptions:
@@ -59,34 +58,18 @@ class CoreOptions:
 
     @classmethod
     def parse(cls, options: dict[str, str]) -> CoreOptions:
-        """Raises ValueError with a one-line message for a bad value."""
+        """Raises OptionError with a one-line message for a bad value."""
         core = cls()
         if "dirty_limit" in options:
-            text = options["dirty_limit"].strip().upper().removesuffix("B")
-            number, suffix = (text[:-1], text[-1]) if text and text[-1] in "KMG" else (text, "")
-            if not number.isdigit() or int(number) * _SUFFIXES[suffix] < MIB:
-                raise ValueError(
-                    f"-o dirty_limit= wants a size of at least 1M (e.g. 64M), "
-                    f"not {options['dirty_limit']!r}"
-                )
-            core.dirty_limit = int(number) * _SUFFIXES[suffix]
+            text = options["dirty_limit"]
+            core.dirty_limit = parse_size(text, option_what("dirty_limit", text), minimum=MIB)
         for name in ("reconnect_timeout", "attr_timeout", "dir_timeout"):
             if name in options:
-                setattr(core, name, parse_seconds(name, options[name]))
+                text = options[name]
+                setattr(core, name, parse_seconds(text, option_what(name, text)))
         if "dir_timeout" not in options:
             core.dir_timeout = core.attr_timeout
         return core
-
-
-def parse_seconds(name: str, text: str) -> float:
-    """A ``-o name=SECONDS`` value; ValueError with a one-line message if it is not one."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:
-        raise ValueError(f"-o {name}= wants a number of seconds >= 0, not {text!r}")
-    return seconds
 
 
 class MountError(Exception):

@@ -22,11 +22,14 @@ from rxfs.minirdr._protocol import Capability, MiniRdrDispatch
 from rxfs.rdbss import (
     NtStatus,
     NtStatusError,
+    OptionError,
     RxContext,
     RxDevice,
     SrvCall,
     SrvOpenFlags,
     VNetRoot,
+    option_what,
+    parse_size,
 )
 from rxfs.rdbss.irp import (
     AccessMask,
@@ -133,7 +136,7 @@ class MemoryMiniRdr(MiniRdrDispatch):
         | Capability.TIMES
         | Capability.STATFS
     )
-    option_names = {"size": "capacity in bytes reported by statfs (default 1 GiB)"}
+    option_names = {"size": "capacity reported by statfs (default 1G; K, M, G suffixes)"}
 
     def __init__(self) -> None:
         self._tree = _Lookup(_new_dir())
@@ -156,13 +159,11 @@ class MemoryMiniRdr(MiniRdrDispatch):
     async def create_v_net_root(self, v_net_root: VNetRoot) -> NtStatus:
         size = v_net_root.options.get("size")
         if size is not None:
-            if not size.isdigit():
+            try:
+                self._capacity = parse_size(size, option_what("size", size))
+            except OptionError as exc:
                 # Raised, not returned: the message reaches the user who mounted.
-                raise NtStatusError(
-                    NtStatus.STATUS_INVALID_PARAMETER,
-                    f"-o size= wants a number of bytes, not {size!r}",
-                )
-            self._capacity = int(size)
+                raise NtStatusError(NtStatus.STATUS_INVALID_PARAMETER, str(exc)) from None
         root = v_net_root.net_root.root
         if root != "/":
             try:

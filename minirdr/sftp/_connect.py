@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 import paramiko
+from rxfs.rdbss import OptionError, option_what, parse_flag, parse_port, parse_seconds
 from rxfs.rdbss.ntstatus import NtStatus, NtStatusError
 
 __all__ = [
@@ -160,6 +161,15 @@ def resolve_settings(
     ``~/.ssh/config`` when that exists. Options this layer does not know are ignored (they
     belong to other layers). A bad value raises STATUS_INVALID_PARAMETER.
     """
+    try:
+        return _resolve_settings(url, options, ssh_config_path)
+    except OptionError as exc:
+        raise NtStatusError(NtStatus.STATUS_INVALID_PARAMETER, str(exc)) from None
+
+
+def _resolve_settings(
+    url: urllib.parse.SplitResult, options: dict[str, str], ssh_config_path: str | None
+) -> ConnectSettings:
     host, url_user, url_port = _split_url(url)
     opts = _pick_connect_options(options)
     user_override = url_user or _option_user(opts)
@@ -169,7 +179,7 @@ def resolve_settings(
 
     hostname = entry.get("hostname", host)
     config_port = str(entry.get("port", _SSH_PORT))
-    port = port_override or _parse_port(config_port, f"Port {config_port} in {config_name}")
+    port = port_override or parse_port(config_port, f"Port {config_port} in {config_name}")
     user = user_override or entry.get("user") or getpass.getuser()
 
     identity_files = [_expand(opts["identityfile"])] if "identityfile" in opts else []
@@ -204,12 +214,14 @@ def resolve_settings(
             opts, entry, "ServerAliveInterval", DEFAULT_SERVER_ALIVE_INTERVAL, config_name
         ),
         proxy_command=_proxy_command(entry, hostname, port, ssh_config_path),
-        password_stdin=_parse_flag(opts.get("password_stdin"), "password_stdin"),
+        password_stdin=parse_flag(
+            opts.get("password_stdin"), option_what("password_stdin", opts.get("password_stdin"))
+        ),
     )
 
 
 def _invalid(message: str) -> NoReturn:
-    raise NtStatusError(NtStatus.STATUS_INVALID_PARAMETER, message)
+    raise OptionError(message)
 
 
 def _split_url(url: urllib.parse.SplitResult) -> tuple[str, str | None, int | None]:
@@ -252,36 +264,7 @@ def _option_user(opts: dict[str, str]) -> str | None:
 
 
 def _option_port(opts: dict[str, str]) -> int | None:
-    return _parse_port(opts["port"], f"-o Port={opts['port']}") if "port" in opts else None
-
-
-def _parse_port(value: str, what: str) -> int:
-    """``what`` names the setting as the user wrote it, e.g. ``-o Port=abc``."""
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 65535:
-        _invalid(f"{what}: expected a port number from 1 to 65535")
-    return int(value)
-
-
-def _parse_seconds(value: str, what: str, *, allow_zero: bool) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not (seconds > 0 or (allow_zero and seconds == 0)) or seconds == float("inf"):
-        bound = "0 or more" if allow_zero else "more than 0"
-        _invalid(f"{what}: expected a number of seconds, {bound}")
-    return seconds
-
-
-def _parse_flag(value: str | None, name: str) -> bool:
-    if value is None:
-        return False
-    flag = value.lower()
-    if flag in ("", "yes", "true", "1"):
-        return True
-    if flag in ("no", "false", "0"):
-        return False
-    _invalid(f"-o {name}={value}: expected no value (just -o {name}), yes or no")
+    return parse_port(opts["port"], f"-o Port={opts['port']}") if "port" in opts else None
 
 
 def _host_key_policy(
@@ -319,10 +302,10 @@ def _seconds_setting(
     allow_zero = name == "ServerAliveInterval"
     key = name.lower()
     if key in opts:
-        return _parse_seconds(opts[key], f"-o {name}={opts[key]}", allow_zero=allow_zero)
+        return parse_seconds(opts[key], f"-o {name}={opts[key]}", allow_zero=allow_zero)
     if key in entry:
         what = f"{name} {entry[key]} in {config_name}"
-        return _parse_seconds(entry[key], what, allow_zero=allow_zero)
+        return parse_seconds(entry[key], what, allow_zero=allow_zero)
     return default
 
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from rxfs.minirdr import Capability
+from rxfs.rdbss import parse_option_groups
 
 from ._mount import MountedBackend, MountError, backend_capabilities, mount_backend
 from ._runner import run_conformance
@@ -94,16 +95,6 @@ def pytest_configure(config: pytest.Config) -> None:
         pytest.register_assert_rewrite(_SUITE)
 
 
-def parse_options(groups: list[str]) -> dict[str, str]:
-    """``["a=1,b", "c=2"]`` -> ``{"a": "1", "b": "", "c": "2"}`` (as ``rxfs mount -o``)."""
-    options: dict[str, str] = {}
-    for group in groups:
-        for item in filter(None, group.split(",")):
-            name, _, value = item.partition("=")
-            options[name.strip()] = value
-    return options
-
-
 @pytest.fixture(scope="class")
 def rxfs_url(request: pytest.FixtureRequest) -> str:
     url: str | None = request.config.getoption("--rxfs-url")
@@ -114,7 +105,7 @@ def rxfs_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="class")
 def rxfs_options(request: pytest.FixtureRequest) -> dict[str, str]:
-    return parse_options(request.config.getoption("--rxfs-option"))
+    return parse_option_groups(request.config.getoption("--rxfs-option"))
 
 
 @pytest.fixture(scope="class")
