@@ -91,35 +91,18 @@ class Cycle:
 
     def start_writer(self, name: str, size: int, *, sync: bool) -> None:
         argv = [sys.executable, "-c", WRITER, str(self.mnt / name), str(size)]
-        self.users.append(
-            subprocess.Popen(
-                [*argv, "sync" if sync else "close"],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        self._spawn([*argv, "sync" if sync else "close"])
 
     def start_umount(self) -> None:
-        self.users.append(
-            subprocess.Popen(
-                rxfs_argv("umount", "--timeout", str(UMOUNT_TIMEOUT), str(self.mnt)),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        self._spawn(rxfs_argv("umount", "--timeout", str(UMOUNT_TIMEOUT), str(self.mnt)))
 
     def touch_afterwards(self) -> None:
         """A program that comes to the mount after the hit: it must get an answer."""
-        self.users.append(
-            subprocess.Popen(
-                ["stat", str(self.mnt / "after")],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        self._spawn(["stat", str(self.mnt / "after")])
+
+    def _spawn(self, argv: list[str]) -> None:
+        quiet = subprocess.DEVNULL
+        self.users.append(subprocess.Popen(argv, stdin=quiet, stdout=quiet, stderr=quiet))
 
     def kill_everything_left(self) -> None:
         for process in [*self.users, *([self.process] if self.process else [])]:
