@@ -13,8 +13,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from ._lowio import rx_low_io_submit
 from ._objects import Fcb, Fobx, SrvOpen, SrvOpenFlags, normalize_path
-from ._readwrite import common_read, common_write, rx_low_io_submit
+from ._readwrite import common_read, common_write
 from ._reconnect import RETRYABLE, final
 from ._rxcontext import LowIoOp, RxContext
 from .irp import (

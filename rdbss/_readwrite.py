@@ -1,4 +1,4 @@
-"""The common read and write routines and RxLowIoSubmit.
+"""The common read and write routines (RxCommonRead, RxCommonWrite).
 
 The write routine follows DESIGN §3: the checks and the Fcb resource come first, then one
 decision point (:func:`_may_cache`) sends the bytes to the write-behind buffer or
@@ -7,9 +7,9 @@ straight to ``MRxLowIOSubmit[LOWIO_OP_WRITE]`` (O_SYNC, O_DIRECT and append open
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
+from ._lowio import fill_write, release_fcb_resource, rx_low_io_submit
 from ._reconnect import final
 from ._rxcontext import LowIoOp, LowIoReadWriteFlags, RxContext
 from .irp import ReadParameters, WriteParameters
@@ -18,16 +18,7 @@ from .ntstatus import NtStatus, nt_success
 if TYPE_CHECKING:
     from ._objects import Fcb, Fobx
 
-__all__ = [
-    "MAX_FILE_SIZE",
-    "common_read",
-    "common_write",
-    "fill_write",
-    "release_fcb_resource",
-    "rx_low_io_submit",
-]
-
-log = logging.getLogger(__name__)
+__all__ = ["MAX_FILE_SIZE", "common_read", "common_write"]
 
 # The largest offset + length a write may reach (off_t's limit).
 MAX_FILE_SIZE = (1 << 63) - 1
@@ -35,79 +26,9 @@ MAX_FILE_SIZE = (1 << 63) - 1
 # Looking up an enum member on its class goes through EnumType.__getattr__ on Python
 # 3.11 (~0.2 us each on this class of machine): the per-write path reads these instead.
 _STATUS_SUCCESS = NtStatus.STATUS_SUCCESS
-_STATUS_PENDING = NtStatus.STATUS_PENDING
 _STATUS_FILE_CLOSED = NtStatus.STATUS_FILE_CLOSED
 _STATUS_INVALID_DEVICE_REQUEST = NtStatus.STATUS_INVALID_DEVICE_REQUEST
 _STATUS_INVALID_PARAMETER = NtStatus.STATUS_INVALID_PARAMETER
-
-
-async def rx_low_io_submit(rx_context: RxContext) -> NtStatus:
-    """Hand the LowIoContext to the backend and see the request through to completion.
-
-    A synchronous answer is completed here; STATUS_PENDING is waited for when the
-    context says WAIT, and otherwise returned so the caller can go on (the completion
-    routine still runs when the backend completes).
-    """
-    minirdr = rx_context.device.minirdr
-    rx_context.completion_routine = _low_io_completion
-    op = rx_context.low_io.operation
-    if log.isEnabledFor(logging.DEBUG):  # the write path is hot: no formatting else
-        _log_submit(rx_context)
-    try:
-        status = await minirdr.lowio_submit[op](rx_context)
-    except BaseException:
-        if not rx_context.completed:
-            rx_context._complete(NtStatus.STATUS_UNSUCCESSFUL, 0)
-        raise
-    if status != _STATUS_PENDING:
-        rx_context._complete(status, rx_context.io_status.information)
-        return rx_context.io_status.status
-    if rx_context.waits:
-        return await rx_context.wait()
-    return _STATUS_PENDING
-
-
-def _log_submit(rx_context: RxContext) -> None:
-    low_io = rx_context.low_io
-    rw = low_io.read_write
-    paging = rw.flags & LowIoReadWriteFlags.LOWIO_READWRITEFLAG_PAGING_IO
-    log.debug(
-        "MRxLowIOSubmit[%s] %s offset=%d count=%d%s",
-        low_io.operation.name,
-        rx_context.fcb.path if rx_context.fcb is not None else "?",
-        rw.byte_offset,
-        rw.byte_count,
-        " PAGING_IO" if paging else "",
-    )
-
-
-def _low_io_completion(rx_context: RxContext) -> None:
-    """RxLowIoCompletion: update sizes, then release the Fcb resource for its owner
-    (RxReleaseFcbResourceForThreadInMRx) whichever task or thread completed."""
-    fcb = rx_context.fcb
-    low_io = rx_context.low_io
-    status = rx_context.io_status.status
-    if fcb is None:
-        return
-    if low_io.operation == LowIoOp.LOWIO_OP_WRITE and nt_success(status):
-        rw = low_io.read_write
-        written = rx_context.io_status.information
-        if rx_context.srv_open is not None and rx_context.srv_open.append:
-            end = fcb.file_size + written
-        else:
-            end = rw.byte_offset + written
-        fcb.file_size = max(fcb.file_size, end)
-    release_fcb_resource(rx_context)
-
-
-def release_fcb_resource(rx_context: RxContext) -> None:
-    """Release the Fcb resource for the context's owner token if it still holds it
-    (RxReleaseFcbResourceForThreadInMRx): from the completion or from the dispatcher,
-    whichever comes first."""
-    low_io = rx_context.low_io
-    if low_io.holds_fcb_resource and rx_context.fcb is not None:
-        low_io.holds_fcb_resource = False
-        rx_context.fcb.resource.release_for_owner(low_io.resource_thread_id)
 
 
 def _check_open(rx_context: RxContext) -> NtStatus:
@@ -209,24 +130,6 @@ def _refused(fcb: Fcb, fobx: Fobx, status: NtStatus) -> NtStatus:
         fcb.latch_write_error(status)
     fobx.unlanded = status
     return final(status)
-
-
-def fill_write(
-    rx_context: RxContext,
-    offset: int,
-    buffer: bytes | bytearray | memoryview,
-    flags: LowIoReadWriteFlags,
-    key: int = 0,
-) -> None:
-    """The LowIoContext of a LOWIO_OP_WRITE of ``buffer`` at ``offset``."""
-    low_io = rx_context.low_io
-    low_io.operation = LowIoOp.LOWIO_OP_WRITE
-    rw = low_io.read_write
-    rw.byte_offset = offset
-    rw.byte_count = len(buffer)
-    rw.key = key
-    rw.buffer = buffer
-    rw.flags = flags
 
 
 async def common_read(rx_context: RxContext) -> NtStatus:

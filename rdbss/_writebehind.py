@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._readwrite import fill_write, rx_low_io_submit
+from ._lowio import fill_write, rx_low_io_submit
 from ._rxcontext import LowIoReadWriteFlags, RxContext, RxContextFlags
 from .irp import Irp, IrpMj, WriteParameters
 from .ntstatus import NtStatus, nt_success
