@@ -18,8 +18,9 @@ import trio
 import trio.testing
 from rxfs.minirdr.memory import MemoryMiniRdr
 from rxfs.rdbss import IRP_MN_QUERY_FROM_SERVER, CoreOptions, NtStatus, RxContext, RxDevice
-from rxfs.rdbss import _objects as objects
-from rxfs.rdbss._objects import DirectoryCache, PathMap
+from rxfs.rdbss import _dircache as dircache
+from rxfs.rdbss._dircache import DirectoryCache
+from rxfs.rdbss._pathmap import PathMap
 from rxfs.rdbss.irp import (
     CreateDisposition,
     FileDispositionInformation,
@@ -404,8 +405,8 @@ def test_renamed_moves_listings_below_and_name_gone_drops_them() -> None:
 
 
 def test_the_cache_is_bounded_in_directories_and_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(objects, "_DIRECTORY_CACHE_SIZE", 4)
-    monkeypatch.setattr(objects, "_DIRECTORY_CACHE_NAMES", 10)
+    monkeypatch.setattr(dircache, "_DIRECTORY_CACHE_SIZE", 4)
+    monkeypatch.setattr(dircache, "_DIRECTORY_CACHE_NAMES", 10)
     cache = DirectoryCache()
     now = time.monotonic()
     for index in range(6):

@@ -8,7 +8,8 @@ import random
 import pytest
 from rxfs.minirdr.memory import MemoryMiniRdr
 from rxfs.rdbss import LowIoReadWriteFlags, NtStatus, RxContext
-from rxfs.rdbss._writebehind import MIB, WriteBehindBuffer, _Extent
+from rxfs.rdbss._extents import Extent, WriteBehindBuffer
+from rxfs.rdbss._writebehind import MIB
 from rxfs.rdbss.irp import Irp, IrpMj
 
 from ._harness import close, file_bytes, mounted, open_file, trio_test, write
@@ -26,7 +27,7 @@ def test_held_bytes_over_server_bytes_equal_every_write(seed: int) -> None:
     chunk = rng.choice([8, 64, 4096])
     written, server = bytearray(), bytearray()
     buffer = WriteBehindBuffer()
-    in_flight: list[_Extent] = []
+    in_flight: list[Extent] = []
     for _ in range(200):
         roll = rng.random()
         if roll < 0.6:
