@@ -11,7 +11,7 @@ Low-I/O entries may return STATUS_PENDING and complete later with
 from a reply path, call ``rx_context.clear_cancel_routine()`` and drop the reply when it
 returns False. Everything else completes by returning its status.
 
-A backend may also raise :class:`rxfs.rdbss.NtStatusError` from deep inside its helpers;
+A backend may also raise :class:`rxfs.minirdr.NtStatusError` from deep inside its helpers;
 the core turns it into the request's status and logs its message.
 """
 

@@ -18,21 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
-from rxfs.minirdr._protocol import Capability, MiniRdrDispatch
-from rxfs.rdbss import (
-    NtStatus,
-    NtStatusError,
-    OptionError,
-    RxContext,
-    RxDevice,
-    SrvCall,
-    SrvOpenFlags,
-    VNetRoot,
-    option_what,
-    parse_size,
-)
-from rxfs.rdbss.irp import (
+from rxfs.minirdr import (
     AccessMask,
+    Capability,
     CreateDisposition,
     CreateOptions,
     CreateParameters,
@@ -44,8 +32,19 @@ from rxfs.rdbss.irp import (
     FileLinkInformation,
     FileRenameInformation,
     FsControlCode,
+    MiniRdrDispatch,
+    NtStatus,
+    NtStatusError,
+    OptionError,
+    RxContext,
+    RxDevice,
     SetInformationParameters,
+    SrvCall,
+    SrvOpenFlags,
+    VNetRoot,
     VolumeInfo,
+    option_what,
+    parse_size,
 )
 
 __all__ = ["MemoryMiniRdr"]

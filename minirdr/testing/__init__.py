@@ -23,6 +23,10 @@ overridden), ``rxfs_options`` (``-o`` mount options, from ``--rxfs-option``),
 URL, for the tests that need another client), ``rxfs_dir`` (per test: a fresh empty
 directory on the mount). The kit mounts with ``rxfs mount -f`` in a subprocess and never
 imports pyfuse3.
+
+``errno_for(status)`` is the errno a user sees for an NTSTATUS (the front end's one
+table), for a backend's tests of its own error table. It is imported from ``rxfs.fs`` on
+first use, which loads pyfuse3 into the test process; the kit itself never uses it.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from ._mount import MountedBackend, MountError, backend_capabilities, mount_back
 from ._runner import run_conformance
 
 if TYPE_CHECKING:
+    from rxfs.fs import errno_for
+
     from ._suite import ConformanceSuite, expect_errno, requires
 
 __all__ = [
@@ -52,6 +58,7 @@ __all__ = [
     "MountError",
     "MountedBackend",
     "backend_capabilities",
+    "errno_for",
     "expect_errno",
     "mount_backend",
     "requires",
@@ -72,6 +79,9 @@ def __getattr__(name: str) -> Any:
     # so that a failing check reports the values it compared.
     if name in _LAZY:
         return getattr(importlib.import_module(_SUITE), name)
+    if name == "errno_for":
+        # Only on request: rxfs.fs loads pyfuse3, which the kit's own code never needs.
+        return importlib.import_module("rxfs.fs").errno_for
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

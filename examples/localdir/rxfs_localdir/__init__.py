@@ -29,10 +29,9 @@ from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
 import trio
-from rxfs.minirdr import Capability, MiniRdrDispatch
-from rxfs.rdbss import NtStatus, RxContext, SrvCall, VNetRoot
-from rxfs.rdbss.irp import (
+from rxfs.minirdr import (
     AccessMask,
+    Capability,
     CreateDisposition,
     CreateOptions,
     CreateParameters,
@@ -44,7 +43,12 @@ from rxfs.rdbss.irp import (
     FileLinkInformation,
     FileRenameInformation,
     FsControlCode,
+    MiniRdrDispatch,
+    NtStatus,
+    RxContext,
     SetInformationParameters,
+    SrvCall,
+    VNetRoot,
     VolumeInfo,
 )
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import errno
 
-from rxfs.fs import errno_for
-from rxfs.rdbss import NtStatus
+from rxfs.minirdr import NtStatus
+from rxfs.testing import errno_for
 from rxfs_localdir import NTSTATUS_OF_ERRNO, ntstatus_for
 
 # Where two errnos share a status, the user sees the more common one.

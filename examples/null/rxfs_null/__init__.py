@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import stat
 
-from rxfs.minirdr import MiniRdrDispatch
-from rxfs.rdbss import NtStatus, RxContext
-from rxfs.rdbss.irp import FileAttributes
+from rxfs.minirdr import FileAttributes, MiniRdrDispatch, NtStatus, RxContext
 
 __all__ = ["NullMiniRdr"]
 
