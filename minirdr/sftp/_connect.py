@@ -1,12 +1,9 @@
-"""SSH connection and trust for sftp://: settings, host key checking, authentication.
+"""SSH connection for sftp://: open the socket (or ProxyCommand), key exchange, log in.
 
 Blocking code: the backend runs it in worker threads. It behaves like OpenSSH's ``ssh``
-where a user would notice: ``~/.ssh/config`` is honoured, ``-o`` mount options use ssh's
-names and win over the config file, host keys are checked against known_hosts (hashed
-entries included), and authentication tries the agent, then key files, then a password.
-
-The host key rules here are the only ones: the openssh transport runs ssh with options
-that reproduce them, and asks :func:`check_host_key` to explain a key ssh refused.
+where a user would notice: settings come from :mod:`._settings` (URL, ``-o``,
+~/.ssh/config), the host key is checked by :mod:`._known_hosts` before any credential is
+sent, and authentication tries the agent, then key files, then a password.
 
 Every failure is an :class:`NtStatusError` with a one-line message that says what to do.
 No secret (password, passphrase, key material) is ever put in a log record or a message.
@@ -14,126 +11,42 @@ No secret (password, passphrase, key material) is ever put in a log record or a 
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import enum
 import errno
 import getpass
-import hashlib
-import hmac
 import logging
 import os
-import re
 import select
-import shlex
-import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO
 
 import paramiko
-from rxfs.rdbss import OptionError, option_what, parse_flag, parse_port, parse_seconds
 from rxfs.rdbss.ntstatus import NtStatus, NtStatusError
 
+from ._known_hosts import prefer_known_key_types, verify_host_key
+from ._settings import ConnectSettings
+
 __all__ = [
-    "CONNECT_OPTIONS",
-    "ConnectSettings",
     "Credentials",
-    "HostKeyPolicy",
     "PasswordPrompt",
     "check_host_key",
     "open_transport",
-    "resolve_settings",
 ]
 
 log = logging.getLogger(__name__)
 
-CONNECT_OPTIONS: dict[str, str] = {
-    "IdentityFile": "private key file to log in with (tried before ~/.ssh/id_*)",
-    "UserKnownHostsFile": "known_hosts file to check the host key in and add new keys to",
-    "StrictHostKeyChecking": "yes (default): refuse unknown host keys; accept-new: add "
-    "them to known_hosts; no: accept them (a changed key is always refused)",
-    "ConnectTimeout": "seconds to wait for the TCP connection and the SSH handshake (default 15)",
-    "ServerAliveInterval": "seconds between keepalives, 0 turns them off (default 15)",
-    "Port": "server port when the URL names none (default 22)",
-    "User": "login name when the URL names none (default: the local user)",
-    "password_stdin": "read the login password from the first line of standard input",
-}
-
-DEFAULT_CONNECT_TIMEOUT = 15.0
-DEFAULT_SERVER_ALIVE_INTERVAL = 15.0
-_DEFAULT_IDENTITY_FILES = ("~/.ssh/id_rsa", "~/.ssh/id_ecdsa", "~/.ssh/id_ed25519")
-_DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
-_GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
-_SSH_PORT = 22
-_KNOWN_HOSTS_LOCK = threading.Lock()
-# Host key algorithms paramiko negotiates for each key type a known_hosts line can hold.
-_ALGORITHMS_FOR_KEY_TYPE = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256")}
-
 PasswordPrompt = Callable[[str], "str | None"]
 """Asked with a prompt such as ``"alice@example.org's password: "``; None means give up."""
 
-
-class HostKeyPolicy(enum.Enum):
-    """StrictHostKeyChecking: what to do with a host key that known_hosts does not list."""
-
-    YES = "yes"  # refuse it
-    ACCEPT_NEW = "accept-new"  # add it to the known_hosts file and go on
-    NO = "no"  # go on without recording it
-
-
-@dataclass(frozen=True)
-class ConnectSettings:
-    """Everything needed to reach and log in to one server, resolved once per mount."""
-
-    host: str
-    """The host as written in the URL (maybe an alias from ssh_config)."""
-    hostname: str
-    """The name or address actually connected to (ssh_config ``HostName``)."""
-    port: int
-    user: str
-    remote_path: str
-    """The path from the URL, percent-decoded. ``"."`` (no path, ``/~`` or ``/~/``) is the
-    login directory; ``/~/rest`` becomes the relative ``rest``; others are absolute."""
-    identity_files: tuple[str, ...]
-    """Key files to offer, in order (``-o IdentityFile``, then ssh_config's); expanded."""
-    known_hosts_files: tuple[str, ...]
-    """UserKnownHostsFile(s), expanded; new keys are added to the first."""
-    global_known_hosts_files: tuple[str, ...] = _GLOBAL_KNOWN_HOSTS
-    host_key_alias: str | None = None
-    strict_host_key_checking: HostKeyPolicy = HostKeyPolicy.YES
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    server_alive_interval: float = DEFAULT_SERVER_ALIVE_INTERVAL
-    proxy_command: str | None = None
-    """A shell command whose stdin/stdout carry the connection (``%h``/``%p`` expanded)."""
-    password_stdin: bool = False
-
-    @property
-    def target(self) -> str:
-        """``user@hostname:port``, for messages."""
-        return f"{self.user}@{self.hostname}:{self.port}"
-
-    @property
-    def known_hosts_name(self) -> str:
-        """The name the host key is filed under, as ssh writes it: ``host``, or
-        ``[host]:port`` off port 22; a HostKeyAlias as it stands (ssh adds no port)."""
-        if self.host_key_alias is not None:
-            return self.host_key_alias
-        return self.hostname if self.port == _SSH_PORT else f"[{self.hostname}]:{self.port}"
-
-    @property
-    def lookup_known_hosts_files(self) -> tuple[str, ...]:
-        """The user known_hosts files a host key is looked up in: UserKnownHostsFile(s),
-        then ~/.ssh/known_hosts (a match in any is enough; new keys go to the first)."""
-        return tuple(dict.fromkeys([*self.known_hosts_files, _expand(_DEFAULT_KNOWN_HOSTS)]))
+_DEFAULT_IDENTITY_FILES = ("~/.ssh/id_rsa", "~/.ssh/id_ecdsa", "~/.ssh/id_ed25519")
 
 
 @dataclass
@@ -144,230 +57,6 @@ class Credentials:
     password: str | None = field(default=None, repr=False)
     keys: dict[str, paramiko.PKey] = field(default_factory=dict, repr=False)
     """Decrypted private keys by file path."""
-
-
-# -- settings ------------------------------------------------------------------------
-
-
-def resolve_settings(
-    url: urllib.parse.SplitResult,
-    options: dict[str, str],
-    ssh_config_path: str | None = None,
-) -> ConnectSettings:
-    """Turn ``sftp://[user@]host[:port]/path``, ``-o`` options and ssh_config into settings.
-
-    Precedence, as with ssh: the URL's user and port, then ``-o`` options, then the first
-    matching ssh_config entry, then defaults. ``ssh_config_path`` defaults to
-    ``~/.ssh/config`` when that exists. Options this layer does not know are ignored (they
-    belong to other layers). A bad value raises STATUS_INVALID_PARAMETER.
-    """
-    try:
-        return _resolve_settings(url, options, ssh_config_path)
-    except OptionError as exc:
-        raise NtStatusError(NtStatus.STATUS_INVALID_PARAMETER, str(exc)) from None
-
-
-def _resolve_settings(
-    url: urllib.parse.SplitResult, options: dict[str, str], ssh_config_path: str | None
-) -> ConnectSettings:
-    host, url_user, url_port = _split_url(url)
-    opts = _pick_connect_options(options)
-    user_override = url_user or _option_user(opts)
-    port_override = url_port or _option_port(opts)
-    config, config_name = _load_ssh_config(ssh_config_path, user_override, port_override)
-    entry = config.lookup(host)
-
-    hostname = entry.get("hostname", host)
-    config_port = str(entry.get("port", _SSH_PORT))
-    port = port_override or parse_port(config_port, f"Port {config_port} in {config_name}")
-    user = user_override or entry.get("user") or getpass.getuser()
-
-    identity_files = [_expand(opts["identityfile"])] if "identityfile" in opts else []
-    if identity_files and not Path(identity_files[0]).is_file():
-        _invalid(f"-o IdentityFile={opts['identityfile']}: no such file")
-    identity_files += [_expand(p) for p in entry.get("identityfile", [])]
-
-    known_hosts = (
-        [_expand(opts["userknownhostsfile"])]
-        if "userknownhostsfile" in opts
-        else [_expand(p) for p in shlex.split(entry.get("userknownhostsfile", ""))]
-    ) or [_expand(_DEFAULT_KNOWN_HOSTS)]
-    global_known_hosts = tuple(
-        _expand(p) for p in shlex.split(entry.get("globalknownhostsfile", ""))
-    )
-
-    return ConnectSettings(
-        host=host,
-        hostname=hostname,
-        port=port,
-        user=user,
-        remote_path=_remote_path(url.path),
-        identity_files=tuple(dict.fromkeys(identity_files)),
-        known_hosts_files=tuple(dict.fromkeys(known_hosts)),
-        global_known_hosts_files=global_known_hosts or _GLOBAL_KNOWN_HOSTS,
-        host_key_alias=entry.get("hostkeyalias"),
-        strict_host_key_checking=_host_key_policy(opts, entry, config_name),
-        connect_timeout=_seconds_setting(
-            opts, entry, "ConnectTimeout", DEFAULT_CONNECT_TIMEOUT, config_name
-        ),
-        server_alive_interval=_seconds_setting(
-            opts, entry, "ServerAliveInterval", DEFAULT_SERVER_ALIVE_INTERVAL, config_name
-        ),
-        proxy_command=_proxy_command(entry, hostname, port, ssh_config_path),
-        password_stdin=parse_flag(
-            opts.get("password_stdin"), option_what("password_stdin", opts.get("password_stdin"))
-        ),
-    )
-
-
-def _invalid(message: str) -> NoReturn:
-    raise OptionError(message)
-
-
-def _split_url(url: urllib.parse.SplitResult) -> tuple[str, str | None, int | None]:
-    if url.password is not None:
-        # Never echo it back: the message names the problem, not the value.
-        _invalid("sftp URL must not contain a password: use -o password_stdin or the prompt")
-    if not url.hostname:
-        _invalid(f"sftp URL needs a host: sftp://[user@]host[:port]/path, got {url.geturl()!r}")
-    try:
-        port = url.port
-    except ValueError:
-        _invalid(f"sftp URL {url.geturl()!r}: the port must be a number from 1 to 65535")
-    if port == 0:
-        _invalid(f"sftp URL {url.geturl()!r}: the port must be a number from 1 to 65535")
-    user = urllib.parse.unquote(url.username) if url.username else None
-    return url.hostname, user, port
-
-
-def _pick_connect_options(options: dict[str, str]) -> dict[str, str]:
-    """Our options, keyed by lower-case name (ssh option names are case-insensitive)."""
-    known = {name.lower() for name in CONNECT_OPTIONS}
-    picked = {}
-    for name, value in options.items():
-        key = name.lower()
-        if key not in known:
-            continue
-        if "\n" in value or "\r" in value:
-            _invalid(f"-o {name}: the value must be on one line")
-        picked[key] = value.strip()
-    return picked
-
-
-def _option_user(opts: dict[str, str]) -> str | None:
-    if "user" not in opts:
-        return None
-    user = opts["user"]
-    if not user or any(c.isspace() for c in user):
-        _invalid(f"-o User={user}: expected a login name without spaces")
-    return user
-
-
-def _option_port(opts: dict[str, str]) -> int | None:
-    return parse_port(opts["port"], f"-o Port={opts['port']}") if "port" in opts else None
-
-
-def _host_key_policy(
-    opts: dict[str, str], entry: dict[str, Any], config_name: str
-) -> HostKeyPolicy:
-    if "stricthostkeychecking" in opts:
-        value = opts["stricthostkeychecking"].lower()
-        try:
-            return HostKeyPolicy(value)
-        except ValueError:
-            _invalid(
-                f"-o StrictHostKeyChecking={opts['stricthostkeychecking']}: "
-                "expected yes, accept-new or no"
-            )
-    value = str(entry.get("stricthostkeychecking", "yes")).lower()
-    # ssh_config also allows "ask" (we cannot ask: refuse, like yes) and "off" (= no).
-    aliases = {"ask": HostKeyPolicy.YES, "off": HostKeyPolicy.NO, "on": HostKeyPolicy.YES}
-    if value in aliases:
-        return aliases[value]
-    try:
-        return HostKeyPolicy(value)
-    except ValueError:
-        _invalid(
-            f"StrictHostKeyChecking {value} in {config_name}: expected yes, ask, accept-new, no"
-        )
-
-
-def _seconds_setting(
-    opts: dict[str, str],
-    entry: dict[str, Any],
-    name: str,
-    default: float,
-    config_name: str,
-) -> float:
-    allow_zero = name == "ServerAliveInterval"
-    key = name.lower()
-    if key in opts:
-        return parse_seconds(opts[key], f"-o {name}={opts[key]}", allow_zero=allow_zero)
-    if key in entry:
-        what = f"{name} {entry[key]} in {config_name}"
-        return parse_seconds(entry[key], what, allow_zero=allow_zero)
-    return default
-
-
-def _load_ssh_config(
-    path: str | None, user: str | None, port: int | None
-) -> tuple[paramiko.SSHConfig, str]:
-    """Parse ssh_config with the URL's user and port in front, so that they win (ssh keeps
-    the first value it reads) and ``%r``/``%p`` in ProxyCommand expand to them."""
-    text, name = "", "ssh config"
-    if path is not None or Path(_expand("~/.ssh/config")).is_file():
-        name = path or _expand("~/.ssh/config")
-        try:
-            text = Path(name).read_text()
-        except OSError as error:
-            _invalid(f"cannot read ssh config {name}: {error.strerror}")
-    overrides = [f"User {user}" if user else "", f"Port {port}" if port else ""]
-    prefix = "Host *\n" + "".join(f"  {line}\n" for line in overrides if line)
-    try:
-        return paramiko.SSHConfig.from_text(prefix + text), name
-    except paramiko.ConfigParseError as error:
-        _invalid(f"ssh config {name}: {error}")
-
-
-def _proxy_command(
-    entry: dict[str, Any], hostname: str, port: int, ssh_config_path: str | None
-) -> str | None:
-    """ProxyCommand as configured; ProxyJump becomes ``ssh -W`` as OpenSSH does it itself.
-
-    When both are set ProxyCommand wins.
-    """
-    command = entry.get("proxycommand")
-    if command and command.lower() != "none":
-        return str(command)
-    jump = entry.get("proxyjump")
-    if not jump or jump.lower() == "none":
-        return None
-    if shutil.which("ssh") is None:
-        raise NtStatusError(
-            NtStatus.STATUS_NOT_SUPPORTED,
-            f"ProxyJump {jump} needs the OpenSSH client: apt-get install openssh-client",
-        )
-    hops = [hop if hop.startswith("ssh://") else f"ssh://{hop}" for hop in jump.split(",")]
-    target = f"[{hostname}]:{port}" if ":" in hostname else f"{hostname}:{port}"
-    argv = ["ssh", "-W", target]
-    if ssh_config_path is not None:
-        argv += ["-F", ssh_config_path]
-    if len(hops) > 1:
-        argv += ["-J", ",".join(hops[:-1])]
-    return shlex.join([*argv, hops[-1]])
-
-
-def _remote_path(url_path: str) -> str:
-    path = urllib.parse.unquote(url_path)
-    if path in ("", "/", "/~", "/~/"):
-        return "." if path != "/" else "/"
-    if path.startswith("/~/"):
-        return path[3:]
-    return path
-
-
-def _expand(path: str) -> str:
-    return os.path.expanduser(path)
 
 
 # -- connecting ----------------------------------------------------------------------
@@ -421,7 +110,7 @@ def _trusted_transport(settings: ConnectSettings) -> paramiko.Transport:
     transport = paramiko.Transport(_open_socket(settings))
     try:
         _negotiate(transport, settings, deadline)
-        _verify_host_key(transport.get_remote_server_key(), settings)
+        verify_host_key(transport.get_remote_server_key(), settings)
     except BaseException:
         transport.close()
         raise
@@ -545,7 +234,7 @@ def _negotiate(transport: paramiko.Transport, settings: ConnectSettings, deadlin
     transport.banner_timeout = timeout
     transport.handshake_timeout = timeout
     transport.auth_timeout = max(settings.connect_timeout, 30.0)
-    _prefer_known_key_types(transport, settings)
+    prefer_known_key_types(transport, settings)
     done = threading.Event()
     transport.start_client(event=done)
     where = f"{settings.hostname}:{settings.port}"
@@ -564,184 +253,6 @@ def _negotiate(transport: paramiko.Transport, settings: ConnectSettings, deadlin
         NtStatus.STATUS_UNEXPECTED_NETWORK_ERROR,
         f"SSH handshake with {where} failed: {detail}",
     )
-
-
-def _prefer_known_key_types(transport: paramiko.Transport, settings: ConnectSettings) -> None:
-    """Ask first for host key types known_hosts has, so a server offering several keys
-    proves the one we know instead of presenting an unknown one (ssh does the same)."""
-    known: list[str] = []
-    for entry in _known_host_entries(settings):
-        if entry.marker is None and entry.matches(settings.known_hosts_name):
-            known += _ALGORITHMS_FOR_KEY_TYPE.get(entry.key_type, (entry.key_type,))
-    options = transport.get_security_options()
-    offered = tuple(options.key_types)
-    preferred = [algorithm for algorithm in dict.fromkeys(known) if algorithm in offered]
-    if preferred:
-        options.key_types = (*preferred, *(a for a in offered if a not in preferred))
-
-
-# -- host keys -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _KnownHost:
-    """One known_hosts line."""
-
-    path: str
-    line_number: int
-    marker: str | None  # "@revoked", "@cert-authority" or None
-    patterns: tuple[str, ...]
-    key_type: str
-    blob: bytes
-
-    def matches(self, name: str) -> bool:
-        """ssh's rules: any pattern matches and no negated (``!``) pattern does."""
-        name = name.lower()
-        matched = False
-        for pattern in self.patterns:
-            negated = pattern.startswith("!")
-            if _pattern_matches(pattern.removeprefix("!"), name):
-                if negated:
-                    return False
-                matched = True
-        return matched
-
-
-def _pattern_matches(pattern: str, name: str) -> bool:
-    if pattern.startswith("|1|"):
-        try:
-            _, _, salt, digest = pattern.split("|")
-            mac = hmac.new(base64.b64decode(salt), name.encode(), hashlib.sha1).digest()
-            return hmac.compare_digest(mac, base64.b64decode(digest))
-        except ValueError:  # binascii.Error is a ValueError
-            return False
-    # ssh patterns know only * and ?; everything else (the [ ] of [host]:port) is literal.
-    regex = re.escape(pattern.lower()).replace(r"\*", ".*").replace(r"\?", ".")
-    return re.fullmatch(regex, name) is not None
-
-
-def _parse_known_hosts_line(path: str, line_number: int, line: str) -> _KnownHost | None:
-    fields = line.split()
-    if not fields or fields[0].startswith("#"):
-        return None
-    marker = fields.pop(0) if fields[0].startswith("@") else None
-    if len(fields) < 3:
-        return None
-    try:
-        blob = base64.b64decode(fields[2], validate=True)
-    except ValueError:
-        return None
-    key_type = _blob_key_type(blob) or fields[1]
-    return _KnownHost(path, line_number, marker, tuple(fields[0].split(",")), key_type, blob)
-
-
-def _blob_key_type(blob: bytes) -> str | None:
-    """The key type an SSH public key blob names in its first field."""
-    if len(blob) < 4:
-        return None
-    length = int.from_bytes(blob[:4], "big")
-    return blob[4 : 4 + length].decode("ascii", errors="replace") if length < 64 else None
-
-
-def _known_host_entries(settings: ConnectSettings) -> Iterator[_KnownHost]:
-    paths = [*settings.lookup_known_hosts_files, *settings.global_known_hosts_files]
-    for path in dict.fromkeys(paths):
-        try:
-            lines = Path(path).read_text(errors="replace").splitlines()
-        except OSError:  # missing or unreadable files are simply empty, as for ssh
-            continue
-        for number, line in enumerate(lines, start=1):
-            entry = _parse_known_hosts_line(path, number, line)
-            if entry is not None:
-                yield entry
-
-
-def _fingerprint(blob: bytes) -> str:
-    digest = hashlib.sha256(blob).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-
-
-def _verify_host_key(key: paramiko.PKey, settings: ConnectSettings) -> None:
-    """Check the server's key against known_hosts before any credential is sent."""
-    # Serialised so that a mount's parallel first connections add a new key only once.
-    with _KNOWN_HOSTS_LOCK:
-        _check_known_hosts(key, settings)
-
-
-def _check_known_hosts(key: paramiko.PKey, settings: ConnectSettings) -> None:
-    blob: bytes = key.asbytes()
-    key_type = _blob_key_type(blob) or key.get_name()
-    name = settings.known_hosts_name
-    fingerprint = _fingerprint(blob)
-    changed: _KnownHost | None = None
-    for entry in _known_host_entries(settings):
-        if entry.marker == "@revoked" and entry.blob == blob:
-            _refuse_host_key(
-                f"host key {key_type} {fingerprint} of {name} is marked @revoked in "
-                f"{entry.path}:{entry.line_number}: refusing to connect"
-            )
-        if entry.marker is not None or not entry.matches(name):
-            continue
-        if entry.blob == blob:
-            log.debug("host key %s of %s found in %s", fingerprint, name, entry.path)
-            return
-        if entry.key_type == key_type and changed is None:
-            changed = entry
-    if changed is not None:
-        _refuse_host_key(
-            f"WARNING: HOST KEY OF {name} HAS CHANGED, now {key_type} {fingerprint}, which "
-            f"does not match {changed.path}:{changed.line_number}: someone may be "
-            "intercepting the connection; if the server's key really changed, remove the "
-            f"old line with: ssh-keygen -R '{name}' -f {changed.path}"
-        )
-    policy = settings.strict_host_key_checking
-    if policy is HostKeyPolicy.YES:
-        _refuse_host_key(
-            f"host key of {name} is unknown ({key_type} {fingerprint}): check the "
-            "fingerprint with the server's admin, then connect once with "
-            "-o StrictHostKeyChecking=accept-new to add it to known_hosts"
-        )
-    if policy is HostKeyPolicy.ACCEPT_NEW:
-        _add_known_host(settings.known_hosts_files[0], name, key_type, blob)
-        log.info(
-            "added host key %s %s of %s to %s",
-            key_type,
-            fingerprint,
-            name,
-            settings.known_hosts_files[0],
-        )
-    else:
-        log.info(
-            "accepting unknown host key %s %s of %s (StrictHostKeyChecking=no)",
-            key_type,
-            fingerprint,
-            name,
-        )
-
-
-def _refuse_host_key(message: str) -> NoReturn:
-    raise NtStatusError(NtStatus.STATUS_ACCESS_DENIED, message)
-
-
-def _add_known_host(path: str, name: str, key_type: str, blob: bytes) -> None:
-    target = Path(path)
-    try:
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        needs_newline = (
-            target.is_file()
-            and not target.read_bytes().endswith(b"\n")
-            and (target.stat().st_size > 0)
-        )
-        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a") as known_hosts:
-            if needs_newline:
-                known_hosts.write("\n")
-            known_hosts.write(f"{name} {key_type} {base64.b64encode(blob).decode()}\n")
-    except OSError as error:
-        raise NtStatusError(
-            NtStatus.STATUS_ACCESS_DENIED,
-            f"cannot add the host key of {name} to {path}: {error.strerror}",
-        ) from None
 
 
 # -- authentication ------------------------------------------------------------------
@@ -861,7 +372,7 @@ def _candidate_keys(
     if agent is not None:
         for key in agent.get_keys():
             yield f"agent key {key.comment or key.fingerprint}", key
-    defaults = (_expand(p) for p in _DEFAULT_IDENTITY_FILES)
+    defaults = (os.path.expanduser(p) for p in _DEFAULT_IDENTITY_FILES)
     for path in dict.fromkeys([*settings.identity_files, *defaults]):
         if not Path(path).is_file():
             continue

@@ -45,13 +45,7 @@ from rxfs.rdbss.irp import (
     VolumeInfo,
 )
 
-from ._connect import (
-    CONNECT_OPTIONS,
-    ConnectSettings,
-    Credentials,
-    open_transport,
-    resolve_settings,
-)
+from ._connect import Credentials, open_transport
 from ._engine import (
     EXT_FSYNC,
     EXT_HARDLINK,
@@ -64,6 +58,7 @@ from ._engine import (
     WriteBatch,
 )
 from ._openssh import open_openssh_session
+from ._settings import CONNECT_OPTIONS, ConnectSettings, resolve_settings
 from ._spread import SpreadWrites
 from ._status import NTSTATUS_OF_SFTP, TIMEOUT_STATUS, Probe, nt_status_of
 from ._wire import Attrs, OpenFlags

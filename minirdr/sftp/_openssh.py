@@ -12,7 +12,7 @@ given the agent, needs the paramiko transport (``auto`` falls back to it). The o
 the mount resolved (user, port, keys, known_hosts files, timeouts, ProxyCommand) are
 passed to ssh explicitly; ssh also reads ~/.ssh/config.
 
-Host keys are trusted by :mod:`._connect`'s rules, not ssh's own: ssh gets options that
+Host keys are trusted by :mod:`._known_hosts`' rules, not ssh's own: ssh gets options that
 reproduce them, and a key ssh refuses is looked at again by :func:`check_host_key`, whose
 one-line message (host, fingerprint, what to do) is the paramiko path's. Other failures
 are reported with the last line ssh wrote to its standard error.
@@ -30,9 +30,10 @@ import threading
 import trio
 from rxfs.rdbss import NtStatus, NtStatusError
 
-from ._connect import ConnectSettings, HostKeyPolicy, check_host_key
+from ._connect import check_host_key
 from ._engine import SftpError, SftpSession
 from ._pipes import PipedSession, PipeLink
+from ._settings import ConnectSettings, HostKeyPolicy
 
 __all__ = ["open_openssh_session", "ssh_argv"]
 

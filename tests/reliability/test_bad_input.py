@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from rxfs.fs import cli
-from rxfs.minirdr.sftp._connect import resolve_settings
 from rxfs.minirdr.sftp._minirdr import _Tuning
+from rxfs.minirdr.sftp._settings import resolve_settings
 from rxfs.rdbss import NtStatus, NtStatusError
 
 from tests.conftest import Rxfs

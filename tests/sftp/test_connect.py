@@ -18,12 +18,11 @@ from typing import Any
 
 import paramiko
 import pytest
-from rxfs.minirdr.sftp._connect import (
+from rxfs.minirdr.sftp._connect import Credentials, open_transport
+from rxfs.minirdr.sftp._settings import (
     CONNECT_OPTIONS,
     ConnectSettings,
-    Credentials,
     HostKeyPolicy,
-    open_transport,
     resolve_settings,
 )
 from rxfs.minirdr.sftp.loopback import LoopbackSshd

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import trio
-from rxfs.minirdr.sftp._connect import open_transport, resolve_settings
+from rxfs.minirdr.sftp._connect import open_transport
 from rxfs.minirdr.sftp._engine import (
     EXT_FSYNC,
     EXT_HARDLINK,
@@ -22,6 +22,7 @@ from rxfs.minirdr.sftp._engine import (
     SftpError,
     SftpSession,
 )
+from rxfs.minirdr.sftp._settings import resolve_settings
 from rxfs.minirdr.sftp._status import NTSTATUS_OF_SFTP, Probe, nt_status_of
 from rxfs.minirdr.sftp._wire import OpenFlags, SftpStatusCode
 from rxfs.minirdr.sftp.loopback import LoopbackSshd

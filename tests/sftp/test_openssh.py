@@ -15,11 +15,11 @@ from urllib.parse import urlsplit
 import pytest
 import trio
 from rxfs.minirdr.sftp import _minirdr
-from rxfs.minirdr.sftp._connect import ConnectSettings, HostKeyPolicy, resolve_settings
 from rxfs.minirdr.sftp._engine import SftpSession
 from rxfs.minirdr.sftp._minirdr import Transport
 from rxfs.minirdr.sftp._openssh import open_openssh_session, ssh_argv
 from rxfs.minirdr.sftp._pipes import PipeLink
+from rxfs.minirdr.sftp._settings import ConnectSettings, HostKeyPolicy, resolve_settings
 from rxfs.minirdr.sftp._wire import OpenFlags
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
 from rxfs.rdbss import NtStatus, NtStatusError

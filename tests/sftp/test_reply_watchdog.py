@@ -10,10 +10,10 @@ from urllib.parse import urlsplit
 
 import pytest
 import trio
-from rxfs.minirdr.sftp._connect import resolve_settings
 from rxfs.minirdr.sftp._engine import SftpError
 from rxfs.minirdr.sftp._openssh import open_openssh_session
 from rxfs.minirdr.sftp._pipes import PipedSession
+from rxfs.minirdr.sftp._settings import resolve_settings
 from rxfs.minirdr.sftp._wire import OpenFlags, SftpStatusCode
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
 
