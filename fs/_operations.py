@@ -462,7 +462,7 @@ class RxOperations(pyfuse3.Operations):
             inode, lambda path: Irp(IrpMj.IRP_MJ_CREATE, params, file_name=path)
         )
         assert irp.file_object is not None
-        return self._file_info(irp.file_object, inode)
+        return self._file_info(irp.file_object, inode, flags)
 
     @_handler
     async def create(
@@ -480,14 +480,20 @@ class RxOperations(pyfuse3.Operations):
             path, CreateParameters(access, disposition, options, stat.S_IMODE(mode))
         )
         entry = await self._lookup_entry(path, attrs)
-        return self._file_info(fobx, entry.st_ino), entry
+        return self._file_info(fobx, entry.st_ino, flags), entry
 
-    def _file_info(self, fobx: Fobx, inode: InodeT) -> pyfuse3.FileInfo:
+    def _file_info(self, fobx: Fobx, inode: InodeT, flags: int) -> pyfuse3.FileInfo:
         self._files[fobx.key] = fobx
         self._file_inodes[fobx.key] = inode
         info = pyfuse3.FileInfo(fh=fobx.key)
         # Another client may change the file between opens: do not keep the page cache.
         info.keep_cache = False
+        # O_APPEND goes around the page cache: through it the kernel ends a write at
+        # the first page it did not hold whole, so a 100-byte record across a 4 KiB
+        # boundary left as two appends, and another client's record could land
+        # between them. Direct I/O sends each write(2) as one request (up to 1 MiB),
+        # which the server places at the end whole (SSH_FXF_APPEND).
+        info.direct_io = bool(flags & os.O_APPEND)
         return info
 
     @_handler
