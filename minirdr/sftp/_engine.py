@@ -26,7 +26,7 @@ CONNECTION_LOST, and the core reconnects and replays.
 
 An SFTP handle belongs to the session that opened it (each channel is a separate
 sftp-server process), so a :class:`RemoteFile` stays on its session; requests by path go
-to the least loaded session of the :class:`SessionPool`, which spans several SSH
+to the least loaded session of the :class:`._pool.SessionPool`, which spans several SSH
 connections (``-o max_conns``) for throughput.
 """
 
@@ -73,7 +73,6 @@ __all__ = [
     "EngineStats",
     "Link",
     "RemoteFile",
-    "SessionPool",
     "SftpError",
     "SftpSession",
     "WriteBatch",
@@ -1143,50 +1142,6 @@ class RemoteFile:
             await self.wait_writes()
             self.session.open_files -= 1
             await self.session.call(PacketType.CLOSE, self._handle_field)
-
-
-class SessionPool:
-    """The SFTP sessions of one SrvCall, over one or more SSH transports."""
-
-    def __init__(self, transports: list[paramiko.Transport], sessions: list[SftpSession]) -> None:
-        self.transports = transports
-        self.sessions = sessions
-
-    @property
-    def extensions(self) -> dict[str, bytes]:
-        return self.sessions[0].extensions if self.sessions else {}
-
-    def has(self, extension: str) -> bool:
-        return extension in self.extensions
-
-    def pick(self) -> SftpSession:
-        """The least loaded live session; a dead one when all are (its requests then
-        fail with NO_CONNECTION, which the caller maps)."""
-        alive = [s for s in self.sessions if s.alive] or self.sessions
-        return min(alive, key=lambda s: s.load)
-
-    @property
-    def stats(self) -> EngineStats:
-        total = EngineStats()
-        for session in self.sessions:
-            for name in ("write_requests", "write_bytes", "read_requests", "failed_replies"):
-                setattr(total, name, getattr(total, name) + getattr(session.stats, name))
-            total.largest_write_request = max(
-                total.largest_write_request, session.stats.largest_write_request
-            )
-        return total
-
-    def join(self) -> None:
-        """Blocking: wait for the sessions' threads to end after :meth:`close`."""
-        for session in self.sessions:
-            session.join()
-
-    def close(self) -> None:
-        """Close every session and transport (does not block on the network)."""
-        for session in self.sessions:
-            session.close()
-        for transport in self.transports:
-            transport.close()
 
 
 def _covers(segs: list[_ReadSeg], offset: int, end: int) -> bool:

@@ -10,17 +10,16 @@ root) are joined onto it.
 Every entry runs under the request deadline (``-o timeout``) and answers an NTSTATUS:
 SFTP failures go through the one table in :mod:`._status`, with a probe where OpenSSH's
 FAILURE hides the cause.
+
+This module holds the dispatch entries only: the connections and the session pool they
+pick from are :mod:`._pool`'s, the NT <-> SFTP conversions :mod:`._convert`'s.
 """
 
 from __future__ import annotations
 
-import enum
 import functools
 import logging
 import posixpath
-import shlex
-import shutil
-import stat
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -34,7 +33,6 @@ from rxfs.rdbss.irp import (
     CreateOptions,
     CreateParameters,
     DirEntry,
-    FileAttributes,
     FileBasicInformation,
     FileDispositionInformation,
     FileEndOfFileInformation,
@@ -45,120 +43,40 @@ from rxfs.rdbss.irp import (
     VolumeInfo,
 )
 
-from ._connect import Credentials, open_transport
+from ._convert import basic_attrs, file_attributes, is_dir, nlink_of, open_flags
 from ._engine import (
     EXT_FSYNC,
     EXT_HARDLINK,
     EXT_POSIX_RENAME,
     EXT_STATVFS,
     RemoteFile,
-    SessionPool,
     SftpError,
     SftpSession,
     WriteBatch,
 )
-from ._openssh import open_openssh_session
-from ._settings import CONNECT_OPTIONS, ConnectSettings, resolve_settings
+from ._pool import (
+    DEFAULT_CHANNELS,
+    DEFAULT_MAX_CONNS,
+    DEFAULT_TIMEOUT,
+    Connections,
+    SessionPool,
+    Transport,
+    Tuning,
+)
+from ._settings import CONNECT_OPTIONS
 from ._spread import SpreadWrites
-from ._status import NTSTATUS_OF_SFTP, TIMEOUT_STATUS, Probe, nt_status_of
+from ._status import NTSTATUS_OF_SFTP, TIMEOUT_STATUS, Probe, nt_status_of, status_error
 from ._wire import Attrs, OpenFlags
 
 if TYPE_CHECKING:
-    import paramiko
     from rxfs.rdbss import Fcb, RxDevice, SrvCall, VNetRoot
 
 __all__ = ["SftpMiniRdr"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_CONNS = 2
-DEFAULT_CHANNELS = 1
-DEFAULT_TIMEOUT = 30.0
 # Read on every write: a module constant, not an enum lookup (see DESIGN §10).
 _PAGING_IO = LowIoReadWriteFlags.LOWIO_READWRITEFLAG_PAGING_IO
-# Threads that may block in connection setup at once (TCP, key exchange, login).
-_CONNECT_THREADS = 4
-
-
-class Transport(enum.Enum):
-    """What carries the SSH connection (``-o transport``)."""
-
-    AUTO = "auto"  # openssh where it can log in, else paramiko
-    PARAMIKO = "paramiko"  # in this process, in Python
-    OPENSSH = "openssh"  # the system's ssh client, as sshfs does (keys or agent only)
-
-
-# What makes transport=auto give up on ssh and log in with paramiko instead: ssh in
-# BatchMode cannot type a password or a key's passphrase (LOGON_FAILURE), or cannot run.
-_FALL_BACK_FROM_OPENSSH = (NtStatus.STATUS_LOGON_FAILURE, NtStatus.STATUS_NOT_SUPPORTED)
-
-
-@dataclass
-class _Tuning:
-    """This backend's own -o options."""
-
-    max_conns: int = DEFAULT_MAX_CONNS
-    channels: int = DEFAULT_CHANNELS
-    timeout: float = DEFAULT_TIMEOUT
-    transport: Transport = Transport.AUTO
-    ssh_command: str = "ssh"
-
-    @classmethod
-    def from_options(cls, options: dict[str, str]) -> _Tuning:
-        tuning = cls()
-        if "transport" in options:
-            try:
-                tuning.transport = Transport(options["transport"])
-            except ValueError:
-                raise NtStatusError(
-                    NtStatus.STATUS_INVALID_PARAMETER,
-                    f"-o transport={_printable(options['transport'])}: "
-                    "expected auto, openssh or paramiko",
-                ) from None
-        if "ssh_command" in options:
-            tuning.ssh_command = options["ssh_command"]
-            try:
-                words = shlex.split(tuning.ssh_command)
-            except ValueError:
-                words = []
-            if not words:
-                raise NtStatusError(
-                    NtStatus.STATUS_INVALID_PARAMETER,
-                    f"-o ssh_command={_printable(tuning.ssh_command)}: expected a command, "
-                    "quoted as for a shell",
-                )
-        for name, parse in (("max_conns", int), ("channels", int), ("timeout", float)):
-            if name not in options:
-                continue
-            try:
-                value = parse(options[name])
-            except ValueError:
-                value = 0
-            if value <= 0 or (parse is int and value > 64):
-                raise NtStatusError(
-                    NtStatus.STATUS_INVALID_PARAMETER,
-                    f"-o {name}={_printable(options[name])}: expected a positive number"
-                    + (" up to 64" if parse is int else ""),
-                )
-            setattr(tuning, name, value)
-        return tuning
-
-    def first_transport(self, settings: ConnectSettings) -> tuple[Transport, str]:
-        """The transport to connect with first, and why (for the log)."""
-        if self.transport is not Transport.AUTO:
-            return self.transport, "as -o transport asks"
-        if settings.password_stdin:
-            return Transport.PARAMIKO, "password_stdin needs it"
-        client = shlex.split(self.ssh_command)[0]
-        found = shutil.which(client)
-        if found is None:
-            return Transport.PARAMIKO, f"no {client} on PATH"
-        return Transport.OPENSSH, f"found {found}"
-
-
-def _printable(value: str) -> str:
-    """A user's value inside a one-line message: control characters escaped."""
-    return value.encode("unicode_escape").decode("ascii")
 
 
 @dataclass(eq=False)
@@ -212,70 +130,6 @@ def _entry(method: _Entry[_M]) -> _Entry[_M]:
     return run
 
 
-async def _fail(
-    error: SftpError, session: SftpSession, probe: Probe, path: str, other: str = ""
-) -> NtStatusError:
-    status = await nt_status_of(error, session, probe, path, other)
-    return NtStatusError(status, f"{path}: {error}")
-
-
-def _file_attributes(attrs: Attrs, nlink: int = 1) -> FileAttributes:
-    """SFTP v3 has whole seconds and no ctime: ctime is reported as mtime."""
-    mtime_ns = (attrs.mtime or 0) * 1_000_000_000
-    return FileAttributes(
-        mode=attrs.permissions or 0,
-        size=attrs.size or 0,
-        uid=attrs.uid or 0,
-        gid=attrs.gid or 0,
-        atime_ns=(attrs.atime or 0) * 1_000_000_000,
-        mtime_ns=mtime_ns,
-        ctime_ns=mtime_ns,
-        nlink=nlink,
-    )
-
-
-def _is_dir(attrs: Attrs) -> bool:
-    return attrs.permissions is not None and stat.S_ISDIR(attrs.permissions)
-
-
-def _nlink_of(longname: str) -> int:
-    """The link count from a READDIR longname (``ls -l`` format), 1 when unreadable."""
-    fields = longname.split(None, 2)
-    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 1
-
-
-def _open_flags(params: CreateParameters, append: bool) -> OpenFlags:
-    access = params.desired_access
-    flags = OpenFlags(0)
-    if access & AccessMask.FILE_READ_DATA:
-        flags |= OpenFlags.SSH_FXF_READ
-    if access & (AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA):
-        flags |= OpenFlags.SSH_FXF_WRITE
-    if append:
-        # The server puts every write at the end, so appends from two mounts never
-        # overwrite each other (the offsets we send are ignored).
-        flags |= OpenFlags.SSH_FXF_APPEND
-    disposition = params.disposition
-    if disposition in (
-        CreateDisposition.FILE_CREATE,
-        CreateDisposition.FILE_OPEN_IF,
-        CreateDisposition.FILE_OVERWRITE_IF,
-        CreateDisposition.FILE_SUPERSEDE,
-    ):
-        flags |= OpenFlags.SSH_FXF_CREAT
-    if disposition == CreateDisposition.FILE_CREATE:
-        flags |= OpenFlags.SSH_FXF_EXCL
-    if disposition in (
-        CreateDisposition.FILE_OVERWRITE,
-        CreateDisposition.FILE_OVERWRITE_IF,
-        CreateDisposition.FILE_SUPERSEDE,
-    ):
-        flags |= OpenFlags.SSH_FXF_TRUNC | OpenFlags.SSH_FXF_WRITE
-    if not flags & (OpenFlags.SSH_FXF_READ | OpenFlags.SSH_FXF_WRITE):
-        flags |= OpenFlags.SSH_FXF_READ
-    return flags
-
-
 class SftpMiniRdr(MiniRdrDispatch):
     scheme = "sftp"
     description = (
@@ -308,27 +162,24 @@ class SftpMiniRdr(MiniRdrDispatch):
     }
 
     def __init__(self) -> None:
-        self.tuning = _Tuning()
+        self._connections = Connections()
         self._device: RxDevice | None = None
-        self._pool: SessionPool | None = None
         self._root = "/"
         self._warned_no_fsync = False
-        self._limiter = trio.CapacityLimiter(_CONNECT_THREADS)
-        # Kept for the life of the mount: reconnects log in without asking again, over
-        # the transport that worked.
-        self._credentials = Credentials()
-        self._transport: Transport | None = None
+
+    @property
+    def tuning(self) -> Tuning:
+        """This backend's -o options, as the last connect read them."""
+        return self._connections.tuning
 
     @property
     def transport(self) -> Transport | None:
         """What carries the connection (never AUTO); None before the first one."""
-        return self._transport
+        return self._connections.transport
 
     @property
     def pool(self) -> SessionPool:
-        if self._pool is None:
-            raise NtStatusError(NtStatus.STATUS_CONNECTION_DISCONNECTED, "not connected")
-        return self._pool
+        return self._connections.pool
 
     def _remote(self, path: str) -> str:
         """The server path of the core's path ('/' is the share root)."""
@@ -347,96 +198,11 @@ class SftpMiniRdr(MiniRdrDispatch):
         first and falls back to paramiko when ssh cannot log in (in BatchMode it cannot
         type a password or a passphrase); a reconnect uses the transport that worked.
         Raises NtStatusError with the one-line reason on failure."""
-        # A reconnect: what is left of the old connection goes first, so that requests
-        # still waiting on it (a stalled server) fail now and are replayed, and its
-        # threads and sockets are not kept for the life of the mount.
-        old, self._pool = self._pool, None
-        if old is not None:
-            old.close()
         options = self._device.options if self._device is not None else {}
-        self.tuning = _Tuning.from_options(options)
-        settings = resolve_settings(srv_call.url, options)
-        if self._transport is None:
-            transport, why = self.tuning.first_transport(settings)
-        else:
-            transport, why = self._transport, "as before"
-        try:
-            pool = await self._connect(settings, transport)
-        except NtStatusError as exc:
-            if not (
-                self.tuning.transport is Transport.AUTO
-                and transport is Transport.OPENSSH
-                and exc.status in _FALL_BACK_FROM_OPENSSH
-            ):
-                raise
-            # DEBUG: a mount that fails after all says one line; the one that works says
-            # at INFO which transport carries it, and why.
-            log.debug(
-                "ssh could not log in to %s (%s); trying paramiko, which can ask for a "
-                "password or a passphrase",
-                settings.target,
-                exc.message,
-            )
-            transport, why = Transport.PARAMIKO, "ssh could not log in"
-            pool = await self._connect(settings, transport)
-        self._transport = transport
-        self._pool = pool
-        srv_call.context = pool
+        settings = await self._connections.connect(srv_call.url, options)
+        srv_call.context = self._connections.pool
         self._root = settings.remote_path
-        if old is not None:
-            # Reap what the old connection left (threads; with transport=openssh, the
-            # ssh processes and their pipes), now that it cannot hold anyone up.
-            await self._in_thread(old.join)
-        log.info(
-            "connected to %s through %s (%s): %d connection(s), %d SFTP session(s), extensions %s",
-            settings.target,
-            transport.value,
-            why,
-            len(pool.transports) or len(pool.sessions),  # openssh: one ssh a session
-            len(pool.sessions),
-            ", ".join(sorted(pool.extensions)) or "none",
-        )
         return NtStatus.STATUS_SUCCESS
-
-    async def _connect(self, settings: ConnectSettings, transport: Transport) -> SessionPool:
-        """``max_conns`` logins over ``transport``, ``channels`` sessions on each."""
-        token = trio.lowlevel.current_trio_token()
-        transports: list[paramiko.Transport] = []
-        sessions: list[SftpSession] = []
-
-        def connect() -> None:
-            if transport is Transport.OPENSSH:
-                for _ in range(self.tuning.channels):
-                    add(open_openssh_session(settings, token, self.tuning.ssh_command))
-                return
-            ssh = open_transport(settings, credentials=self._credentials)
-            transports.append(ssh)
-            for _ in range(self.tuning.channels):
-                add(SftpSession.open(ssh, token))
-
-        def add(session: SftpSession) -> None:
-            # The request deadline, for every request: see SftpSession._watch_replies.
-            session.reply_timeout = self.tuning.timeout
-            sessions.append(session)
-
-        try:
-            # The first login alone, so a password or passphrase is asked for once and
-            # the rest reuse it from the credentials.
-            await self._in_thread(connect)
-            async with trio.open_nursery() as nursery:
-                for _ in range(self.tuning.max_conns - 1):
-                    nursery.start_soon(self._in_thread, connect)
-        except BaseException as exc:
-            SessionPool(transports, sessions).close()
-            if isinstance(exc, SftpError):
-                raise NtStatusError(
-                    NTSTATUS_OF_SFTP[exc.code], f"{settings.target}: {exc.message}"
-                ) from exc
-            raise
-        return SessionPool(transports, sessions)
-
-    async def _in_thread(self, work: Callable[[], None]) -> None:
-        await trio.to_thread.run_sync(work, limiter=self._limiter, abandon_on_cancel=True)
 
     async def create_v_net_root(self, v_net_root: VNetRoot) -> NtStatus:
         """Resolve the share root on the server; it must be a directory."""
@@ -453,7 +219,7 @@ class SftpMiniRdr(MiniRdrDispatch):
             ) from exc
         except trio.TooSlowError:
             raise NtStatusError(TIMEOUT_STATUS, "the server did not answer in time") from None
-        if not _is_dir(attrs):
+        if not is_dir(attrs):
             raise NtStatusError(
                 NtStatus.STATUS_NOT_A_DIRECTORY, f"{root!r} on the server is not a directory"
             )
@@ -462,10 +228,7 @@ class SftpMiniRdr(MiniRdrDispatch):
         return NtStatus.STATUS_SUCCESS
 
     async def finalize_srv_call(self, srv_call: SrvCall) -> NtStatus:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
-            await self._in_thread(pool.join)
+        await self._connections.close()
         return NtStatus.STATUS_SUCCESS
 
     # -- create and close ----------------------------------------------------------------
@@ -490,12 +253,12 @@ class SftpMiniRdr(MiniRdrDispatch):
             AccessMask.FILE_READ_DATA | AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA
         ) and params.disposition in (CreateDisposition.FILE_OPEN, CreateDisposition.FILE_OPEN_IF):
             attrs = await self._stat_for_open(path, params)
-            srv_open.context = _Open(None, _is_dir(attrs))
+            srv_open.context = _Open(None, is_dir(attrs))
         else:
             append = bool(srv_open.flags & SrvOpenFlags.SRVOPEN_FLAG_APPEND)
             remote, attrs = await self._open_file(path, params, append)
             srv_open.context = _Open(self._spread_writes(remote), remote is None)
-        rx_context.irp.attributes = _file_attributes(attrs)
+        rx_context.irp.attributes = file_attributes(attrs)
         return NtStatus.STATUS_SUCCESS
 
     def _spread_writes(self, remote: RemoteFile | None) -> SpreadWrites | None:
@@ -511,8 +274,8 @@ class SftpMiniRdr(MiniRdrDispatch):
         try:
             attrs = await session.stat(path)
         except SftpError as exc:
-            raise await _fail(exc, session, Probe.OPEN, path) from None
-        if _is_dir(attrs) and params.options & CreateOptions.FILE_NON_DIRECTORY_FILE:
+            raise await status_error(exc, session, Probe.OPEN, path) from None
+        if is_dir(attrs) and params.options & CreateOptions.FILE_NON_DIRECTORY_FILE:
             raise NtStatusError(NtStatus.STATUS_FILE_IS_A_DIRECTORY, path)
         return attrs
 
@@ -531,7 +294,7 @@ class SftpMiniRdr(MiniRdrDispatch):
             try:
                 await session.mkdir(path, params.file_mode & 0o7777)
             except SftpError as exc:
-                failure = await _fail(exc, session, Probe.CREATE_NEW, path)
+                failure = await status_error(exc, session, Probe.CREATE_NEW, path)
                 if not (
                     disposition == CreateDisposition.FILE_OPEN_IF
                     and failure.status == NtStatus.STATUS_OBJECT_NAME_COLLISION
@@ -540,8 +303,8 @@ class SftpMiniRdr(MiniRdrDispatch):
         try:
             attrs = await session.stat(path)
         except SftpError as exc:
-            raise await _fail(exc, session, Probe.OPEN, path) from None
-        if not _is_dir(attrs):
+            raise await status_error(exc, session, Probe.OPEN, path) from None
+        if not is_dir(attrs):
             raise NtStatusError(NtStatus.STATUS_NOT_A_DIRECTORY, path)
         return attrs
 
@@ -551,13 +314,13 @@ class SftpMiniRdr(MiniRdrDispatch):
         """OPEN (+ STAT in the same round trip). An existing directory opened for
         reading is an open of the directory: its handle is closed and none is kept."""
         session = self.pool.pick()
-        flags = _open_flags(params, append)
+        flags = open_flags(params, append)
         try:
             remote, attrs = await session.open_file(path, flags, params.file_mode & 0o7777)
         except SftpError as exc:
             probe = Probe.CREATE_NEW if flags & OpenFlags.SSH_FXF_EXCL else Probe.OPEN
-            raise await _fail(exc, session, probe, path) from None
-        if not _is_dir(attrs):
+            raise await status_error(exc, session, probe, path) from None
+        if not is_dir(attrs):
             return remote, attrs
         await self._close_quietly(remote)
         if params.options & CreateOptions.FILE_NON_DIRECTORY_FILE or flags & (
@@ -584,7 +347,7 @@ class SftpMiniRdr(MiniRdrDispatch):
         try:
             await ctx.writes.close()
         except SftpError as exc:
-            raise await _fail(exc, remote.session, Probe.SPACE, remote.path) from None
+            raise await status_error(exc, remote.session, Probe.SPACE, remote.path) from None
         return NtStatus.STATUS_SUCCESS
 
     @_entry
@@ -609,7 +372,7 @@ class SftpMiniRdr(MiniRdrDispatch):
         try:
             await remote.fsync()
         except SftpError as exc:
-            raise await _fail(exc, remote.session, Probe.SPACE, remote.path) from None
+            raise await status_error(exc, remote.session, Probe.SPACE, remote.path) from None
         return NtStatus.STATUS_SUCCESS
 
     # -- low I/O ---------------------------------------------------------------------------
@@ -713,7 +476,7 @@ class SftpMiniRdr(MiniRdrDispatch):
         try:
             data = await remote.read(rw.byte_offset, rw.byte_count)
         except SftpError as exc:
-            raise await _fail(exc, remote.session, Probe.NONE, remote.path) from None
+            raise await status_error(exc, remote.session, Probe.NONE, remote.path) from None
         if not data:
             return NtStatus.STATUS_END_OF_FILE
         rw.buffer = data
@@ -732,14 +495,14 @@ class SftpMiniRdr(MiniRdrDispatch):
             try:
                 rx_context.irp.link_target = await session.readlink(path)
             except SftpError as exc:
-                raise await _fail(exc, session, Probe.READLINK, path) from None
+                raise await status_error(exc, session, Probe.READLINK, path) from None
             return NtStatus.STATUS_SUCCESS
         try:
             await session.symlink(path, fsctl.target)
             attrs = await session.lstat(path)
         except SftpError as exc:
-            raise await _fail(exc, session, Probe.CREATE_NEW, path) from None
-        rx_context.irp.attributes = _file_attributes(attrs)
+            raise await status_error(exc, session, Probe.CREATE_NEW, path) from None
+        rx_context.irp.attributes = file_attributes(attrs)
         return NtStatus.STATUS_SUCCESS
 
     # -- information -----------------------------------------------------------------------
@@ -756,7 +519,7 @@ class SftpMiniRdr(MiniRdrDispatch):
             try:
                 attrs = await remote.fstat()
             except SftpError as exc:
-                raise await _fail(exc, remote.session, Probe.NONE, path) from None
+                raise await status_error(exc, remote.session, Probe.NONE, path) from None
         else:
             session = self.pool.pick()
             try:
@@ -764,8 +527,8 @@ class SftpMiniRdr(MiniRdrDispatch):
             except SftpError as exc:
                 # No parent probe: a lookup answers ENOENT for a missing name and for a
                 # missing parent alike, and every new file starts with such a lookup.
-                raise await _fail(exc, session, Probe.NONE, path) from None
-        rx_context.irp.attributes = _file_attributes(attrs)
+                raise await status_error(exc, session, Probe.NONE, path) from None
+        rx_context.irp.attributes = file_attributes(attrs)
         return NtStatus.STATUS_SUCCESS
 
     @_entry
@@ -807,15 +570,15 @@ class SftpMiniRdr(MiniRdrDispatch):
                 info.mtime_ns is None
             )
             current = await self._stat_via(session, path, remote) if half_given else Attrs()
-            attrs = _basic_attrs(info, current)
+            attrs = basic_attrs(info, current)
             if remote is not None:
                 await remote.fsetstat(attrs)
             else:
                 await session.lsetstat(path, attrs)
             fresh = await self._stat_via(session, path, remote)
         except SftpError as exc:
-            raise await _fail(exc, session, Probe.NONE, path) from None
-        rx_context.irp.attributes = _file_attributes(fresh)
+            raise await status_error(exc, session, Probe.NONE, path) from None
+        rx_context.irp.attributes = file_attributes(fresh)
 
     @staticmethod
     async def _stat_via(session: SftpSession, path: str, remote: RemoteFile | None) -> Attrs:
@@ -835,7 +598,7 @@ class SftpMiniRdr(MiniRdrDispatch):
             else:
                 await session.setstat(path, Attrs(size=size))
         except SftpError as exc:
-            raise await _fail(exc, session, Probe.SPACE, path) from None
+            raise await status_error(exc, session, Probe.SPACE, path) from None
 
     async def _rename(self, old: str, new: str, replace: bool) -> None:
         """posix-rename@openssh.com when the target may be replaced, else SSH_FXP_RENAME
@@ -858,7 +621,7 @@ class SftpMiniRdr(MiniRdrDispatch):
                 await session.rename(old, new)
                 return
             except SftpError as exc:
-                failure = await _fail(exc, session, Probe.RENAME, old, new)
+                failure = await status_error(exc, session, Probe.RENAME, old, new)
                 if not replace or failure.status != NtStatus.STATUS_OBJECT_NAME_COLLISION:
                     raise failure from None
             log.warning("%s: no %s; replacing %s non-atomically", old, EXT_POSIX_RENAME, new)
@@ -866,7 +629,7 @@ class SftpMiniRdr(MiniRdrDispatch):
             await session.rename(old, new)
         except SftpError as exc:
             probe = Probe.RENAME_REPLACE if replace else Probe.RENAME
-            raise await _fail(exc, session, probe, old, new) from None
+            raise await status_error(exc, session, probe, old, new) from None
 
     async def _link(self, rx_context: RxContext, old: str, new: str) -> None:
         session = self.pool.pick()
@@ -876,8 +639,8 @@ class SftpMiniRdr(MiniRdrDispatch):
             await session.hardlink(old, new)
             attrs = await session.lstat(old)
         except SftpError as exc:
-            raise await _fail(exc, session, Probe.CREATE_NEW, new) from None
-        rx_context.irp.attributes = _file_attributes(attrs)
+            raise await status_error(exc, session, Probe.CREATE_NEW, new) from None
+        rx_context.irp.attributes = file_attributes(attrs)
 
     async def _delete(self, path: str) -> None:
         """REMOVE or RMDIR by the file's type (POSIX unlink: at once, not on close)."""
@@ -885,14 +648,14 @@ class SftpMiniRdr(MiniRdrDispatch):
             raise NtStatusError(NtStatus.STATUS_ACCESS_DENIED, "the share root")
         session = self.pool.pick()
         try:
-            is_dir = _is_dir(await session.lstat(path))
+            directory = is_dir(await session.lstat(path))
         except SftpError as exc:
-            raise await _fail(exc, session, Probe.NONE, path) from None
+            raise await status_error(exc, session, Probe.NONE, path) from None
         try:
-            await (session.rmdir(path) if is_dir else session.remove(path))
+            await (session.rmdir(path) if directory else session.remove(path))
         except SftpError as exc:
-            raise await _fail(
-                exc, session, Probe.RMDIR if is_dir else Probe.REMOVE, path
+            raise await status_error(
+                exc, session, Probe.RMDIR if directory else Probe.REMOVE, path
             ) from None
 
     @_entry
@@ -905,9 +668,9 @@ class SftpMiniRdr(MiniRdrDispatch):
         try:
             names = await session.listdir(path)
         except SftpError as exc:
-            raise await _fail(exc, session, Probe.OPENDIR, path) from None
+            raise await status_error(exc, session, Probe.OPENDIR, path) from None
         rx_context.irp.entries = [
-            DirEntry(n.filename, _file_attributes(n.attrs, _nlink_of(n.longname)))
+            DirEntry(n.filename, file_attributes(n.attrs, nlink_of(n.longname)))
             for n in names
             if n.filename not in (".", "..")
         ]
@@ -923,7 +686,7 @@ class SftpMiniRdr(MiniRdrDispatch):
         try:
             vfs = await session.statvfs(self._root)
         except SftpError as exc:
-            raise await _fail(exc, session, Probe.NONE, self._root) from None
+            raise await status_error(exc, session, Probe.NONE, self._root) from None
         rx_context.irp.volume = VolumeInfo(
             block_size=vfs.frsize or vfs.bsize,
             total_blocks=vfs.blocks,
@@ -934,26 +697,6 @@ class SftpMiniRdr(MiniRdrDispatch):
             max_name_length=vfs.namemax,
         )
         return NtStatus.STATUS_SUCCESS
-
-
-def _basic_attrs(info: FileBasicInformation, current: Attrs) -> Attrs:
-    """The SETSTAT attributes for ``info``, pairs completed from ``current``."""
-    attrs = Attrs(permissions=None if info.mode is None else info.mode & 0o7777)
-    if info.uid is not None or info.gid is not None:
-        attrs.uid = info.uid if info.uid is not None else current.uid
-        attrs.gid = info.gid if info.gid is not None else current.gid
-    if info.atime_ns is not None or info.mtime_ns is not None:
-        attrs.atime = (
-            info.atime_ns // 1_000_000_000 if info.atime_ns is not None else current.atime
-        )
-        attrs.mtime = (
-            info.mtime_ns // 1_000_000_000 if info.mtime_ns is not None else current.mtime
-        )
-    return attrs
-
-
-def _seconds(ns: int | None, current: int | None) -> int | None:
-    return ns // 1_000_000_000 if ns is not None else current
 
 
 def _complete_cancelled(rx_context: RxContext) -> None:

@@ -34,7 +34,8 @@ import secrets
 
 import trio
 
-from ._engine import EXT_FSTATVFS, RemoteFile, SessionPool, SftpError, SftpSession
+from ._engine import EXT_FSTATVFS, RemoteFile, SftpError, SftpSession
+from ._pool import SessionPool
 from ._wire import OpenFlags
 
 __all__ = ["SpreadWrites"]

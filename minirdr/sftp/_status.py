@@ -16,8 +16,9 @@ import posixpath
 import stat
 from typing import TYPE_CHECKING
 
-from rxfs.rdbss import NtStatus
+from rxfs.minirdr import NtStatus, NtStatusError
 
+from ._convert import is_dir
 from ._engine import EXT_STATVFS, SftpError
 from ._wire import SftpStatusCode
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from ._engine import SftpSession
     from ._wire import Attrs
 
-__all__ = ["NTSTATUS_OF_SFTP", "TIMEOUT_STATUS", "Probe", "nt_status_of"]
+__all__ = ["NTSTATUS_OF_SFTP", "TIMEOUT_STATUS", "Probe", "nt_status_of", "status_error"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,14 @@ async def nt_status_of(
     return found if found is not None else base
 
 
+async def status_error(
+    error: SftpError, session: SftpSession, probe: Probe, path: str, other: str = ""
+) -> NtStatusError:
+    """:func:`nt_status_of` as the NtStatusError a dispatch entry raises, naming ``path``."""
+    status = await nt_status_of(error, session, probe, path, other)
+    return NtStatusError(status, f"{path}: {error}")
+
+
 async def _missing_parent(session: SftpSession, path: str, base: NtStatus) -> NtStatus:
     """NO_SUCH_FILE on a create names the target when its parent exists, else the path."""
     try:
@@ -111,13 +120,9 @@ async def _missing_parent(session: SftpSession, path: str, base: NtStatus) -> Nt
         if exc.code == _C.SSH_FX_NO_SUCH_FILE:
             return _S.STATUS_OBJECT_PATH_NOT_FOUND
         return base
-    if not _is_dir(attrs):
+    if not is_dir(attrs):
         return _S.STATUS_NOT_A_DIRECTORY
     return base
-
-
-def _is_dir(attrs: Attrs) -> bool:
-    return attrs.permissions is not None and stat.S_ISDIR(attrs.permissions)
 
 
 async def _lstat_or_none(session: SftpSession, path: str) -> Attrs | None:
@@ -141,7 +146,7 @@ async def _probe_open(session: SftpSession, path: str, other: str) -> NtStatus |
         attrs = await _lstat_or_none(session, path)
     except _NotADirectoryError:
         return _S.STATUS_NOT_A_DIRECTORY
-    if attrs is not None and _is_dir(attrs):
+    if attrs is not None and is_dir(attrs):
         return _S.STATUS_FILE_IS_A_DIRECTORY
     return await _probe_space(session, path, other)
 
@@ -163,7 +168,7 @@ async def _probe_rmdir(session: SftpSession, path: str, other: str) -> NtStatus 
         return _S.STATUS_NOT_A_DIRECTORY
     if attrs is None:
         return _S.STATUS_OBJECT_NAME_NOT_FOUND
-    if not _is_dir(attrs):
+    if not is_dir(attrs):
         return _S.STATUS_NOT_A_DIRECTORY
     if await _non_empty(session, path):
         return _S.STATUS_DIRECTORY_NOT_EMPTY
@@ -175,7 +180,7 @@ async def _probe_opendir(session: SftpSession, path: str, other: str) -> NtStatu
         attrs = await _lstat_or_none(session, path)
     except _NotADirectoryError:
         return _S.STATUS_NOT_A_DIRECTORY
-    if attrs is not None and not _is_dir(attrs):
+    if attrs is not None and not is_dir(attrs):
         return _S.STATUS_NOT_A_DIRECTORY
     return None
 
@@ -192,7 +197,7 @@ async def _probe_readlink(session: SftpSession, path: str, other: str) -> NtStat
 
 async def _probe_remove(session: SftpSession, path: str, other: str) -> NtStatus | None:
     attrs = await _lstat_or_none(session, path)
-    if attrs is not None and _is_dir(attrs):
+    if attrs is not None and is_dir(attrs):
         return _S.STATUS_FILE_IS_A_DIRECTORY
     return None
 
@@ -236,13 +241,13 @@ async def _probe_rename_onto(
         return _S.STATUS_OBJECT_NAME_NOT_FOUND
     if target is None:
         return await _probe_space(session, other, "")
-    if _is_dir(target):
-        if not _is_dir(source):
+    if is_dir(target):
+        if not is_dir(source):
             return _S.STATUS_FILE_IS_A_DIRECTORY
         if await _non_empty(session, other):
             return _S.STATUS_DIRECTORY_NOT_EMPTY
         return None
-    if _is_dir(source):
+    if is_dir(source):
         return _S.STATUS_NOT_A_DIRECTORY
     # A plain SSH_FXP_RENAME refuses any existing target.
     return None if replace else _S.STATUS_OBJECT_NAME_COLLISION

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from rxfs.fs import cli
-from rxfs.minirdr.sftp._minirdr import _Tuning
+from rxfs.minirdr.sftp._pool import Tuning
 from rxfs.minirdr.sftp._settings import resolve_settings
 from rxfs.rdbss import NtStatus, NtStatusError
 
@@ -112,7 +112,7 @@ def test_sftp_backend_takes_or_refuses_any_url_and_options(
         # urlsplit itself refuses it: the command line must (test above), not the backend.
         assume(False)
     try:
-        _Tuning.from_options(options)
+        Tuning.from_options(options)
         resolve_settings(split, options, ssh_config_path="/dev/null")
     except NtStatusError as exc:
         assert exc.status == NtStatus.STATUS_INVALID_PARAMETER, exc
@@ -141,6 +141,6 @@ def test_mount_command_refuses_bad_sftp_input_in_one_line(
 
 def test_deadlines_and_keepalives_are_on_by_default() -> None:
     """A request unanswered for 30 s counts as a dead connection; keepalives run."""
-    assert _Tuning().timeout == 30
+    assert Tuning().timeout == 30
     settings = resolve_settings(urlsplit("sftp://h/x"), {}, ssh_config_path="/dev/null")
     assert settings.server_alive_interval > 0

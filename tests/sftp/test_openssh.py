@@ -14,11 +14,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import trio
-from rxfs.minirdr.sftp import _minirdr
+from rxfs.minirdr.sftp import _pool
 from rxfs.minirdr.sftp._engine import SftpSession
-from rxfs.minirdr.sftp._minirdr import Transport
 from rxfs.minirdr.sftp._openssh import open_openssh_session, ssh_argv
 from rxfs.minirdr.sftp._pipes import PipeLink
+from rxfs.minirdr.sftp._pool import Transport
 from rxfs.minirdr.sftp._settings import ConnectSettings, HostKeyPolicy, resolve_settings
 from rxfs.minirdr.sftp._wire import OpenFlags
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
@@ -303,7 +303,7 @@ def ssh_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         runs.append(settings.target)
         return open_openssh_session(settings, *args, **kwargs)
 
-    monkeypatch.setattr(_minirdr, "open_openssh_session", counted)
+    monkeypatch.setattr(_pool, "open_openssh_session", counted)
     return runs
 
 
