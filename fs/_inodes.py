@@ -63,6 +63,11 @@ class InodeTable:
         entry = self._by_inode.get(InodeT(inode))
         return list(entry.paths) if entry is not None else []
 
+    def name_count(self, inode: int) -> int:
+        """How many names of ``inode`` this mount knows (looked up or linked here)."""
+        entry = self._by_inode.get(InodeT(inode))
+        return len(entry.paths) if entry is not None else 0
+
     def inode_of(self, path: str) -> InodeT:
         """The inode of ``path``, allocated on first sight (with no lookups yet)."""
         inode = self._by_path.get(path)

@@ -148,14 +148,21 @@ class _DirHandle:
     entries: list[DirEntry] = field(default_factory=list)
 
 
-def _entry(inode: InodeT, attrs: FileAttributes, options: FsOptions) -> pyfuse3.EntryAttributes:
+def _entry(
+    inode: InodeT, attrs: FileAttributes, options: FsOptions, names: int = 1
+) -> pyfuse3.EntryAttributes:
+    """``names``: how many names of a file the mount knows. SFTP v3 cannot tell a link
+    count (a file's answer is 1), and the kernel keeps its own: unlink drops it by one,
+    and a link to a file whose count fell to 0 fails with ENOENT (ln a b; rm b; ln a b
+    did). A file counts at least the names made or seen through this mount; one linked
+    on the server and not yet seen here is undercounted (README)."""
     entry = pyfuse3.EntryAttributes()
     entry.st_ino = inode
     entry.generation = 0
     entry.entry_timeout = options.entry_timeout
     entry.attr_timeout = options.attr_timeout
     entry.st_mode = attrs.mode
-    entry.st_nlink = attrs.nlink
+    entry.st_nlink = attrs.nlink if attrs.is_dir else max(attrs.nlink, names)
     entry.st_uid = attrs.uid
     entry.st_gid = attrs.gid
     entry.st_rdev = 0
@@ -246,6 +253,8 @@ class RxOperations(pyfuse3.Operations):
         self._file_inodes: dict[FileHandleT, InodeT] = {}
         self._dirs: dict[FileHandleT, _DirHandle] = {}
         self._next_dir_handle = 1
+        # Inodes a change made through this mount left with stale cached attributes.
+        self._changed_here: set[InodeT] = set()
         # Set once the kernel has sent FUSE INIT (see init()).
         self.initialized = trio.Event()
 
@@ -280,6 +289,9 @@ class RxOperations(pyfuse3.Operations):
         if fobx is None:
             raise FUSEError(errno.EBADF)
         return fobx
+
+    def _entry(self, inode: InodeT, attrs: FileAttributes) -> pyfuse3.EntryAttributes:
+        return _entry(inode, attrs, self.options, self.inodes.name_count(inode))
 
     async def _stat(self, path: str, *, from_server: bool = False) -> FileAttributes:
         irp = await self._call(_query(path, from_server=from_server))
@@ -331,7 +343,7 @@ class RxOperations(pyfuse3.Operations):
         if attrs is None:
             attrs = await self._stat(path)
         inode = self.inodes.add_lookup(path, attrs)
-        return _entry(inode, attrs, self.options)
+        return self._entry(inode, attrs)
 
     async def _create(
         self, path: str, params: CreateParameters
@@ -383,17 +395,19 @@ class RxOperations(pyfuse3.Operations):
         the server does so only while a descriptor is open on it (fstat must not fail);
         otherwise the inode is stale."""
         if self.inodes.path_of(inode) is not None:
-            irp = await self._by_inode(inode, _query)
+            fresh = inode in self._changed_here
+            self._changed_here.discard(inode)
+            irp = await self._by_inode(inode, lambda path: _query(path, from_server=fresh))
             if irp is not None:
                 assert irp.attributes is not None
                 self.inodes.remember(inode, irp.attributes)
-                return _entry(inode, irp.attributes, self.options)
+                return self._entry(inode, irp.attributes)
             if self._open_fobx(inode) is None:
                 raise _stale()
         attrs = self.inodes.last_attributes(inode)
         if attrs is None:
             raise FUSEError(errno.ENOENT)
-        return _entry(inode, attrs, self.options)
+        return self._entry(inode, attrs)
 
     @_handler
     async def setattr(
@@ -567,7 +581,7 @@ class RxOperations(pyfuse3.Operations):
             item = handle.entries[index]
             path = posixpath.join(handle.path, item.name)
             inode = self.inodes.inode_of(path)
-            entry = _entry(inode, item.attributes, self.options)
+            entry = self._entry(inode, item.attributes)
             if not pyfuse3.readdir_reply(token, os.fsencode(item.name), entry, index + 1):
                 self.inodes.drop_unlooked(inode)
                 return
@@ -595,7 +609,12 @@ class RxOperations(pyfuse3.Operations):
     async def _remove(self, parent_inode: InodeT, name: bytes) -> None:
         path = self._child(parent_inode, name)
         await self._set_info(FileDispositionInformation(), path=path)
+        inode = self.inodes.find(path)
         self.inodes.unlink(path)
+        if inode is not None and self.inodes.name_count(inode):
+            # The file lives on under its other names, whose cached attributes (link
+            # count, ctime) the removal changed: the next getattr asks the server.
+            self._changed_here.add(inode)
 
     @_handler
     async def unlink(self, parent_inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -650,7 +669,7 @@ class RxOperations(pyfuse3.Operations):
         new = self._child(new_parent_inode, new_name)
         await self._set_info(FileLinkInformation(new), path=self._path(inode))
         attrs = await self._stat(new)
-        return _entry(self.inodes.add_link(inode, new, attrs), attrs, self.options)
+        return self._entry(self.inodes.add_link(inode, new, attrs), attrs)
 
     # -- shutdown -----------------------------------------------------------------------
 

@@ -156,11 +156,9 @@ def test_hard_links_share_content_and_server_inode(target: Target) -> None:
     # A link made through the mount is one inode there too (cp -a, du and rsync -H rely
     # on it).
     assert first.stat().st_ino == (target.mnt / "second").stat().st_ino
-    if target.server is None:
-        assert first.stat().st_nlink == 2
-    else:
-        # SFTP v3 attributes carry no link count, so the mount shows 1 for each name;
-        # the server is where the link must be one file.
+    # SFTP v3 attributes carry no link count: the mount counts the names it made.
+    assert first.stat().st_nlink == 2
+    if target.server is not None:
         on_server = os.stat(target.server_path("first"))
         assert on_server.st_ino == os.stat(target.server_path("second")).st_ino
         assert on_server.st_nlink == 2
@@ -171,6 +169,22 @@ def test_hard_links_share_content_and_server_inode(target: Target) -> None:
     assert target.landed("second").read_bytes() == b"SHared"
     if target.server is not None:
         assert os.stat(target.server_path("second")).st_nlink == 1
+
+
+def test_a_name_linked_again_after_its_removal_links(target: Target) -> None:
+    """ln a b; rm b; ln a b: the kernel refuses a link to a file whose link count it
+    thinks fell to 0 (ENOENT), so the count the mount answers must include b."""
+    first, second = target.mnt / "a", target.mnt / "b"
+    first.write_bytes(b"linked")
+    for _ in range(3):
+        os.link(first, second)
+        assert first.stat().st_nlink == 2
+        os.unlink(second)
+        assert first.stat().st_nlink == 1
+    os.link(first, second)
+    with pytest.raises(FileExistsError):
+        os.link(first, second)
+    assert target.landed("b").read_bytes() == b"linked"
 
 
 def test_chmod_reaches_the_server(target: Target) -> None:
