@@ -390,11 +390,12 @@ class RxOperations(pyfuse3.Operations):
 
     @_handler
     async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        """A file without a name (unlinked) answers its last attributes, as a local file
-        system would for an open, unlinked file. One whose name just turned out gone on
-        the server does so only while a descriptor is open on it (fstat must not fail);
-        otherwise the inode is stale."""
-        if self.inodes.path_of(inode) is not None:
+        """A file without a name answers through a descriptor open on it (unlinked
+        while open: fstat must not fail, and the size must cover what was written
+        since); with none open, a file we unlinked answers its last attributes, and
+        one whose names turned out gone on the server is stale."""
+        named = self.inodes.path_of(inode) is not None
+        if named:
             fresh = inode in self._changed_here
             self._changed_here.discard(inode)
             irp = await self._by_inode(inode, lambda path: _query(path, from_server=fresh))
@@ -402,8 +403,20 @@ class RxOperations(pyfuse3.Operations):
                 assert irp.attributes is not None
                 self.inodes.remember(inode, irp.attributes)
                 return self._entry(inode, irp.attributes)
-            if self._open_fobx(inode) is None:
-                raise _stale()
+        fobx = self._open_fobx(inode)
+        if fobx is not None:
+            # No name left, but a descriptor: the file lives on through its handle
+            # (unlinked while open), and only the handle knows its size now (what was
+            # written since, held here or on the server). The kernel reads no further
+            # than the size it is told.
+            irp = await self._call(
+                Irp(IrpMj.IRP_MJ_QUERY_INFORMATION, QueryInformationParameters(), file_object=fobx)
+            )
+            assert irp.attributes is not None
+            self.inodes.remember(inode, irp.attributes)
+            return self._entry(inode, irp.attributes)
+        if named:  # its names turned out gone on the server, and nothing holds it open
+            raise _stale()
         attrs = self.inodes.last_attributes(inode)
         if attrs is None:
             raise FUSEError(errno.ENOENT)

@@ -313,6 +313,26 @@ def test_rename_and_unlink_while_open_with_unflushed_writes(target: Target) -> N
     assert not target.landed("new").exists()
 
 
+def test_an_unlinked_open_file_keeps_its_bytes_for_the_descriptor(target: Target) -> None:
+    """POSIX: the file lives until its last descriptor closes. The kernel reads no
+    further than the size it is told, so fstat through the descriptor must see the
+    bytes written since the open (it saw the size from before the open)."""
+    path = target.mnt / "f"
+    path.write_bytes(b"old")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.write(fd, b"Hello, World!")
+        os.unlink(path)
+        assert "f" not in os.listdir(target.mnt)
+        assert os.pread(fd, 13, 0) == b"Hello, World!"
+        assert os.fstat(fd).st_size == 13
+        os.write(fd, b" more")
+        assert os.pread(fd, 100, 0) == b"Hello, World! more"
+    finally:
+        os.close(fd)
+    assert not path.exists()
+
+
 def test_sparse_write_far_past_the_end(target: Target) -> None:
     offset = 200 * MIB
     fd = os.open(target.mnt / "sparse", os.O_WRONLY | os.O_CREAT, 0o644)
