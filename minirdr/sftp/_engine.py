@@ -25,9 +25,11 @@ a handle) cannot wait longer than any other: the session dies, every waiter fail
 CONNECTION_LOST, and the core reconnects and replays.
 
 An SFTP handle belongs to the session that opened it (each channel is a separate
-sftp-server process), so a :class:`RemoteFile` stays on its session; requests by path go
-to the least loaded session of the :class:`._pool.SessionPool`, which spans several SSH
-connections (``-o max_conns``) for throughput.
+sftp-server process), so a :class:`._remotefile.RemoteFile` stays on its session;
+requests by path go to the least loaded session of the :class:`._pool.SessionPool`,
+which spans several SSH connections (``-o max_conns``) for throughput. A file uses the
+session only through its request queue (``submit``, ``room_for``, ``enqueue``,
+``flush`` and the budget calls), never through its private members.
 """
 
 from __future__ import annotations
@@ -39,9 +41,8 @@ import math
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -51,7 +52,6 @@ from ._wire import (
     Attrs,
     Limits,
     NameEntry,
-    OpenFlags,
     PacketType,
     Reader,
     SftpStatusCode,
@@ -60,8 +60,6 @@ from ._wire import (
     pack_string,
     packet,
     u32,
-    u64,
-    write_header,
 )
 
 if TYPE_CHECKING:
@@ -72,11 +70,11 @@ __all__ = [
     "ChannelLink",
     "EngineStats",
     "Link",
-    "RemoteFile",
+    "Packet",
     "SftpError",
     "SftpSession",
-    "WriteBatch",
     "packet_length",
+    "status_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -100,8 +98,6 @@ _MAX_PIECES = 512
 # Flow control per session.
 DEFAULT_MAX_INFLIGHT_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_INFLIGHT_REQUESTS = 64
-# Read-ahead per file: grows while the reads stay sequential, up to this many bytes.
-_MAX_READ_AHEAD = 4 * 1024 * 1024
 
 EXT_LIMITS = "limits@openssh.com"
 EXT_STATVFS = "statvfs@openssh.com"
@@ -122,7 +118,7 @@ class SftpError(Exception):
         self.message = message
 
 
-_Packet = tuple["bytes | memoryview", ...]
+Packet = tuple["bytes | memoryview", ...]
 """One request as the pieces that go on the wire one after the other."""
 
 
@@ -209,7 +205,7 @@ class _Budget:
         self._changed = trio.Event()
 
 
-def _status_of(reply: Reply) -> SftpError | None:
+def status_of(reply: Reply) -> SftpError | None:
     """None for SSH_FX_OK; the failure otherwise (an unexpected packet type included)."""
     if reply.kind != PacketType.STATUS:
         return SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE, f"unexpected {reply.kind.name}")
@@ -253,12 +249,12 @@ class SftpSession:
         self._waiters: dict[int, _Waiter] = {}
         self._lock = threading.Lock()  # guards _waiters and _dead across threads
         self._dead: SftpError | None = None
-        self._outbox: queue.SimpleQueue[_Packet | None] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[Packet | None] = queue.SimpleQueue()
         # Replies the reader has handed over and the loop not yet taken (under _lock):
         # one wakeup of the loop takes all that piled up meanwhile.
         self._inbox: list[tuple[_Waiter, Reply | SftpError]] = []
         self._drain_scheduled = False
-        self._held: list[bytes | memoryview] = []  # see _enqueue(hold=True); loop only
+        self._held: list[bytes | memoryview] = []  # see enqueue(hold=True); loop only
         self._threads: list[threading.Thread] = []
         # Seconds the oldest outstanding request may go unanswered before the session
         # counts as dead (see _watch_replies); set by the owner before the first request.
@@ -497,7 +493,7 @@ class SftpSession:
                 self._watch_wakeup = trio.Event()
                 head_since, timeout = self._head_since, self.reply_timeout
                 if head_since is None or math.isinf(timeout):
-                    await self._watch_wakeup.wait()  # set by _enqueue and _die
+                    await self._watch_wakeup.wait()  # set by enqueue and _die
                     continue
                 left = head_since + timeout - time.monotonic()
                 if left > 0:
@@ -528,37 +524,51 @@ class SftpSession:
 
     # -- requests (trio loop) -----------------------------------------------------------
 
-    async def _submit(
+    async def submit(
         self,
-        build: Callable[[int], bytes | _Packet],
+        build: Callable[[int], bytes | Packet],
         callback: Callable[[Reply | SftpError], None],
         cost: int = 0,
         *,
         hold: bool = False,
     ) -> None:
         """Wait for room in the budget, then queue one request (``hold``: see
-        :meth:`_enqueue`). ``callback`` runs on the loop exactly once, with the reply or
+        :meth:`enqueue`). ``callback`` runs on the loop exactly once, with the reply or
         the error that ended the session."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        await self._room_for(cost)
-        self._enqueue(build, callback, cost, hold=hold)
+        await self.room_for(cost)
+        self.enqueue(build, callback, cost, hold=hold)
 
-    async def _room_for(self, cost: int) -> None:
+    async def room_for(self, cost: int) -> None:
         """Take budget for one request; held requests leave first if we must wait."""
         if not self._budget.try_acquire(cost):
-            self._flush()
+            self.flush()
             await self._budget.acquire(cost)
 
-    def _enqueue(
+    async def wait_for_room(self, cost: int) -> None:
+        """Take budget for one request, waiting as long as it takes; held requests stay
+        held (a request the caller waits for, queued at once after)."""
+        await self._budget.acquire(cost)
+
+    def try_room_for(self, cost: int) -> bool:
+        """Take budget for one request if there is room now (read-ahead, which must never
+        hold up a request someone waits for)."""
+        return self._budget.try_acquire(cost)
+
+    def give_back_room(self, cost: int) -> None:
+        """Return budget taken for a request that was not sent after all."""
+        self._budget.release(cost)
+
+    def enqueue(
         self,
-        build: Callable[[int], bytes | _Packet],
+        build: Callable[[int], bytes | Packet],
         callback: Callable[[Reply | SftpError], None],
         cost: int,
         *,
         hold: bool = False,
     ) -> None:
         """Queue a request whose budget is already taken. With ``hold``, it waits in
-        the loop's hands until the next :meth:`_flush` (or unheld request): waking the
+        the loop's hands until the next :meth:`flush` (or unheld request): waking the
         sender once for a burst of requests costs the loop far less than once each."""
         request_id = next(self._ids)
         waiter = _Waiter(cost, callback)
@@ -578,9 +588,9 @@ class SftpSession:
         built = build(request_id)
         self._held.extend((built,) if isinstance(built, bytes) else built)
         if not hold:
-            self._flush()
+            self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         """Hand the held requests to the sender."""
         if self._held:
             self._outbox.put(tuple(self._held))
@@ -597,7 +607,7 @@ class SftpSession:
             result.append(reply)
             done.set()
 
-        await self._submit(lambda rid: packet(kind, rid, *fields), on_reply)
+        await self.submit(lambda rid: packet(kind, rid, *fields), on_reply)
         if shielded:
             with trio.CancelScope(shield=True):
                 await done.wait()
@@ -609,15 +619,15 @@ class SftpSession:
 
     async def call(self, kind: PacketType, *fields: bytes) -> None:
         """A request whose answer is a STATUS: raise SftpError unless it is OK."""
-        error = _status_of(await self.request(kind, *fields))
+        error = status_of(await self.request(kind, *fields))
         if error is not None:
             raise error
 
-    async def _expect(self, expected: PacketType, kind: PacketType, *fields: bytes) -> Reader:
+    async def expect(self, expected: PacketType, kind: PacketType, *fields: bytes) -> Reader:
         reply = await self.request(kind, *fields)
         if reply.kind == expected:
             return reply.body
-        raise _status_of(reply) or SftpError(
+        raise status_of(reply) or SftpError(
             SftpStatusCode.SSH_FX_BAD_MESSAGE, f"{kind.name} answered SSH_FX_OK"
         )
 
@@ -626,7 +636,7 @@ class SftpSession:
         reply = await self.request(PacketType.EXTENDED, pack_string(name), *fields)
         if reply.kind == PacketType.EXTENDED_REPLY:
             return reply.body
-        error = _status_of(reply)
+        error = status_of(reply)
         if error is not None:
             raise error
         return None
@@ -637,10 +647,10 @@ class SftpSession:
     # -- operations by path -----------------------------------------------------------
 
     async def stat(self, path: str) -> Attrs:
-        return (await self._expect(PacketType.ATTRS, PacketType.STAT, pack_string(path))).attrs()
+        return (await self.expect(PacketType.ATTRS, PacketType.STAT, pack_string(path))).attrs()
 
     async def lstat(self, path: str) -> Attrs:
-        reader = await self._expect(PacketType.ATTRS, PacketType.LSTAT, pack_string(path))
+        reader = await self.expect(PacketType.ATTRS, PacketType.LSTAT, pack_string(path))
         return reader.attrs()
 
     async def setstat(self, path: str, attrs: Attrs) -> None:
@@ -690,7 +700,7 @@ class SftpSession:
         return await self._one_name(PacketType.REALPATH, path)
 
     async def _one_name(self, kind: PacketType, path: str) -> str:
-        names = (await self._expect(PacketType.NAME, kind, pack_string(path))).names()
+        names = (await self.expect(PacketType.NAME, kind, pack_string(path))).names()
         if not names:
             raise SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE, f"empty {kind.name} reply")
         return names[0].filename
@@ -704,14 +714,14 @@ class SftpSession:
     async def listdir(self, path: str, *, first_batch_only: bool = False) -> list[NameEntry]:
         """All entries of a directory, . and .. included (the caller drops them)."""
         handle = (
-            await self._expect(PacketType.HANDLE, PacketType.OPENDIR, pack_string(path))
+            await self.expect(PacketType.HANDLE, PacketType.OPENDIR, pack_string(path))
         ).bytes()
         entries: list[NameEntry] = []
         try:
             while True:
                 reply = await self.request(PacketType.READDIR, pack_string(handle))
                 if reply.kind != PacketType.NAME:
-                    error = _status_of(reply)
+                    error = status_of(reply)
                     if error is None or error.code == SftpStatusCode.SSH_FX_EOF:
                         break
                     raise error
@@ -728,430 +738,6 @@ class SftpSession:
             await self.call(PacketType.CLOSE, pack_string(handle))
         except SftpError as exc:
             log.debug("%s: closing a directory handle failed: %s", self.name, exc)
-
-    # -- files --------------------------------------------------------------------------
-
-    async def open_file(
-        self, path: str, flags: OpenFlags, mode: int | None = None
-    ) -> tuple[RemoteFile, Attrs]:
-        """OPEN and STAT sent back to back: the server handles a session's requests in
-        order, so the STAT sees what the OPEN made, and both cost one round trip."""
-        attrs_field = pack_attrs(Attrs(permissions=mode))
-        opened: list[Reply | SftpError] = []
-        stated: list[Reply | SftpError] = []
-        done = trio.Event()
-
-        def collect(into: list[Reply | SftpError]) -> Callable[[Reply | SftpError], None]:
-            def on_reply(reply: Reply | SftpError) -> None:
-                into.append(reply)
-                if opened and stated:
-                    done.set()
-
-            return on_reply
-
-        # The OPEN is held, so that both leave in one write.
-        await self._submit(
-            lambda rid: packet(PacketType.OPEN, rid, pack_string(path), u32(flags), attrs_field),
-            collect(opened),
-            hold=True,
-        )
-        await self._submit(
-            lambda rid: packet(PacketType.STAT, rid, pack_string(path)), collect(stated)
-        )
-        with trio.CancelScope(shield=True):
-            # Shielded: a handle the server opened must be closed, not leaked.
-            await done.wait()
-        remote = self._opened(opened[0], path, flags)
-        if isinstance(stated[0], SftpError):
-            await remote.close()
-            raise stated[0]
-        if stated[0].kind != PacketType.ATTRS:
-            await remote.close()
-            raise _status_of(stated[0]) or SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE)
-        return remote, stated[0].body.attrs()
-
-    async def open_handle(self, path: str, flags: OpenFlags) -> RemoteFile:
-        """OPEN alone: a handle on a file that exists, no attributes wanted."""
-        fields = (pack_string(path), u32(flags), pack_attrs(Attrs()))
-        reply = await self.request(PacketType.OPEN, *fields, shielded=True)
-        return self._opened(reply, path, flags)
-
-    def _opened(self, reply: Reply | SftpError, path: str, flags: OpenFlags) -> RemoteFile:
-        """The file an OPEN's reply gives; raises the OPEN's failure."""
-        remote = RemoteFile(self, self._handle_of(reply), path, flags)
-        self.open_files += 1
-        return remote
-
-    @staticmethod
-    def _handle_of(reply: Reply | SftpError) -> bytes:
-        if isinstance(reply, SftpError):
-            raise reply
-        if reply.kind != PacketType.HANDLE:
-            raise _status_of(reply) or SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE)
-        return reply.body.bytes()
-
-
-@dataclass(eq=False)
-class _ReadSeg:
-    """A READ request of the read-ahead window: [start, start + length)."""
-
-    start: int
-    length: int
-    done: trio.Event = field(default_factory=trio.Event)
-    data: memoryview | bytes = b""
-    error: SftpError | None = None
-    used: int = 0  # bytes handed out to readers
-
-    @property
-    def end(self) -> int:
-        return self.start + self.length
-
-    def resolve(self, reply: Reply | SftpError) -> None:
-        if isinstance(reply, SftpError):
-            self.error = reply
-        elif reply.kind == PacketType.DATA:
-            self.data = reply.body.view()
-        else:
-            error = _status_of(reply)
-            if error is not None and error.code != SftpStatusCode.SSH_FX_EOF:
-                self.error = error
-        self.done.set()
-
-
-class WriteBatch:
-    """The replies of one write's requests; the first failure in offset order wins."""
-
-    def __init__(self, stats: EngineStats) -> None:
-        self._stats = stats
-        self._outstanding = 0
-        self._sealed = False
-        self._failures: list[tuple[int, SftpError]] = []
-        self._done = trio.Event()
-
-    def expect(self, offset: int) -> Callable[[Reply | SftpError], None]:
-        self._outstanding += 1
-
-        def on_reply(reply: Reply | SftpError) -> None:
-            error = reply if isinstance(reply, SftpError) else _status_of(reply)
-            if error is not None:
-                self._stats.failed_replies += 1
-                self._failures.append((offset, error))
-            self._outstanding -= 1
-            self._check()
-
-        return on_reply
-
-    def seal(self) -> None:
-        self._sealed = True
-        self._check()
-
-    def _check(self) -> None:
-        if self._sealed and self._outstanding == 0:
-            self._done.set()
-
-    async def wait(self) -> tuple[int, SftpError] | None:
-        """(offset of the failed request, error), or None when every request landed."""
-        await self._done.wait()
-        return min(self._failures, key=lambda f: f[0]) if self._failures else None
-
-
-class RemoteFile:
-    """An open SFTP file handle on one session, with pipelined writes and read-ahead."""
-
-    def __init__(self, session: SftpSession, handle: bytes, path: str, flags: OpenFlags) -> None:
-        self.session = session
-        self.handle = handle
-        self.path = path
-        self.flags = flags
-        self.closed = False
-        # Writes of this file leave in the order they were submitted (DESIGN §5).
-        self._send_lock = trio.Lock()
-        self._writes_in_flight = 0
-        self._queued_bytes = 0  # submitted, not yet handed to the session
-        self._idle = trio.Event()
-        self._idle.set()
-        self._ahead: deque[_ReadSeg] = deque()
-        self._ahead_size = 0
-        self._handle_field = pack_string(handle)
-
-    @property
-    def writable(self) -> bool:
-        return bool(self.flags & OpenFlags.SSH_FXF_WRITE)
-
-    # -- writes --------------------------------------------------------------------------
-
-    async def submit_write(self, offset: int, data: bytes | bytearray | memoryview) -> WriteBatch:
-        """Queue the whole write as requests of the server's maximum size and return
-        once all are queued; ``await batch.wait()`` gives the outcome."""
-        self.invalidate_read_ahead()
-        session = self.session
-        if not isinstance(data, bytes):
-            # The requests hold views of the data until the sender has sent them: a
-            # buffer the caller may change (or resize) meanwhile is copied, once.
-            data = bytes(data)
-        view = memoryview(data)
-        step = session.max_write
-        batch = WriteBatch(session.stats)
-        if self._writes_in_flight == 0:
-            # Only when the file stops being idle: a later write must not swap the event
-            # under someone already waiting for this one.
-            self._idle = trio.Event()
-        self._writes_in_flight += 1
-        self._queued_bytes += len(view)
-        queued = len(view)
-        try:
-            async with self._send_lock:
-                for pos in range(0, len(view), step):
-                    chunk = view[pos : pos + step]
-                    at = offset + pos
-                    await session._room_for(len(chunk))
-                    session._enqueue(
-                        self._write_builder(at, chunk), batch.expect(at), len(chunk), hold=True
-                    )
-                    self._queued_bytes -= len(chunk)
-                    queued -= len(chunk)
-                    session.stats.write_requests += 1
-                    session.stats.write_bytes += len(chunk)
-                    session.stats.largest_write_request = max(
-                        session.stats.largest_write_request, len(chunk)
-                    )
-        finally:
-            self._queued_bytes -= queued
-            session._flush()
-            batch.seal()
-        return batch
-
-    def _write_builder(self, offset: int, chunk: memoryview) -> Callable[[int], _Packet]:
-        handle = self.handle
-
-        def build(request_id: int) -> _Packet:
-            # Header and data apart: the link gathers them (writev) without a copy.
-            return (write_header(request_id, handle, offset, len(chunk)), chunk)
-
-        return build
-
-    async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """Write and wait for every reply; raises the first failure in offset order."""
-        try:
-            batch = await self.submit_write(offset, data)
-            failure = await batch.wait()
-        finally:
-            self.write_done()
-        if failure is not None:
-            raise failure[1]
-
-    @property
-    def writes_in_flight(self) -> int:
-        return self._writes_in_flight
-
-    @property
-    def backlog(self) -> int:
-        """Bytes in flight on the session plus this file's writes waiting to join them."""
-        return self.session.in_flight_bytes + self._queued_bytes
-
-    async def write_out_of_turn(self, offset: int, data: bytes) -> None:
-        """One small WRITE that does not queue behind this file's other writes, for a
-        range none of them touches; raises its failure."""
-        self.invalidate_read_ahead()
-        fields = (self._handle_field, u64(offset), pack_string(data))
-        self.session.stats.write_requests += 1
-        self.session.stats.write_bytes += len(data)
-        await self.session.call(PacketType.WRITE, *fields)
-
-    def write_done(self) -> None:
-        """Called once per submit_write after its batch has been waited for."""
-        self._writes_in_flight -= 1
-        if self._writes_in_flight == 0:
-            self._idle.set()
-
-    async def wait_writes(self) -> None:
-        """Until every write submitted so far has all its replies."""
-        await self._idle.wait()
-
-    # -- reads ---------------------------------------------------------------------------
-
-    def invalidate_read_ahead(self) -> None:
-        """Forget data read ahead (a write or a truncate may have changed it); replies
-        still on the way are dropped when they arrive."""
-        self._ahead.clear()
-        self._ahead_size = 0
-
-    async def read(self, offset: int, length: int) -> bytes:
-        """Up to ``length`` bytes at ``offset``; fewer only at the end of the file.
-
-        Reads that stay inside (or just past) the read-ahead window are served from it,
-        and the window, made of pipelined READ requests, doubles with each such hit up
-        to 4 MiB. The kernel sends a sequential reader's requests several at a time and
-        not always in order, so a hit is any offset the window covers, not only its
-        first byte; a read just behind the window (a straggler whose segment its
-        neighbours already used up) is fetched on its own and leaves the window alone.
-        Only a read elsewhere starts a new window.
-        """
-        end = offset + length
-        while True:
-            segs = await self._segments_for(offset, end)
-            if _covers(segs, offset, end):
-                break
-            # A write or another read reshaped the window while we waited for room.
-        out: list[memoryview | bytes] = []
-        pos = offset
-        for seg in segs:
-            if not seg.done.is_set():  # a read-ahead hit costs no trip through the scheduler
-                await seg.done.wait()
-            if seg.error is not None:
-                self._forget(seg)
-                raise seg.error
-            piece = seg.data[pos - seg.start : end - seg.start]
-            out.append(piece)
-            pos += len(piece)
-            seg.used += len(piece)
-            if len(seg.data) < seg.length:
-                # The file ends here; what was read beyond is not to be trusted.
-                self._forget(seg)
-                break
-        self._drop_used()
-        return b"".join(out)
-
-    async def _segments_for(self, offset: int, end: int) -> list[_ReadSeg]:
-        """The segments holding [offset, end), asked for where missing, read-ahead
-        extended past them."""
-        ahead = self._ahead
-        if ahead and ahead[0].start <= offset <= self._window_end(offset):
-            self._ahead_size = min(max(2 * self._ahead_size, end - offset), _MAX_READ_AHEAD)
-        elif (
-            ahead
-            and ahead[0].start - _MAX_READ_AHEAD <= offset < ahead[0].start
-            and end <= self._window_end(offset)
-        ):
-            window_start = ahead[0].start
-            return await self._fetch(offset, window_start) + self._overlapping(window_start, end)
-        else:
-            self.invalidate_read_ahead()
-            self._ahead_size = end - offset
-        self._trim(offset)
-        await self._fill_window(offset, end)
-        self._extend_read_ahead(offset, end + self._ahead_size)
-        return self._overlapping(offset, end)
-
-    def _overlapping(self, offset: int, end: int) -> list[_ReadSeg]:
-        return [seg for seg in self._ahead if seg.start < end and seg.end > offset]
-
-    def _window_end(self, offset: int) -> int:
-        return self._ahead[-1].end if self._ahead else offset
-
-    def _forget(self, seg: _ReadSeg) -> None:
-        """Drop the window if ``seg`` (failed, or short at the end of the file) is in it."""
-        if seg in self._ahead:
-            self.invalidate_read_ahead()
-
-    def _trim(self, offset: int) -> None:
-        """Segments far behind the reader will not be asked for again."""
-        while self._ahead and self._ahead[0].end <= offset - _MAX_READ_AHEAD:
-            self._ahead.popleft()
-
-    def _drop_used(self) -> None:
-        """Segments whose every byte has been handed out leave the window."""
-        while self._ahead and self._ahead[0].used >= self._ahead[0].length:
-            self._ahead.popleft()
-
-    async def _fill_window(self, offset: int, end: int) -> None:
-        """Extend the window to ``end`` with requests a caller waits for (waiting for
-        room in the budget if need be). Each segment joins the window as soon as it is
-        asked for, so a concurrent read sees it and does not ask again."""
-        session = self.session
-        while self._window_end(offset) < end:
-            length = session.max_read
-            await session._budget.acquire(length)
-            pos = self._window_end(offset)  # another read may have extended it meanwhile
-            if pos >= end:
-                session._budget.release(length)
-                return
-            self._ahead.append(self._send_read(pos, length))
-
-    async def _fetch(self, offset: int, end: int) -> list[_ReadSeg]:
-        """READ requests for [offset, end) outside the window, for one caller."""
-        segs: list[_ReadSeg] = []
-        for pos in range(offset, end, self.session.max_read):
-            length = min(self.session.max_read, end - pos)
-            await self.session._budget.acquire(length)
-            segs.append(self._send_read(pos, length))
-        return segs
-
-    def _send_read(self, pos: int, length: int, *, hold: bool = False) -> _ReadSeg:
-        """Queue one READ whose budget is already taken."""
-        seg = _ReadSeg(pos, length)
-        self.session._enqueue(self._read_builder(seg), seg.resolve, length, hold=hold)
-        self.session.stats.read_requests += 1
-        return seg
-
-    def _extend_read_ahead(self, offset: int, end: int) -> None:
-        """Queue read-ahead only while the session has room: it must never hold up a
-        request someone waits for."""
-        session = self.session
-        pos = self._window_end(offset)
-        while pos < end:
-            # Whole server-sized requests: a window that grows by each small read must
-            # not turn into as many small requests.
-            if not session._budget.try_acquire(session.max_read):
-                break
-            self._ahead.append(self._send_read(pos, session.max_read, hold=True))
-            pos += session.max_read
-        session._flush()
-
-    def _read_builder(self, seg: _ReadSeg) -> Callable[[int], bytes]:
-        fields = (self._handle_field, u64(seg.start), u32(seg.length))
-        return lambda rid: packet(PacketType.READ, rid, *fields)
-
-    async def pread(self, offset: int, length: int) -> bytes:
-        """READs past the read-ahead window: what the server holds right now."""
-        out = []
-        for seg in await self._fetch(offset, offset + length):
-            await seg.done.wait()
-            if seg.error is not None:
-                raise seg.error
-            out.append(bytes(seg.data))
-        return b"".join(out)
-
-    # -- handle operations ---------------------------------------------------------------
-
-    async def fstat(self) -> Attrs:
-        reader = await self.session._expect(PacketType.ATTRS, PacketType.FSTAT, self._handle_field)
-        return reader.attrs()
-
-    async def fsetstat(self, attrs: Attrs) -> None:
-        self.invalidate_read_ahead()
-        await self.session.call(PacketType.FSETSTAT, self._handle_field, pack_attrs(attrs))
-
-    async def fsync(self) -> None:
-        await self.session.extended(EXT_FSYNC, self._handle_field)
-
-    async def fstatvfs(self) -> StatVfs:
-        """The server's file system under this file (fstatvfs@openssh.com)."""
-        reader = await self.session.extended(EXT_FSTATVFS, self._handle_field)
-        if reader is None:
-            raise SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE, "fstatvfs answered no data")
-        return reader.statvfs()
-
-    async def close(self) -> None:
-        """Wait for this file's writes, then CLOSE; raises the CLOSE's failure."""
-        if self.closed:
-            return
-        self.closed = True
-        self.invalidate_read_ahead()
-        with trio.CancelScope(shield=True):
-            await self.wait_writes()
-            self.session.open_files -= 1
-            await self.session.call(PacketType.CLOSE, self._handle_field)
-
-
-def _covers(segs: list[_ReadSeg], offset: int, end: int) -> bool:
-    """Whether ``segs`` are contiguous from ``offset`` to ``end``."""
-    pos = offset
-    for seg in segs:
-        if seg.start > pos:
-            return False
-        pos = max(pos, seg.end)
-    return pos >= end
 
 
 def _whole_pages(limit: int) -> int:

@@ -49,10 +49,8 @@ from ._engine import (
     EXT_HARDLINK,
     EXT_POSIX_RENAME,
     EXT_STATVFS,
-    RemoteFile,
     SftpError,
     SftpSession,
-    WriteBatch,
 )
 from ._pool import (
     DEFAULT_CHANNELS,
@@ -63,6 +61,7 @@ from ._pool import (
     Transport,
     Tuning,
 )
+from ._remotefile import RemoteFile, WriteBatch
 from ._settings import CONNECT_OPTIONS
 from ._spread import SpreadWrites
 from ._status import NTSTATUS_OF_SFTP, TIMEOUT_STATUS, Probe, nt_status_of, status_error
@@ -316,7 +315,7 @@ class SftpMiniRdr(MiniRdrDispatch):
         session = self.pool.pick()
         flags = open_flags(params, append)
         try:
-            remote, attrs = await session.open_file(path, flags, params.file_mode & 0o7777)
+            remote, attrs = await RemoteFile.open(session, path, flags, params.file_mode & 0o7777)
         except SftpError as exc:
             probe = Probe.CREATE_NEW if flags & OpenFlags.SSH_FXF_EXCL else Probe.OPEN
             raise await status_error(exc, session, probe, path) from None

@@ -206,7 +206,7 @@ class PipedSession(SftpSession):
 
     # -- requests ---------------------------------------------------------------------
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         if not self._held:
             return
         self._unsent.extend(self._held)

@@ -34,8 +34,9 @@ import secrets
 
 import trio
 
-from ._engine import EXT_FSTATVFS, RemoteFile, SftpError, SftpSession
+from ._engine import EXT_FSTATVFS, SftpError, SftpSession
 from ._pool import SessionPool
+from ._remotefile import RemoteFile
 from ._wire import OpenFlags
 
 __all__ = ["SpreadWrites"]
@@ -121,7 +122,7 @@ class SpreadWrites:
 
         async def open_on(session: SftpSession) -> None:
             try:
-                opened.append(await session.open_handle(self.own.path, flags))
+                opened.append(await RemoteFile.open_handle(session, self.own.path, flags))
             except SftpError as exc:
                 log.debug("%s: no second handle on %s: %s", self.own.path, session.name, exc)
 

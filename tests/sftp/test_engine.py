@@ -22,6 +22,7 @@ from rxfs.minirdr.sftp._engine import (
     SftpError,
     SftpSession,
 )
+from rxfs.minirdr.sftp._remotefile import RemoteFile
 from rxfs.minirdr.sftp._settings import resolve_settings
 from rxfs.minirdr.sftp._status import NTSTATUS_OF_SFTP, Probe, nt_status_of
 from rxfs.minirdr.sftp._wire import OpenFlags, SftpStatusCode
@@ -76,7 +77,7 @@ async def test_a_4mib_write_goes_out_in_large_pipelined_requests(
 ) -> None:
     data = os.urandom(4 * 1024 * 1024)
     async with session_on(sshd) as session:
-        remote, _ = await session.open_file(str(workdir / "w"), RW_CREATE, 0o644)
+        remote, _ = await RemoteFile.open(session, str(workdir / "w"), RW_CREATE, 0o644)
         await remote.write(0, data)
         await remote.close()
         stats = session.stats
@@ -92,7 +93,7 @@ async def test_a_tiny_budget_still_completes_large_writes_in_order(
 ) -> None:
     first, second = os.urandom(2 * 1024 * 1024), os.urandom(1024 * 1024)
     async with session_on(sshd, max_inflight_bytes=64 * 1024, max_inflight_requests=2) as s:
-        remote, _ = await s.open_file(str(workdir / "o"), RW_CREATE, 0o644)
+        remote, _ = await RemoteFile.open(s, str(workdir / "o"), RW_CREATE, 0o644)
         batch_a = await remote.submit_write(0, first)
         batch_b = await remote.submit_write(512 * 1024, second)
         assert await batch_a.wait() is None
@@ -109,7 +110,7 @@ async def test_a_tiny_budget_still_completes_large_writes_in_order(
 async def test_every_write_reply_is_checked(sshd: LoopbackSshd, workdir: Path) -> None:
     (workdir / "ro").write_bytes(b"x")
     async with session_on(sshd) as session:
-        remote, _ = await session.open_file(str(workdir / "ro"), OpenFlags.SSH_FXF_READ)
+        remote, _ = await RemoteFile.open(session, str(workdir / "ro"), OpenFlags.SSH_FXF_READ)
         with pytest.raises(SftpError):
             await remote.write(4096, bytes(3 * session.max_write))
         # Each of the three requests failed, and each failure was seen.
@@ -125,7 +126,7 @@ async def test_sequential_reads_are_served_from_read_ahead(
     content = os.urandom(6 * 1024 * 1024 + 5)
     (workdir / "r").write_bytes(content)
     async with session_on(sshd) as session:
-        remote, _ = await session.open_file(str(workdir / "r"), OpenFlags.SSH_FXF_READ)
+        remote, _ = await RemoteFile.open(session, str(workdir / "r"), OpenFlags.SSH_FXF_READ)
         got = bytearray()
         while chunk := await remote.read(len(got), 64 * 1024):
             got += chunk
@@ -151,7 +152,7 @@ async def test_concurrent_out_of_order_reads_share_one_read_ahead_window(
     (workdir / "c").write_bytes(content)
     got: dict[int, bytes] = {}
     async with session_on(sshd) as session:
-        remote, _ = await session.open_file(str(workdir / "c"), OpenFlags.SSH_FXF_READ)
+        remote, _ = await RemoteFile.open(session, str(workdir / "c"), OpenFlags.SSH_FXF_READ)
 
         async def read_at(offset: int) -> None:
             got[offset] = await remote.read(offset, piece)
@@ -180,7 +181,7 @@ async def test_extensions_statvfs_fsync_hardlink_posix_rename(
         vfs = await session.statvfs(str(workdir))
         local = os.statvfs(workdir)
         assert (vfs.frsize, vfs.blocks) == (local.f_frsize, local.f_blocks)
-        remote, _ = await session.open_file(str(workdir / "a"), RW_CREATE, 0o600)
+        remote, _ = await RemoteFile.open(session, str(workdir / "a"), RW_CREATE, 0o600)
         await remote.write(0, b"abc")
         await remote.fsync()
         await remote.close()

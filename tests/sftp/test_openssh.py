@@ -19,6 +19,7 @@ from rxfs.minirdr.sftp._engine import SftpSession
 from rxfs.minirdr.sftp._openssh import open_openssh_session, ssh_argv
 from rxfs.minirdr.sftp._pipes import PipeLink
 from rxfs.minirdr.sftp._pool import Transport
+from rxfs.minirdr.sftp._remotefile import RemoteFile
 from rxfs.minirdr.sftp._settings import ConnectSettings, HostKeyPolicy, resolve_settings
 from rxfs.minirdr.sftp._wire import OpenFlags
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
@@ -79,7 +80,8 @@ async def test_a_session_over_ssh_writes_and_reads_large_files(
     data = os.urandom(5 * 1024 * 1024 + 11)
     session = await _session(sshd)
     try:
-        remote, _ = await session.open_file(
+        remote, _ = await RemoteFile.open(
+            session,
             str(workdir / "f"),
             OpenFlags.SSH_FXF_READ | OpenFlags.SSH_FXF_WRITE | OpenFlags.SSH_FXF_CREAT,
             0o644,

@@ -13,6 +13,7 @@ import trio
 from rxfs.minirdr.sftp._engine import SftpError
 from rxfs.minirdr.sftp._openssh import open_openssh_session
 from rxfs.minirdr.sftp._pipes import PipedSession
+from rxfs.minirdr.sftp._remotefile import RemoteFile
 from rxfs.minirdr.sftp._settings import resolve_settings
 from rxfs.minirdr.sftp._wire import OpenFlags, SftpStatusCode
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
@@ -62,7 +63,7 @@ async def test_a_shielded_open_under_a_stopped_ssh_fails_once_the_session_is_qui
                 # The caller's own deadline passes first; the OPEN's reply is waited
                 # for shielded from it, so only the watchdog can end the wait.
                 with trio.move_on_after(0.1):
-                    await session.open_file(str(target), flags, 0o644)
+                    await RemoteFile.open(session, str(target), flags, 0o644)
             took = trio.current_time() - started
             nursery.cancel_scope.cancel()
     finally:
