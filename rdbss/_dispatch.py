@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from ._deleteonclose import delete_on_close, hidden_by_us, hide_open_file, still_open
 from ._lowio import rx_low_io_submit
 from ._objects import Fcb, Fobx, SrvOpen, SrvOpenFlags, normalize_path
 from ._readwrite import common_read, common_write
@@ -161,6 +162,9 @@ async def common_close(rx_context: RxContext) -> NtStatus:
     srv_open.flags |= SrvOpenFlags.SRVOPEN_FLAG_CLOSED
     if srv_open in fcb.srv_opens:
         fcb.srv_opens.remove(srv_open)
+    # Before the handle goes: nothing waits on the release (close(2) returned at the
+    # flush), and an unmount right after it must not find the hidden name left over.
+    await delete_on_close(rx_context.device, fcb)
     # Every byte written through the handle is acknowledged (or its error latched and
     # reported by flush), so nobody needs to wait for the server to close it: the
     # remote close goes on in the background, a round trip less per file. RDBSS
@@ -307,14 +311,20 @@ async def _renew_listing(device: RxDevice, directory: str) -> None:
 async def common_set_information(rx_context: RxContext) -> NtStatus:
     """IRP_MJ_SET_INFORMATION: basic info, end of file, rename, link, disposition.
 
-    Departs from RDBSS for disposition: POSIX unlink removes the name at once, not at
-    the last close, so the backend deletes now and the Fcb is orphaned (its opens keep
-    working on their handles).
+    Disposition: POSIX unlink removes the name at once. A file with no open handle is
+    deleted now; one still open is renamed to a hidden name and deleted at its last
+    close (_deleteonclose: RDBSS's delete-pending Fcb, NFS's silly rename).
     """
     params = rx_context.irp.parameters
     fcb = rx_context.fcb
     if not isinstance(params, SetInformationParameters) or fcb is None:
         return NtStatus.STATUS_INVALID_PARAMETER
+    if (
+        isinstance(params.buffer, FileDispositionInformation)
+        and params.buffer.delete_file
+        and still_open(fcb)
+    ):
+        return await hide_open_file(rx_context)
     owner = rx_context.low_io.resource_thread_id
     buffer = params.buffer
     size_change = isinstance(buffer, FileEndOfFileInformation)
@@ -406,7 +416,12 @@ async def common_directory_control(rx_context: RxContext) -> NtStatus:
     try:
         status = await device.minirdr.query_directory(rx_context)
         if nt_success(status):
-            names = [entry.name for entry in rx_context.irp.entries or []]
+            rx_context.irp.entries = [
+                entry
+                for entry in rx_context.irp.entries or []
+                if not hidden_by_us(device, posixpath.join(path, entry.name))
+            ]
+            names = [entry.name for entry in rx_context.irp.entries]
             _directory_sizes(rx_context)
     finally:
         if pending is not None:

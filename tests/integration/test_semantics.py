@@ -328,9 +328,20 @@ def test_an_unlinked_open_file_keeps_its_bytes_for_the_descriptor(target: Target
         assert os.fstat(fd).st_size == 13
         os.write(fd, b" more")
         assert os.pread(fd, 100, 0) == b"Hello, World! more"
+        if target.server is not None:
+            # Kept on the server under a hidden name (for reconnects and crashes),
+            # which listings through the mount leave out.
+            hidden = [p.name for p in target.server.iterdir()]
+            assert len(hidden) == 1 and hidden[0].startswith(".rxfs-unlinked-"), hidden
+            assert os.listdir(target.mnt) == []
     finally:
         os.close(fd)
     assert not path.exists()
+    if target.server is not None:  # the last close removes it (the release is async)
+        deadline = time.monotonic() + 5
+        while list(target.server.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert list(target.server.iterdir()) == []
 
 
 def test_sparse_write_far_past_the_end(target: Target) -> None:
