@@ -1,15 +1,13 @@
 """The SFTP request engine: SFTP sessions driven from the trio loop.
 
-A session runs on a :class:`Link`. On a paramiko channel (:class:`ChannelLink`,
-``-o transport=paramiko``) the link blocks, and paramiko's SFTPClient loses replies when
-several threads read them (DESIGN §5, §10), so such a session has exactly two threads of
-its own: a *sender* that writes queued packets to the link and a *reader* that is the
-only one ever to read replies from it. The trio loop never blocks: it numbers a request,
-registers a waiter, queues the packet and awaits a trio event set when the reply is
-handed back. Both hand-overs are batched: a burst of requests wakes the sender once, and
-one wakeup of the loop (``run_sync_soon``) takes every reply that arrived meanwhile.
-On the pipes of the system's ssh client (``_pipes.PipedSession``) the loop moves the
-bytes itself and there are no threads at all; only the I/O methods differ.
+A session runs on a :class:`Link`, and a :class:`Carrier` moves its packets. The trio
+loop never blocks: it numbers a request, registers a waiter, queues the packet and
+awaits a trio event set when the reply is handed back. On a paramiko channel
+(``_channel.ThreadCarrier``, ``-o transport=paramiko``) the link blocks, and two threads
+of the session's own carry the bytes: a *sender* and a *reader*, each handing over in
+batches. On the pipes of the system's ssh client (``_pipes.PipeCarrier``) the loop moves the
+bytes itself and there are no threads at all; only the carrier differs, and the session
+knows it only through the :class:`Carrier` interface.
 
 Flow control lives on the loop: each session has a cap on requests and on bytes in
 flight (:class:`_Budget`), so a large write is cut into requests as large as the server
@@ -30,6 +28,11 @@ requests by path go to the least loaded session of the :class:`._pool.SessionPoo
 which spans several SSH connections (``-o max_conns``) for throughput. A file uses the
 session only through its request queue (``submit``, ``room_for``, ``enqueue``,
 ``flush`` and the budget calls), never through its private members.
+
+Why this module is past ~700 lines: it is one class, the session, whose request queue,
+budget, waiters and watchdog share one lock and change together. What could leave has
+left (files: _remotefile, carriers: _channel and _pipes, the pool: _pool); the requests
+by path that remain are thin wrappers of ``call`` and ``expect``.
 """
 
 from __future__ import annotations
@@ -38,12 +41,11 @@ import contextlib
 import itertools
 import logging
 import math
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import trio
 
@@ -62,18 +64,19 @@ from ._wire import (
     u32,
 )
 
-if TYPE_CHECKING:
-    import paramiko
-
 __all__ = [
+    "MAX_IO",
     "MAX_PACKET_LENGTH",
-    "ChannelLink",
+    "Carrier",
     "EngineStats",
     "Link",
     "Packet",
+    "Reply",
     "SftpError",
     "SftpSession",
+    "Waiter",
     "packet_length",
+    "read_packet",
     "status_of",
 ]
 
@@ -86,15 +89,9 @@ _PACKET_TYPES = {int(kind): kind for kind in PacketType}
 _DEFAULT_MAX_IO = 32768
 # Never send more than this in one request even if the server's limits allow it: OpenSSH
 # caps a message at 256 KiB, and bigger requests only delay the first reply.
-_MAX_IO = 256 * 1024
-# Channel receive window and packet size: a 16 MiB window lets read-ahead replies stream
-# without waiting for window adjustments on every few packets.
-_WINDOW_SIZE = 16 * 1024 * 1024
-_MAX_PACKET_SIZE = 64 * 1024
+MAX_IO = 256 * 1024
 # A reply longer than this means the stream is out of step (OpenSSH sends at most 256 KiB).
 MAX_PACKET_LENGTH = 16 * 1024 * 1024
-# Packets the sender hands to the link at once (each is one or two pieces).
-_MAX_PIECES = 512
 # Flow control per session.
 DEFAULT_MAX_INFLIGHT_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_INFLIGHT_REQUESTS = 64
@@ -123,10 +120,11 @@ Packet = tuple["bytes | memoryview", ...]
 
 
 class Link(Protocol):
-    """The byte stream an SFTP session runs on: a paramiko channel (:class:`ChannelLink`)
-    or the pipes of an OpenSSH client (``_pipes.PipeLink``). ``send_all`` is called by
-    the session's sender thread only and ``recv_exact`` by its reader thread only;
-    ``close`` from any thread, and it makes both of them fail promptly."""
+    """The byte stream an SFTP session runs on: a paramiko channel
+    (``_channel.ChannelLink``) or the pipes of an OpenSSH client (``_pipes.PipeLink``).
+    Blocking ``send_all`` and ``recv_exact`` serve the INIT/VERSION handshake, then
+    whatever its carrier does with them; ``close`` may be called from any thread, and it
+    makes both fail promptly."""
 
     def send_all(self, pieces: Sequence[bytes | memoryview]) -> None:
         """Send the pieces one after the other, all of them."""
@@ -140,6 +138,47 @@ class Link(Protocol):
 
     def wait_closed(self, timeout: float) -> None:
         """Blocking: release what ``close`` left for after the threads have ended."""
+        ...
+
+
+class Carrier(Protocol):
+    """What moves a session's packets between the trio loop and its :class:`Link`: the
+    transport interface. Two exist: a paramiko channel's sender and reader threads
+    (``_channel.ThreadCarrier``) and the loop itself on ssh's pipes
+    (``_pipes.PipeCarrier``). The session calls these methods; the carrier calls back
+    :meth:`SftpSession.on_packet` for each reply it reads, :meth:`SftpSession.complete`
+    on the loop, and :meth:`SftpSession.lose` when its link fails."""
+
+    @property
+    def link(self) -> Link:
+        """The byte stream the carrier moves packets on."""
+        ...
+
+    def start(self, session: SftpSession) -> None:
+        """Blocking, in the worker thread that did the handshake: start moving packets."""
+        ...
+
+    def send(self, pieces: Packet) -> None:
+        """On the loop, without blocking: requests to go out, in this order."""
+        ...
+
+    def deliver(self, waiter: Waiter, result: Reply | SftpError) -> None:
+        """From any thread: get ``result`` to :meth:`SftpSession.complete` on the loop."""
+        ...
+
+    def close(self) -> None:
+        """From any thread, without blocking: stop, and close the link; outstanding
+        requests then fail with CONNECTION_LOST."""
+        ...
+
+    def abort(self, end: Callable[[], None]) -> None:
+        """On the loop: run ``end`` (the session's death, which closes the link) where
+        closing the link may block without holding up the loop."""
+        ...
+
+    def join(self, timeout: float) -> None:
+        """Blocking (a worker thread): wait for what :meth:`start` started to end, then
+        release the link."""
         ...
 
 
@@ -161,7 +200,7 @@ class Reply:
 
 
 @dataclass(eq=False, slots=True)
-class _Waiter:
+class Waiter:
     """One outstanding request. ``callback`` runs on the trio loop with the reply."""
 
     cost: int
@@ -219,18 +258,20 @@ def status_of(reply: Reply) -> SftpError | None:
 
 
 class SftpSession:
-    """One SFTP session (an SSH channel with the sftp subsystem) and its two threads.
-    (``_pipes.PipedSession`` overrides the I/O methods to run on the loop instead.)
+    """One SFTP session (an SSH channel or an ssh process running the sftp subsystem):
+    the request queue, flow control, the reply watchdog and the requests themselves. Its
+    :class:`Carrier` moves the bytes.
 
-    Build it with :meth:`open` in a worker thread; every other method runs on the trio
-    loop whose token it was given.
+    Build it with :meth:`over` in a worker thread (``_channel.open_channel_session`` on
+    a paramiko transport); every other method runs on the trio loop whose token it was
+    given, except where it says otherwise.
     """
 
     _names = itertools.count(1)
 
     def __init__(
         self,
-        link: Link,
+        carrier: Carrier,
         token: trio.lowlevel.TrioToken,
         extensions: dict[str, bytes],
         *,
@@ -238,7 +279,7 @@ class SftpSession:
         max_inflight_requests: int = DEFAULT_MAX_INFLIGHT_REQUESTS,
     ) -> None:
         self.name = f"sftp-{next(self._names)}"
-        self.link = link
+        self.carrier = carrier
         self.extensions = extensions
         self.limits = Limits(0, _DEFAULT_MAX_IO, _DEFAULT_MAX_IO, 0)
         self.stats = EngineStats()
@@ -246,16 +287,10 @@ class SftpSession:
         self._token = token
         self._budget = _Budget(max_inflight_bytes, max_inflight_requests)
         self._ids = itertools.count(1)
-        self._waiters: dict[int, _Waiter] = {}
+        self._waiters: dict[int, Waiter] = {}
         self._lock = threading.Lock()  # guards _waiters and _dead across threads
         self._dead: SftpError | None = None
-        self._outbox: queue.SimpleQueue[Packet | None] = queue.SimpleQueue()
-        # Replies the reader has handed over and the loop not yet taken (under _lock):
-        # one wakeup of the loop takes all that piled up meanwhile.
-        self._inbox: list[tuple[_Waiter, Reply | SftpError]] = []
-        self._drain_scheduled = False
         self._held: list[bytes | memoryview] = []  # see enqueue(hold=True); loop only
-        self._threads: list[threading.Thread] = []
         # Seconds the oldest outstanding request may go unanswered before the session
         # counts as dead (see _watch_replies); set by the owner before the first request.
         self.reply_timeout = math.inf
@@ -268,32 +303,13 @@ class SftpSession:
     # -- opening and closing (worker thread) ------------------------------------------
 
     @classmethod
-    def open(
-        cls,
-        transport: paramiko.Transport,
-        token: trio.lowlevel.TrioToken,
-        **budget: int,
-    ) -> SftpSession:
-        """Blocking: open a channel running the sftp subsystem on ``transport`` and
-        start a session on it (see :meth:`over`)."""
-        try:
-            channel = transport.open_session(
-                window_size=_WINDOW_SIZE, max_packet_size=_MAX_PACKET_SIZE
-            )
-            channel.invoke_subsystem("sftp")
-        except Exception as exc:
-            raise SftpError(
-                SftpStatusCode.SSH_FX_NO_CONNECTION, f"cannot start the sftp subsystem: {exc}"
-            ) from exc
-        return cls.over(ChannelLink(channel), token, **budget)
-
-    @classmethod
-    def over(cls, link: Link, token: trio.lowlevel.TrioToken, **budget: int) -> SftpSession:
-        """Blocking: exchange INIT/VERSION on ``link``, ask for limits, start the
-        threads. Raises SftpError(NO_CONNECTION) when the subsystem cannot start."""
+    def over(cls, carrier: Carrier, token: trio.lowlevel.TrioToken, **budget: int) -> SftpSession:
+        """Blocking: exchange INIT/VERSION on the carrier's link, ask for limits, start
+        the carrier. Raises SftpError(NO_CONNECTION) when the subsystem cannot start."""
+        link = carrier.link
         try:
             link.send_all([packet(PacketType.INIT, SFTP_VERSION)])
-            kind, body = _read_packet(link)
+            kind, body = read_packet(link)
         except Exception as exc:
             link.close()
             raise SftpError(
@@ -309,20 +325,15 @@ class SftpSession:
             name = reader.text()
             extensions[name] = reader.bytes()
         log.debug("SFTP version %d, extensions %s", version, sorted(extensions))
-        session = cls(link, token, extensions, **budget)
+        session = cls(carrier, token, extensions, **budget)
         if EXT_LIMITS in extensions:
             session._ask_limits_blocking()
         session._start_io()
         return session
 
     def _start_io(self) -> None:
-        """Start the sender and the reader thread, and the watchdog on the loop."""
-        self._threads = [
-            threading.Thread(target=self._send_loop, name=f"{self.name}-send", daemon=True),
-            threading.Thread(target=self._read_loop, name=f"{self.name}-read", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        """Start the carrier, and the watchdog on the loop."""
+        self.carrier.start(self)
         trio.from_thread.run_sync(self._spawn_watchdog, trio_token=self._token)
 
     def _spawn_watchdog(self) -> None:
@@ -332,7 +343,7 @@ class SftpSession:
         """Before the threads start, this thread owns the link: ask synchronously."""
         request_id = next(self._ids)
         self.link.send_all([packet(PacketType.EXTENDED, request_id, pack_string(EXT_LIMITS))])
-        kind, body = _read_packet(self.link)
+        kind, body = read_packet(self.link)
         reader = Reader(body)
         if reader.u32() != request_id or kind != PacketType.EXTENDED_REPLY:
             log.warning("the server's answer to %s was not understood", EXT_LIMITS)
@@ -348,15 +359,21 @@ class SftpSession:
     def close(self) -> None:
         """Blocking-free: stop the threads and close the link. Outstanding requests
         fail with CONNECTION_LOST."""
-        self._outbox.put(None)
-        self.link.close()
+        self.carrier.close()
 
     def join(self, timeout: float = 5.0) -> None:
-        """Blocking: wait for the threads to end (call from a worker thread)."""
-        for thread in self._threads:
-            if thread.is_alive():
-                thread.join(timeout)
-        self.link.wait_closed(timeout)
+        """Blocking: wait for the carrier's threads or tasks to end (call from a worker
+        thread)."""
+        self.carrier.join(timeout)
+
+    @property
+    def link(self) -> Link:
+        return self.carrier.link
+
+    @property
+    def token(self) -> trio.lowlevel.TrioToken:
+        """The token of the loop the session runs on (for its carrier)."""
+        return self._token
 
     @property
     def alive(self) -> bool:
@@ -374,49 +391,16 @@ class SftpSession:
     @property
     def max_write(self) -> int:
         """Bytes per WRITE request: the server's limit, in whole 4 KiB pages."""
-        return _whole_pages(min(self.limits.max_write_length, _MAX_IO))
+        return _whole_pages(min(self.limits.max_write_length, MAX_IO))
 
     @property
     def max_read(self) -> int:
-        return _whole_pages(min(self.limits.max_read_length, _MAX_IO))
+        return _whole_pages(min(self.limits.max_read_length, MAX_IO))
 
-    # -- the two threads ------------------------------------------------------------
+    # -- what the carrier calls ---------------------------------------------------------
 
-    def _send_loop(self) -> None:
-        """Sender thread: write queued packets, several at a time when they pile up."""
-        while True:
-            item = self._outbox.get()
-            if item is None:
-                return
-            pieces = list(item)
-            size = sum(map(len, item))
-            # Bounded in pieces too: writev takes at most IOV_MAX (1024) of them.
-            while size < _MAX_IO and len(pieces) < _MAX_PIECES:
-                try:
-                    more = self._outbox.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._outbox.put(None)
-                    break
-                pieces.extend(more)
-                size += sum(map(len, more))
-            try:
-                self.link.send_all(pieces)
-            except Exception as exc:  # the channel or the transport is gone
-                self._die(SftpError(SftpStatusCode.SSH_FX_CONNECTION_LOST, str(exc)))
-                return
-
-    def _read_loop(self) -> None:
-        """Reader thread: the only reader of this channel; hands replies to the loop."""
-        try:
-            while True:
-                self._on_packet(*_read_packet(self.link))
-        except Exception as exc:
-            self._lost(str(exc))
-
-    def _on_packet(self, kind: int, body: bytes) -> None:
-        """One reply off the wire: hand it to the request that waits for it."""
+    def on_packet(self, kind: int, body: bytes) -> None:
+        """One reply off the wire (any thread): hand it to the request that waits for it."""
         reader = Reader(body)
         request_id = reader.u32()
         with self._lock:
@@ -432,32 +416,22 @@ class SftpSession:
         if ptype is None:
             ptype = PacketType.STATUS
             reader = Reader(u32(SftpStatusCode.SSH_FX_BAD_MESSAGE))
-        self._deliver(waiter, Reply(ptype, reader))
+        self.carrier.deliver(waiter, Reply(ptype, reader))
 
-    def _deliver(self, waiter: _Waiter, result: Reply | SftpError) -> None:
-        with self._lock:
-            self._inbox.append((waiter, result))
-            if self._drain_scheduled:
-                return
-            self._drain_scheduled = True
-        # When the mount's loop is gone, nobody waits for this reply any more.
-        with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(self._drain_inbox)
-
-    def _drain_inbox(self) -> None:
+    def complete(self, batch: Sequence[tuple[Waiter, Reply | SftpError]]) -> None:
         """On the loop: release the budget of every reply handed over, then run their
         callbacks (each exactly once)."""
-        with self._lock:
-            batch, self._inbox = self._inbox, []
-            self._drain_scheduled = False
         self._budget.release(sum(waiter.cost for waiter, _ in batch), len(batch))
         for waiter, result in batch:
             waiter.callback(result)
 
-    def _lost(self, why: str) -> None:
-        self._die(SftpError(SftpStatusCode.SSH_FX_CONNECTION_LOST, why or "EOF"))
+    def lose(self, why: str) -> None:
+        """The link failed (any thread): the session is over, see :meth:`end`."""
+        self.end(SftpError(SftpStatusCode.SSH_FX_CONNECTION_LOST, why or "EOF"))
 
-    def _die(self, error: SftpError) -> None:
+    def end(self, error: SftpError) -> None:
+        """The session is over (any thread): every waiter fails with ``error``, every
+        later request with NO_CONNECTION, and the carrier stops."""
         with self._lock:
             if self._dead is None:
                 self._dead = error
@@ -465,9 +439,8 @@ class SftpSession:
             waiters, self._waiters = list(self._waiters.values()), {}
             self._head_since = None
         for waiter in waiters:
-            self._deliver(waiter, error)
-        self._outbox.put(None)
-        self.link.close()
+            self.carrier.deliver(waiter, error)
+        self.carrier.close()
         # The watchdog ends too (this may run in any thread: the loop wakes it).
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(self._wake_watchdog)
@@ -493,7 +466,7 @@ class SftpSession:
                 self._watch_wakeup = trio.Event()
                 head_since, timeout = self._head_since, self.reply_timeout
                 if head_since is None or math.isinf(timeout):
-                    await self._watch_wakeup.wait()  # set by enqueue and _die
+                    await self._watch_wakeup.wait()  # set by enqueue and end
                     continue
                 left = head_since + timeout - time.monotonic()
                 if left > 0:
@@ -515,12 +488,9 @@ class SftpSession:
             log.exception("%s: the reply watchdog failed", self.name)
 
     def _abort(self, error: SftpError) -> None:
-        """On the loop: end the session as a broken link would. Closing a paramiko
-        channel may block on a stalled transport, so that runs in a thread of its own
-        (``_pipes.PipedSession`` closes its link without blocking, on the loop)."""
-        threading.Thread(
-            target=self._die, args=(error,), name=f"{self.name}-abort", daemon=True
-        ).start()
+        """On the loop: end the session as a broken link would, where the carrier says
+        closing its link may block (Carrier.abort)."""
+        self.carrier.abort(lambda: self.end(error))
 
     # -- requests (trio loop) -----------------------------------------------------------
 
@@ -571,7 +541,7 @@ class SftpSession:
         the loop's hands until the next :meth:`flush` (or unheld request): waking the
         sender once for a burst of requests costs the loop far less than once each."""
         request_id = next(self._ids)
-        waiter = _Waiter(cost, callback)
+        waiter = Waiter(cost, callback)
         with self._lock:
             dead = self._dead
             first = not self._waiters
@@ -591,9 +561,9 @@ class SftpSession:
             self.flush()
 
     def flush(self) -> None:
-        """Hand the held requests to the sender."""
+        """Hand the held requests to the carrier."""
         if self._held:
-            self._outbox.put(tuple(self._held))
+            self.carrier.send(tuple(self._held))
             self._held.clear()
 
     async def request(self, kind: PacketType, *fields: bytes, shielded: bool = False) -> Reply:
@@ -744,45 +714,6 @@ def _whole_pages(limit: int) -> int:
     return max(4096, limit - limit % 4096)
 
 
-class ChannelLink:
-    """A paramiko channel running the sftp subsystem."""
-
-    def __init__(self, channel: paramiko.Channel) -> None:
-        self.channel = channel
-
-    def send_all(self, pieces: Sequence[bytes | memoryview]) -> None:
-        """Channel.sendall re-slices the whole remainder after every packet (quadratic
-        for large buffers); send packet-sized slices of a memoryview instead."""
-        channel = self.channel
-        view = memoryview(pieces[0] if len(pieces) == 1 else b"".join(pieces))
-        step = max(4096, int(getattr(channel, "out_max_packet_size", 32768)))
-        pos = 0
-        while pos < len(view):
-            sent = channel.send(bytes(view[pos : pos + step]))
-            if sent <= 0:
-                raise EOFError("the SFTP channel is closed")
-            pos += sent
-
-    def recv_exact(self, n: int) -> bytes:
-        parts: list[bytes] = []
-        while n > 0:
-            chunk: bytes = self.channel.recv(n)
-            if not chunk:
-                raise EOFError("the SFTP channel is closed")
-            parts.append(chunk)
-            n -= len(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def close(self) -> None:
-        # paramiko sends CHANNEL_CLOSE here, which raises EOFError or OSError once the
-        # transport is dead; a dying session's threads call this and must not crash.
-        with contextlib.suppress(EOFError, OSError):
-            self.channel.close()
-
-    def wait_closed(self, timeout: float) -> None:
-        """Nothing to wait for: paramiko's transport thread owns the socket."""
-
-
 def packet_length(prefix: bytes | memoryview) -> int:
     """The length a packet's 4-byte prefix gives; EOFError when it cannot be one."""
     length = int.from_bytes(prefix, "big")
@@ -791,7 +722,8 @@ def packet_length(prefix: bytes | memoryview) -> int:
     return length
 
 
-def _read_packet(link: Link) -> tuple[int, bytes]:
+def read_packet(link: Link) -> tuple[int, bytes]:
+    """One packet off a blocking link: (type, body after the type byte)."""
     header = link.recv_exact(5)
     length = packet_length(header[:4])
     return header[4], link.recv_exact(length - 1) if length > 1 else b""

@@ -32,7 +32,7 @@ from rxfs.rdbss import NtStatus, NtStatusError
 
 from ._connect import check_host_key
 from ._engine import SftpError, SftpSession
-from ._pipes import PipedSession, PipeLink
+from ._pipes import PipeCarrier, PipeLink
 from ._settings import ConnectSettings, HostKeyPolicy
 
 __all__ = ["open_openssh_session", "ssh_argv"]
@@ -168,7 +168,7 @@ def _open_session(
     watchdog.daemon = True
     watchdog.start()
     try:
-        return PipedSession.over(link, token, **budget)
+        return SftpSession.over(PipeCarrier(link), token, **budget)
     except SftpError as exc:
         said = link.why_closed()
         link.wait_closed()

@@ -2,8 +2,8 @@
 
 With ``-o transport=openssh`` the SSH layer is the ssh client, a process of its own, and
 a session is nothing but two pipes. Pipes can be made non-blocking and waited for with
-trio's own epoll, so a :class:`PipedSession` needs none of the two threads a paramiko
-channel needs (``_engine``'s module notes): the loop writes a request into ssh's standard
+trio's own epoll, so a :class:`PipeCarrier` needs none of the two threads a paramiko
+channel needs (:mod:`._channel`): the loop writes a request into ssh's standard
 input as soon as it is queued (``writev``, no copy, no thread wakeup) and a task of the
 loop reads replies from ssh's standard output and hands each to its request directly.
 A round trip then costs the mount two system calls and one epoll wakeup instead of four
@@ -20,14 +20,14 @@ import signal
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO
 
 import trio
 
-from ._engine import Reply, SftpError, SftpSession, _Waiter, packet_length
+from ._engine import Packet, Reply, SftpError, SftpSession, Waiter, packet_length
 
-__all__ = ["PipeLink", "PipedSession"]
+__all__ = ["PipeCarrier", "PipeLink"]
 
 # Big pipes: a 256 KiB WRITE leaves in one system call, and a burst of replies is taken
 # with one read.
@@ -109,8 +109,8 @@ class PipeLink:
         return lines[-1] if lines else f"ssh exited with status {self.process.returncode}"
 
 
-class PipedSession(SftpSession):
-    """An SFTP session whose requests and replies the trio loop moves itself.
+class PipeCarrier:
+    """The loop moving a session's requests and replies on ssh's pipes itself.
 
     Requests are written the moment they are flushed; what the pipe cannot take yet
     waits in ``_unsent`` for the sender task (woken only then). The receiver task reads
@@ -118,35 +118,33 @@ class PipedSession(SftpSession):
     are trio system tasks: they end when the session dies or the loop ends, and
     :meth:`join` waits for that before the pipes are closed under them."""
 
-    link: PipeLink
-
-    def __init__(
-        self,
-        link: PipeLink,
-        token: trio.lowlevel.TrioToken,
-        extensions: dict[str, bytes],
-        **budget: int,
-    ) -> None:
-        super().__init__(link, token, extensions, **budget)
+    def __init__(self, link: PipeLink) -> None:
+        self.link = link
+        self._session: SftpSession | None = None
         self._unsent: deque[bytes | memoryview] = deque()
         self._send_error: OSError | None = None
         self._sender_wakeup = trio.Event()
         self._tasks_running = 0
         self._tasks_ended = threading.Event()
 
-    def _start_io(self) -> None:
+    def _owner(self) -> SftpSession:
+        assert self._session is not None, "the carrier has not been started"
+        return self._session
+
+    def start(self, session: SftpSession) -> None:
         """Called in the worker thread that did the handshake."""
+        self._session = session
         self.link.make_non_blocking()
         self._tasks_running = 2
-        trio.from_thread.run_sync(self._spawn_tasks, trio_token=self._token)
+        trio.from_thread.run_sync(self._spawn_tasks, trio_token=session.token)
 
     def _spawn_tasks(self) -> None:
         spawn = trio.lowlevel.spawn_system_task
-        spawn(self._receive_replies, name=f"{self.name}-receive")
-        spawn(self._send_unsent, name=f"{self.name}-send")
-        self._spawn_watchdog()
+        name = self._owner().name
+        spawn(self._receive_replies, name=f"{name}-receive")
+        spawn(self._send_unsent, name=f"{name}-send")
 
-    def join(self, timeout: float = 5.0) -> None:
+    def join(self, timeout: float) -> None:
         """Blocking: once ssh is gone and both tasks have ended, close the pipes."""
         self.link.close()
         self._tasks_ended.wait(timeout)
@@ -157,9 +155,19 @@ class PipedSession(SftpSession):
         if self._tasks_running == 0:
             self._tasks_ended.set()
 
+    def close(self) -> None:
+        self.link.close()
+        self._unsent.clear()
+        self._sender_wakeup.set()
+
+    def abort(self, end: Callable[[], None]) -> None:
+        # Closing the link only signals ssh: no thread needed.
+        end()
+
     # -- replies ----------------------------------------------------------------------
 
     async def _receive_replies(self) -> None:
+        session = self._owner()
         fd = self.link.stdout_fd
         pending = bytearray()
         # Read into one buffer kept for the session: os.read(fd, 1 MiB) would allocate
@@ -167,7 +175,7 @@ class PipedSession(SftpSession):
         buffer = bytearray(_READ_SIZE)
         into = [buffer]
         try:
-            while self._dead is None:
+            while session.alive:
                 await trio.lowlevel.wait_readable(fd)
                 try:
                     count = os.readv(fd, into)
@@ -175,18 +183,19 @@ class PipedSession(SftpSession):
                     continue
                 if not count:
                     why = await trio.to_thread.run_sync(self.link.why_closed)
-                    self._lost(why)
+                    session.lose(why)
                     return
                 with memoryview(buffer) as view:
                     pending += view[:count]
                 del pending[: self._complete_replies(pending)]
         except Exception as exc:  # a broken pipe, or a stream out of step
-            self._lost(str(exc))
+            session.lose(str(exc))
         finally:
             self._task_ended()
 
     def _complete_replies(self, buffer: bytearray) -> int:
         """Complete every whole reply at the start of ``buffer``; the bytes used."""
+        session = self._owner()
         pos, end = 0, len(buffer)
         # A view, so each body is copied once (a bytearray slice would copy it twice);
         # released before the caller shrinks the buffer.
@@ -195,22 +204,18 @@ class PipedSession(SftpSession):
                 length = packet_length(view[pos : pos + 4])
                 if end - pos - 4 < length:
                     break
-                self._on_packet(view[pos + 4], bytes(view[pos + 5 : pos + 4 + length]))
+                session.on_packet(view[pos + 4], bytes(view[pos + 5 : pos + 4 + length]))
                 pos += 4 + length
         return pos
 
-    def _deliver(self, waiter: _Waiter, result: Reply | SftpError) -> None:
+    def deliver(self, waiter: Waiter, result: Reply | SftpError) -> None:
         # Always on the loop here: no inbox, no wakeup.
-        self._budget.release(waiter.cost)
-        waiter.callback(result)
+        self._owner().complete(((waiter, result),))
 
     # -- requests ---------------------------------------------------------------------
 
-    def flush(self) -> None:
-        if not self._held:
-            return
-        self._unsent.extend(self._held)
-        self._held.clear()
+    def send(self, pieces: Packet) -> None:
+        self._unsent.extend(pieces)
         self._write_unsent()
         if self._unsent or self._send_error is not None:
             self._sender_wakeup.set()
@@ -234,11 +239,12 @@ class PipedSession(SftpSession):
                 return  # the pipe is full
 
     async def _send_unsent(self) -> None:
+        session = self._owner()
         fd = self.link.stdin_fd
         try:
-            while self._dead is None:
+            while session.alive:
                 if self._send_error is not None:
-                    self._lost(str(self._send_error))
+                    session.lose(str(self._send_error))
                     return
                 if not self._unsent:
                     self._sender_wakeup = trio.Event()
@@ -248,12 +254,3 @@ class PipedSession(SftpSession):
                 self._write_unsent()
         finally:
             self._task_ended()
-
-    def _die(self, error: SftpError) -> None:
-        super()._die(error)
-        self._unsent.clear()
-        self._sender_wakeup.set()
-
-    def _abort(self, error: SftpError) -> None:
-        # Closing the link only signals ssh: no thread needed.
-        self._die(error)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import trio
 from rxfs.minirdr import NtStatus, NtStatusError
 
+from ._channel import open_channel_session
 from ._connect import Credentials, open_transport
 from ._engine import EngineStats, SftpError, SftpSession
 from ._openssh import open_openssh_session
@@ -268,7 +269,7 @@ class Connections:
             ssh = open_transport(settings, credentials=self._credentials)
             transports.append(ssh)
             for _ in range(self.tuning.channels):
-                add(SftpSession.open(ssh, token))
+                add(open_channel_session(ssh, token))
 
         def add(session: SftpSession) -> None:
             # The request deadline, for every request: see SftpSession._watch_replies.

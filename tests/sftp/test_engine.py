@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import trio
+from rxfs.minirdr.sftp._channel import ChannelLink, open_channel_session
 from rxfs.minirdr.sftp._connect import open_transport
 from rxfs.minirdr.sftp._engine import (
     EXT_FSYNC,
@@ -18,7 +19,6 @@ from rxfs.minirdr.sftp._engine import (
     EXT_LIMITS,
     EXT_POSIX_RENAME,
     EXT_STATVFS,
-    ChannelLink,
     SftpError,
     SftpSession,
 )
@@ -43,7 +43,7 @@ async def session_on(server: LoopbackSshd, **budget: int) -> AsyncIterator[SftpS
     transport = await trio.to_thread.run_sync(lambda: open_transport(settings))
     try:
         session = await trio.to_thread.run_sync(
-            lambda: SftpSession.open(transport, token, **budget)
+            lambda: open_channel_session(transport, token, **budget)
         )
         try:
             yield session

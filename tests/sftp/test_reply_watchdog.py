@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 
 import pytest
 import trio
-from rxfs.minirdr.sftp._engine import SftpError
+from rxfs.minirdr.sftp._engine import SftpError, SftpSession
 from rxfs.minirdr.sftp._openssh import open_openssh_session
-from rxfs.minirdr.sftp._pipes import PipedSession
+from rxfs.minirdr.sftp._pipes import PipeLink
 from rxfs.minirdr.sftp._remotefile import RemoteFile
 from rxfs.minirdr.sftp._settings import resolve_settings
 from rxfs.minirdr.sftp._wire import OpenFlags, SftpStatusCode
@@ -31,11 +31,11 @@ REPLY_TIMEOUT = 1.0
 RESCUE_AFTER = 6.0
 
 
-async def _session(server: LoopbackSshd) -> PipedSession:
+async def _session(server: LoopbackSshd) -> SftpSession:
     settings = resolve_settings(urlsplit(server.url()), server.mount_options())
     token = trio.lowlevel.current_trio_token()
     session = await trio.to_thread.run_sync(lambda: open_openssh_session(settings, token))
-    assert isinstance(session, PipedSession)
+    assert isinstance(session.link, PipeLink)
     return session
 
 
