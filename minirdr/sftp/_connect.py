@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO
 
 import paramiko
-from rxfs.rdbss.ntstatus import NtStatus, NtStatusError
+from rxfs.minirdr import NtStatus, NtStatusError
 
 from ._known_hosts import prefer_known_key_types, verify_host_key
 from ._settings import ConnectSettings

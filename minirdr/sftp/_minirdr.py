@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import trio
-from rxfs.minirdr._protocol import Capability, MiniRdrDispatch
-from rxfs.rdbss import LowIoReadWriteFlags, NtStatus, NtStatusError, RxContext, SrvOpenFlags
-from rxfs.rdbss.irp import (
+from rxfs.minirdr import (
     AccessMask,
+    Capability,
     CreateDisposition,
     CreateOptions,
     CreateParameters,
@@ -39,7 +38,13 @@ from rxfs.rdbss.irp import (
     FileLinkInformation,
     FileRenameInformation,
     FsControlCode,
+    LowIoReadWriteFlags,
+    MiniRdrDispatch,
+    NtStatus,
+    NtStatusError,
+    RxContext,
     SetInformationParameters,
+    SrvOpenFlags,
     VolumeInfo,
 )
 
@@ -68,7 +73,7 @@ from ._status import NTSTATUS_OF_SFTP, TIMEOUT_STATUS, Probe, nt_status_of, stat
 from ._wire import Attrs, OpenFlags
 
 if TYPE_CHECKING:
-    from rxfs.rdbss import Fcb, RxDevice, SrvCall, VNetRoot
+    from rxfs.minirdr import Fcb, RxDevice, SrvCall, VNetRoot
 
 __all__ = ["SftpMiniRdr"]
 

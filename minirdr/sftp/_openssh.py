@@ -28,7 +28,7 @@ import tempfile
 import threading
 
 import trio
-from rxfs.rdbss import NtStatus, NtStatusError
+from rxfs.minirdr import NtStatus, NtStatusError
 
 from ._connect import check_host_key
 from ._engine import SftpError, SftpSession
