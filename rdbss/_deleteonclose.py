@@ -8,8 +8,8 @@ and as the Linux NFS client renames to ``.nfsXXXX`` (a "silly rename"), an unlin
 a file with open handles renames it on the server to a hidden name in its directory,
 marks the Fcb DELETE_ON_CLOSE, and the last close deletes the hidden name.
 
-The hidden name is ``.rxfs-unlinked-`` and 16 hex digits. Listings through the mount
-leave it out while this mount holds the file; a crash (or a server gone at the last
+The hidden name is ``.rxfs-unlinked-`` and 16 hex digits. Listings through this mount
+leave out the names it hid; a crash (or a server gone at the last
 close) leaves it on the server, where it can be found by that name and removed.
 """
 
@@ -57,6 +57,8 @@ async def hide_open_file(rx_context: RxContext) -> NtStatus:
     hidden = posixpath.join(posixpath.dirname(old), HIDDEN_PREFIX + secrets.token_hex(8))
     status = await _set(device, fcb, FileRenameInformation(hidden, replace_if_exists=False))
     if nt_success(status):
+        device.net_root.hidden_names.add(hidden)
+        device.net_root.directory_changed(posixpath.dirname(old))
         device.net_root.rename_fcbs(old, hidden)
         device.net_root.directories.name_gone(old)
         fcb.state |= _DELETE_ON_CLOSE
@@ -82,11 +84,9 @@ async def delete_on_close(device: RxDevice, fcb: Fcb) -> None:
 
 
 def hidden_by_us(device: RxDevice, path: str) -> bool:
-    """A listing leaves out the hidden names of files this mount keeps open."""
-    if not posixpath.basename(path).startswith(HIDDEN_PREFIX):
-        return False
-    fcb = device.net_root.fcb_table.get(path)
-    return fcb is not None and bool(fcb.state & _DELETE_ON_CLOSE)
+    """A listing leaves out the names this mount hid, for as long as it is mounted: a
+    listing answered just before the last close removed one may still carry it."""
+    return path in device.net_root.hidden_names
 
 
 async def _set(device: RxDevice, fcb: Fcb, buffer: SetInformationBuffer) -> NtStatus:

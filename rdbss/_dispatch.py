@@ -114,6 +114,8 @@ def _created(
     device = rx_context.device
     directories = device.net_root.directories
     directories.name_exists(fcb.path)
+    if params.disposition not in (CreateDisposition.FILE_OPEN, CreateDisposition.FILE_OVERWRITE):
+        device.net_root.directory_changed(posixpath.dirname(fcb.path))
     if (
         params.options & CreateOptions.FILE_DIRECTORY_FILE
         and params.disposition == CreateDisposition.FILE_CREATE
@@ -359,12 +361,20 @@ def _after_set_information(rx_context: RxContext, buffer: object) -> None:
     net_root = rx_context.device.net_root
     if isinstance(buffer, FileEndOfFileInformation):
         fcb.file_size = buffer.end_of_file
+        # The server stamped a new mtime (and so ctime) on it: ask it next time.
+        fcb.attributes_time = 0.0
     elif isinstance(buffer, FileRenameInformation):
+        net_root.directory_changed(posixpath.dirname(fcb.path))
+        net_root.directory_changed(posixpath.dirname(buffer.new_name))
         net_root.rename_fcbs(fcb.path, buffer.new_name)
     elif isinstance(buffer, FileLinkInformation):
         net_root.forget_attributes(buffer.new_name)
         net_root.directories.name_exists(buffer.new_name)
+        net_root.directory_changed(posixpath.dirname(buffer.new_name))
+        # A new link is a new ctime for the file.
+        fcb.attributes_time = 0.0
     elif isinstance(buffer, FileDispositionInformation) and buffer.delete_file:
+        net_root.directory_changed(posixpath.dirname(fcb.path))
         net_root.name_gone(fcb.path)
     elif isinstance(buffer, FileBasicInformation) and fcb.attributes is not None:
         _apply_basic(fcb.attributes, buffer)
@@ -465,9 +475,11 @@ async def common_file_system_control(rx_context: RxContext) -> NtStatus:
     status = await rx_low_io_submit(rx_context)
     _after_by_name(rx_context, path, status)
     made = params.fs_control_code == FsControlCode.FSCTL_SET_REPARSE_POINT
-    if made and nt_success(status) and rx_context.irp.attributes is not None:
-        # The new link's attributes came with the answer: its lookup needs no request.
-        fcb.set_attributes(rx_context.irp.attributes)
+    if made and nt_success(status):
+        rx_context.device.net_root.directory_changed(posixpath.dirname(path))
+        if rx_context.irp.attributes is not None:
+            # The new link's attributes came with the answer: its lookup needs none.
+            fcb.set_attributes(rx_context.irp.attributes)
     return status
 
 

@@ -138,6 +138,8 @@ class NetRoot(_RefCounted):
         self.attribute_cache: PathMap[tuple[FileAttributes, float]] = PathMap()
         # The names directories hold (-o dir_timeout), for "no such file" answers.
         self.directories = DirectoryCache()
+        # Hidden names given to files unlinked while open (_deleteonclose).
+        self.hidden_names: set[str] = set()
         srv_call.reference()
 
     def find_fcb(self, path: str) -> Fcb | None:
@@ -162,6 +164,15 @@ class NetRoot(_RefCounted):
             # Oldest first (insertion order): drop the older half.
             self.attribute_cache.drop_oldest(_ATTRIBUTE_CACHE_SIZE // 2)
         self.attribute_cache[fcb.path] = (fcb.attributes, fcb.attributes_time)
+
+    def directory_changed(self, path: str) -> None:
+        """A name in directory ``path`` was made, removed or renamed through this mount:
+        the server changed the directory's mtime and ctime, so what is cached about it
+        is no longer true (the kernel drops its own copy after each such request)."""
+        self.attribute_cache.pop(path)
+        fcb = self.fcb_table.get(path)
+        if fcb is not None:
+            fcb.attributes_time = 0.0
 
     def forget_attributes(self, path: str) -> None:
         """Our own change to ``path`` or below: cached attributes are no longer true."""

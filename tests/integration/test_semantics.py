@@ -344,6 +344,45 @@ def test_an_unlinked_open_file_keeps_its_bytes_for_the_descriptor(target: Target
         assert list(target.server.iterdir()) == []
 
 
+def _tick(target: Target) -> None:
+    """Long enough for the server to stamp a different time (SFTP v3: whole seconds)."""
+    time.sleep(1.05 if target.server is not None else 0.01)
+
+
+def test_a_directory_shows_the_times_of_changes_made_here_at_once(target: Target) -> None:
+    """The attribute cache is for changes made elsewhere: after a create, symlink,
+    rename or rmdir here, the directory's mtime is the new one at once (rsync -a sets
+    a directory's times after filling it and compares them on the next run)."""
+    directory = target.mnt / "d"
+    directory.mkdir()
+    (directory / "sub").mkdir()
+    changes = {
+        "create": lambda: (directory / "f").write_bytes(b"x"),
+        "symlink": lambda: os.symlink("f", directory / "l"),
+        "rename": lambda: os.rename(directory / "f", directory / "g"),
+        "rmdir": lambda: os.rmdir(directory / "sub"),
+    }
+    for name, change in changes.items():
+        before = directory.stat().st_mtime_ns
+        _tick(target)
+        change()
+        after = directory.stat().st_mtime_ns
+        assert after > before, f"{name}: the directory's mtime did not move"
+        if target.server is not None:  # SFTP v3 carries whole seconds
+            on_server = os.stat(target.server_path("d")).st_mtime_ns
+            assert after // 10**9 == on_server // 10**9, name
+
+
+def test_truncate_changes_the_ctime_at_once(target: Target) -> None:
+    path = target.mnt / "f"
+    path.write_bytes(b"0123456789")
+    before = path.stat().st_ctime_ns
+    _tick(target)
+    os.truncate(path, 4)
+    assert path.stat().st_ctime_ns > before
+    assert path.stat().st_size == 4
+
+
 def test_sparse_write_far_past_the_end(target: Target) -> None:
     offset = 200 * MIB
     fd = os.open(target.mnt / "sparse", os.O_WRONLY | os.O_CREAT, 0o644)
