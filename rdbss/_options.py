@@ -30,8 +30,11 @@ class OptionError(ValueError):
 
 
 def option_what(name: str, value: str | None) -> str:
-    """``-o name=value`` (or ``-o name``), as the user wrote it."""
-    return f"-o {name}" if value is None else f"-o {name}={value}"
+    """``-o name=value`` (or ``-o name``), as the user wrote it; a value that would not
+    print on one line is quoted, so that the message stays one line."""
+    if value is None:
+        return f"-o {name}"
+    return f"-o {name}={value if value.isprintable() else repr(value)}"
 
 
 def parse_option_groups(groups: Iterable[str]) -> dict[str, str]:
