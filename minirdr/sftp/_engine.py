@@ -410,7 +410,11 @@ class SftpSession:
                 # The next request's clock starts now: before, it waited its turn.
                 self._head_since = time.monotonic() if self._waiters else None
         if waiter is None:
-            log.warning("%s: reply to unknown request %d dropped", self.name, request_id)
+            # Expected once the session was declared dead (its waiters were failed
+            # and forgotten); a live session that gets one is talking to a confused
+            # server.
+            level = logging.WARNING if self._dead is None else logging.DEBUG
+            log.log(level, "%s: reply to unknown request %d dropped", self.name, request_id)
             return
         ptype = _PACKET_TYPES.get(kind)
         if ptype is None:

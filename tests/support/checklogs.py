@@ -29,7 +29,6 @@ RECONNECTS = (
     r"^reconnected to",
     r"counting the connection as lost",
     r"no answer within",
-    r"reply to unknown request",
 )
 # What a test that makes bytes fail to land (full disk, a server gone for good) provokes.
 LOST_BYTES = (
