@@ -56,6 +56,7 @@ from rxfs.rdbss.ntstatus import NAME_NOT_FOUND
 
 from ._errors import errno_for
 from ._inodes import InodeTable
+from ._ownrequests import own_requests
 
 __all__ = ["FsOptions", "RxOperations"]
 
@@ -67,44 +68,11 @@ R = TypeVar("R")
 NAME_MAX = 255
 
 
-class _OwnRequestGuard:
-    """Says so, loudly, when the mount process makes a request to its own mount.
-
-    Such a request is answered by the process that made it; if SIGKILL lands while it
-    is in user space, the kernel waits for an answer that the dying process can never
-    give, the process cannot exit, /dev/fuse is never closed and the mount wedges
-    (DESIGN §11). The kernel names the calling thread (its tid) in every request that
-    carries a context; a thread of ours is listed in /proc/self/task. What a tid is
-    is remembered, so the hot path costs a dict lookup."""
-
-    LIMIT = 4096
-
-    def __init__(self) -> None:
-        self._own: dict[int, bool] = {}
-
-    def check(self, ctx: pyfuse3.RequestContext, operation: str) -> None:
-        own = self._own.get(ctx.pid)
-        if own is None:
-            if len(self._own) >= self.LIMIT:
-                self._own.clear()
-            own = self._own[ctx.pid] = os.path.exists(f"/proc/self/task/{ctx.pid}")
-        if own:
-            log.error(
-                "%s: the mount process made a request to its own mount (thread %d); "
-                "a kill -9 during such a request wedges the mount",
-                operation,
-                ctx.pid,
-            )
-
-
-_own_requests = _OwnRequestGuard()
-
-
 def _handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         if args and type(args[-1]) is pyfuse3.RequestContext:
-            _own_requests.check(args[-1], fn.__name__)
+            own_requests.check(args[-1], fn.__name__)
         try:
             return await fn(*args, **kwargs)
         except FUSEError:
