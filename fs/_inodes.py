@@ -13,6 +13,7 @@ carries no inode numbers, so links made elsewhere look like separate files, as w
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import posixpath
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ __all__ = ["InodeT", "InodeTable"]
 InodeT = NewType("InodeT", int)
 
 ROOT_INODE = InodeT(pyfuse3.ROOT_INODE)
+_NS = 1_000_000_000
 
 
 @dataclass(slots=True)
@@ -33,6 +35,8 @@ class _Inode:
     paths: list[str]
     lookups: int = 0
     attributes: FileAttributes | None = None
+    # Times set through the mount, to the nanosecond (atime_ns, mtime_ns).
+    set_times: tuple[int | None, int | None] = (None, None)
 
 
 class InodeTable:
@@ -62,6 +66,31 @@ class InodeTable:
         """Every name of ``inode`` (a copy), first the one ``path_of`` gives."""
         entry = self._by_inode.get(InodeT(inode))
         return list(entry.paths) if entry is not None else []
+
+    def times_set(self, inode: int, atime_ns: int | None, mtime_ns: int | None) -> None:
+        """utimensat() through the mount set these; the server may keep whole seconds
+        only (SFTP v3), the kernel's cache keeps what was set (see precise_times)."""
+        entry = self._by_inode.get(InodeT(inode))
+        if entry is not None:
+            atime, mtime = entry.set_times
+            entry.set_times = (
+                atime if atime_ns is None else atime_ns,
+                mtime if mtime_ns is None else mtime_ns,
+            )
+
+    def precise_times(self, inode: int, attributes: FileAttributes) -> FileAttributes:
+        """``attributes`` with the times set through the mount where the server's are
+        the same second (it stored them cut to seconds); a change since (a write, a
+        touch elsewhere) shows as a different second and wins."""
+        entry = self._by_inode.get(InodeT(inode))
+        if entry is None or entry.set_times == (None, None):
+            return attributes
+        atime, mtime = entry.set_times
+        if atime is None or attributes.atime_ns // _NS != atime // _NS:
+            atime = attributes.atime_ns
+        if mtime is None or attributes.mtime_ns // _NS != mtime // _NS:
+            mtime = attributes.mtime_ns
+        return dataclasses.replace(attributes, atime_ns=atime, mtime_ns=mtime)
 
     def name_count(self, inode: int) -> int:
         """How many names of ``inode`` this mount knows (looked up or linked here)."""

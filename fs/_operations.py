@@ -259,6 +259,7 @@ class RxOperations(pyfuse3.Operations):
         return fobx
 
     def _entry(self, inode: InodeT, attrs: FileAttributes) -> pyfuse3.EntryAttributes:
+        attrs = self.inodes.precise_times(inode, attrs)
         return _entry(inode, attrs, self.options, self.inodes.name_count(inode))
 
     async def _stat(self, path: str, *, from_server: bool = False) -> FileAttributes:
@@ -411,6 +412,8 @@ class RxOperations(pyfuse3.Operations):
         )
         if basic != FileBasicInformation():
             await self._set_inode_info(inode, fobx, basic)
+            if basic.atime_ns is not None or basic.mtime_ns is not None:
+                self.inodes.times_set(inode, basic.atime_ns, basic.mtime_ns)
         return await self.getattr(inode, ctx)
 
     async def _set_inode_info(
