@@ -95,17 +95,13 @@ class Umount:
             self.say(f"the mount process {pid} is stopped; aborting its FUSE connection")
             self._abort_and_detach(entry)
             os.kill(pid, signal.SIGCONT)
-            return self._finish(pid)
+            return self.finish(pid)
         if self.force:
             self.say("--force: aborting the FUSE connection (users of the mount get ENOTCONN)")
             self._abort_and_detach(entry)
         elif not self._unmount(entry):
             return EXIT_OK
-        return self._finish(pid) if pid is not None else EXIT_OK
-
-    def wait_only(self, pid: int) -> int:
-        """The mount is gone but its process still runs: wait for what it reports."""
-        return self._finish(pid)
+        return self.finish(pid) if pid is not None else EXIT_OK
 
     # -- the states ---------------------------------------------------------------------
 
@@ -113,10 +109,15 @@ class Umount:
         # A zombie whose thread waits on its own mount keeps the connection (and the
         # mount) alive until the connection is aborted; a dead one has none to abort.
         self._abort_and_detach(entry)
+        return self._died(pid)
+
+    def _died(self, pid: int) -> int:
+        """The mount process ended without a clean exit (which removes its pid file)."""
         self.forget_pid()
+        self.print_unflushed()
         self.say(
-            f"the mount process {pid} had died without unmounting; the mount is detached, "
-            "and bytes it held but had not sent to the server, if any, are lost"
+            f"the mount process {pid} had died before it finished unmounting; bytes it "
+            "held but had not sent to the server, if any, are lost"
         )
         return EXIT_FAILURE
 
@@ -167,8 +168,9 @@ class Umount:
             "or --force (abort: processes using it get ENOTCONN at once)"
         )
 
-    def _finish(self, pid: int) -> int:
-        """Wait for the mount process to exit and say what it could not flush."""
+    def finish(self, pid: int) -> int:
+        """Wait for the mount process to exit and say what it could not flush (also
+        when the mount is gone already and its process still sends what it holds)."""
         while process_state(pid) is not ProcessState.GONE and self.remaining() > 0:
             time.sleep(0.05)
         if process_state(pid) is not ProcessState.GONE:
@@ -180,17 +182,8 @@ class Umount:
             )
             return EXIT_FAILURE
         if self.pid_file.exists():  # a clean exit removes it
-            return self._after_death_unmounted(pid)
+            return self._died(pid)
         return EXIT_FAILURE if self.print_unflushed() else EXIT_OK
-
-    def _after_death_unmounted(self, pid: int) -> int:
-        self.forget_pid()
-        self.print_unflushed()
-        self.say(
-            f"the mount process {pid} died before it finished; bytes it held but had not "
-            "sent to the server, if any, are lost"
-        )
-        return EXIT_FAILURE
 
     # -- helpers ------------------------------------------------------------------------
 

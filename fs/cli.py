@@ -62,15 +62,6 @@ def _state_file(mountpoint: str, suffix: str) -> Path:
     return state_dir() / f"{name}.{suffix}"
 
 
-# -- mount table --------------------------------------------------------------------------
-
-
-def mounted_at(mountpoint: str) -> str | None:
-    """The file system type mounted at ``mountpoint``, or None (see _mounttable)."""
-    entry = mount_entry(mountpoint)
-    return entry.fstype if entry is not None else None
-
-
 # -- options ------------------------------------------------------------------------------
 
 
@@ -123,7 +114,7 @@ def _check_mountpoint(path: str) -> str:
         ) from None
     if not is_dir:
         raise UsageError(f"mount point {path} is not a directory")
-    if mounted_at(mountpoint) is not None:
+    if mount_entry(mountpoint) is not None:
         raise UsageError(f"{path} is already a mount point ('rxfs umount {path}' first)")
     return mountpoint
 
@@ -266,7 +257,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
         pid = umount.pid()
         if process_state(pid) is not ProcessState.GONE:
             assert pid is not None
-            return umount.wait_only(pid)  # unmounted, still sending what it holds
+            return umount.finish(pid)  # unmounted, still sending what it holds
         umount.forget_pid()
         if pid is None:
             raise UsageError(f"{args.mountpoint} is not mounted")
