@@ -157,11 +157,13 @@ def _check(status: NtStatus) -> None:
         raise FUSEError(errno_for(status))
 
 
-def _query(path: str, *, from_server: bool = False) -> Irp:
+def _query(path: str | None = None, *, fobx: Fobx | None = None, from_server: bool = False) -> Irp:
+    """By name, or through an open descriptor (fstat)."""
     return Irp(
         IrpMj.IRP_MJ_QUERY_INFORMATION,
         QueryInformationParameters(),
         minor_function=IRP_MN_QUERY_FROM_SERVER if from_server else 0,
+        file_object=fobx,
         file_name=path,
     )
 
@@ -378,9 +380,7 @@ class RxOperations(pyfuse3.Operations):
             # (unlinked while open), and only the handle knows its size now (what was
             # written since, held here or on the server). The kernel reads no further
             # than the size it is told.
-            irp = await self._call(
-                Irp(IrpMj.IRP_MJ_QUERY_INFORMATION, QueryInformationParameters(), file_object=fobx)
-            )
+            irp = await self._call(_query(fobx=fobx))
             assert irp.attributes is not None
             self.inodes.remember(inode, irp.attributes)
             return self._entry(inode, irp.attributes)
