@@ -92,9 +92,12 @@ class FsOptions:
     entry_timeout: float = 1.0
     allow_other: bool = False
     default_permissions: bool = False
+    writeback_cache: bool = False
 
     NAMES = {
         "entry_timeout": "seconds the kernel may cache names (default 1)",
+        "writeback_cache": "the kernel gathers writes in its page cache and sends them "
+        "in large requests, under close-to-open consistency (default no)",
         "allow_other": "let users other than the mounting one use the mount (implies "
         "default_permissions)",
         "default_permissions": "the kernel checks the mode bits against local user ids "
@@ -209,14 +212,13 @@ def _access_for(flags: int) -> tuple[AccessMask, CreateOptions]:
 class RxOperations(pyfuse3.Operations):
     """FUSE requests -> IRPs. One instance per mount, on the mount's trio loop."""
 
-    # The kernel's writeback cache stays off (DESIGN §9): the core's own write-behind
-    # keeps the durability contract, the kernel's would not.
-    enable_writeback_cache = False
-
     def __init__(self, device: RxDevice, options: FsOptions | None = None) -> None:
         super().__init__()
         self.device = device
         self.options = options or FsOptions()
+        # Read by pyfuse3 at INIT. Close-to-open rules keep the kernel's cache coherent
+        # with the server (DESIGN §9): see open() and _revalidate().
+        self.enable_writeback_cache = self.options.writeback_cache
         self.inodes = InodeTable()
         self._files: dict[FileHandleT, Fobx] = {}
         # The inode each open file handle is on.
