@@ -1,0 +1,505 @@
+"""``smb://``: the mini-redirector for SMB 2/3 servers (Samba, Windows), on smbprotocol.
+
+``smb://[user@]host[:port]/share[/path]`` mounts ``path`` of ``share``; the core's paths
+('/a/b', relative to that root) become share-relative SMB names ('path\\a\\b').
+
+smbprotocol blocks, so every request runs in a worker thread of this backend's own
+CapacityLimiter (never trio's default, which the rest of the process shares). Reads and
+writes answer STATUS_PENDING at once and complete from a task in the mount's nursery
+when the server has replied, honouring the cancel protocol of docs/plugins.md §4.
+
+Errors: the server's NTSTATUS is the answer (the mapping is the identity, in
+``_client.nt_status_of``); the front end turns it into an errno with its one table.
+
+Plain SMB2 has no POSIX mode, owner or symlinks: a file shows 0644 and a directory 0755
+(read-only files without their write bits), owned by the user who mounted, as mount.cifs
+shows them by default. chmod changes only the read-only attribute (the owner's write
+bit); chown to anyone but that user is EOPNOTSUPP.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import trio
+from rxfs.minirdr import (
+    AccessMask,
+    Capability,
+    CreateOptions,
+    CreateParameters,
+    DirEntry,
+    FileAttributes,
+    FileBasicInformation,
+    FileDispositionInformation,
+    FileEndOfFileInformation,
+    FileLinkInformation,
+    FileRenameInformation,
+    MiniRdrDispatch,
+    NtStatus,
+    NtStatusError,
+    RxContext,
+    SetInformationParameters,
+    SrvOpenFlags,
+    VolumeInfo,
+)
+
+from ._client import SmbTree
+from ._settings import SMB_OPTIONS, SmbSettings
+from ._wire import (
+    ATTRIBUTE_NORMAL,
+    ATTRIBUTE_READONLY,
+    FileInfo,
+    filetime_of_ns,
+    ns_of_filetime,
+    pack_basic,
+    pack_disposition,
+    pack_end_of_file,
+    pack_rename,
+    parse_directory_entries,
+)
+
+if TYPE_CHECKING:
+    from rxfs.minirdr import RxDevice, SrvCall, VNetRoot
+
+__all__ = ["SmbMiniRdr"]
+
+log = logging.getLogger(__name__)
+
+# Access bits beyond the core's AccessMask ([MS-SMB2] 2.2.13.1).
+_FILE_LIST_DIRECTORY = 0x1
+_READ_ATTRIBUTES = 0x80
+_WRITE_ATTRIBUTES = 0x100
+_DELETE = 0x10000
+_SYNCHRONIZE = 0x100000
+# FILE_INFORMATION_CLASS values sent in SET_INFO.
+_BASIC_INFORMATION = 4
+_RENAME_INFORMATION = 10
+_LINK_INFORMATION = 11
+_DISPOSITION_INFORMATION = 13
+_END_OF_FILE_INFORMATION = 20
+# Worker threads, hence requests in flight at once on the connection.
+_THREADS = 16
+
+_WRITES = AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA
+
+
+@dataclass(eq=False)
+class _Handle:
+    """``srv_open.context``: the server's file id, on the tree that opened it."""
+
+    tree: SmbTree
+    file_id: bytes
+    is_dir: bool
+    writable: bool
+    append: bool
+    write_through: bool
+
+
+_M = TypeVar("_M", bound="SmbMiniRdr")
+_Entry = Callable[[_M, RxContext], Coroutine[Any, Any, NtStatus]]
+
+
+def _entry(method: _Entry[_M]) -> _Entry[_M]:
+    """Turn an NtStatusError raised anywhere below an entry into its status."""
+
+    @functools.wraps(method)
+    async def run(self: _M, rx_context: RxContext) -> NtStatus:
+        try:
+            return await method(self, rx_context)
+        except NtStatusError as exc:
+            log.debug("%r: %s (%s)", rx_context, exc.status.name, exc.message)
+            return exc.status
+
+    return run
+
+
+class SmbMiniRdr(MiniRdrDispatch):
+    scheme = "smb"
+    description = "files on an SMB 2/3 server (Samba, Windows), through smbprotocol"
+    capabilities = (
+        Capability.HARDLINKS
+        | Capability.POSIX_RENAME
+        | Capability.REMOTE_FSYNC
+        | Capability.TIMES
+        | Capability.STATFS
+        | Capability.PERSISTENT
+    )
+    option_names: ClassVar[dict[str, str]] = dict(SMB_OPTIONS)
+
+    def __init__(self) -> None:
+        self._device: RxDevice | None = None
+        self._settings: SmbSettings | None = None
+        self._tree: SmbTree | None = None
+        self._limiter = trio.CapacityLimiter(_THREADS)
+        self._uid = os.getuid()
+        self._gid = os.getgid()
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @property
+    def tree(self) -> SmbTree:
+        if self._tree is None:
+            raise NtStatusError(NtStatus.STATUS_CONNECTION_DISCONNECTED, "not connected")
+        return self._tree
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A blocking smbprotocol call, in one of our worker threads."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    def _remote(self, path: str) -> str:
+        """The share-relative SMB name of the core's path ('' is the share root)."""
+        assert self._settings is not None
+        parts = [p for p in path.split("/") if p]
+        if self._settings.path:
+            parts.insert(0, self._settings.path)
+        return "\\".join(parts)
+
+    def _attributes(self, info: FileInfo) -> FileAttributes:
+        return FileAttributes(
+            mode=info.mode(),
+            size=0 if info.is_dir else info.end_of_file,
+            uid=self._uid,
+            gid=self._gid,
+            atime_ns=ns_of_filetime(info.last_access),
+            mtime_ns=ns_of_filetime(info.last_write),
+            ctime_ns=ns_of_filetime(info.change),
+            nlink=max(info.nlink, 1),
+        )
+
+    @staticmethod
+    def _handle(rx_context: RxContext) -> _Handle | None:
+        srv_open = rx_context.srv_open
+        ctx = srv_open.context if srv_open is not None else None
+        return ctx if isinstance(ctx, _Handle) else None
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    async def start(self, device: RxDevice) -> NtStatus:
+        self._device = device
+        return NtStatus.STATUS_SUCCESS
+
+    async def create_srv_call(self, srv_call: SrvCall) -> NtStatus:
+        """Negotiate (SMB 3.1.1 where the server has it), log in, connect the share. On
+        a reconnect the settings read at mount (the password included) are used again."""
+        if self._settings is None:
+            options = self._device.options if self._device is not None else {}
+            self._settings = SmbSettings.parse(srv_call.url, options)
+        old, self._tree = self._tree, None
+        if old is not None:
+            await self._run(old.disconnect)
+        tree = SmbTree(self._settings)
+        await self._run(tree.connect)
+        if not tree.encrypted:
+            log.info("%s: messages are signed, not encrypted", self._settings.unc)
+        self._tree = tree
+        srv_call.context = tree
+        return NtStatus.STATUS_SUCCESS
+
+    async def create_v_net_root(self, v_net_root: VNetRoot) -> NtStatus:
+        """The mounted path must be a directory on the share."""
+        assert self._settings is not None
+        root = self._remote("/")
+        try:
+            info = await self._run(self.tree.stat, root)
+        except NtStatusError as exc:
+            raise NtStatusError(
+                exc.status, rf"cannot use {self._settings.unc}\{root} as the root: {exc.message}"
+            ) from None
+        if not info.is_dir:
+            raise NtStatusError(
+                NtStatus.STATUS_NOT_A_DIRECTORY, rf"{self._settings.unc}\{root} is not a directory"
+            )
+        v_net_root.context = root
+        return NtStatus.STATUS_SUCCESS
+
+    async def finalize_srv_call(self, srv_call: SrvCall) -> NtStatus:
+        tree, self._tree = self._tree, None
+        if tree is not None:
+            await self._run(tree.disconnect)
+        return NtStatus.STATUS_SUCCESS
+
+    # -- create and close ----------------------------------------------------------------
+
+    @_entry
+    async def create(self, rx_context: RxContext) -> NtStatus:
+        fcb, srv_open = rx_context.fcb, rx_context.srv_open
+        params = rx_context.irp.parameters
+        assert fcb is not None and srv_open is not None
+        assert isinstance(params, CreateParameters)
+        tree = self.tree
+        wanted = params.desired_access
+        writable = bool(wanted & _WRITES)
+        access = int(wanted) | _READ_ATTRIBUTES | _SYNCHRONIZE
+        if writable:
+            access |= _WRITE_ATTRIBUTES
+        if params.options & CreateOptions.FILE_DIRECTORY_FILE:
+            access |= _FILE_LIST_DIRECTORY
+        created = await self._run(
+            tree.create,
+            self._remote(fcb.path),
+            access,
+            int(params.disposition),
+            int(params.options),
+        )
+        append = bool(srv_open.flags & SrvOpenFlags.SRVOPEN_FLAG_APPEND)
+        write_through = bool(params.options & CreateOptions.FILE_WRITE_THROUGH)
+        srv_open.context = _Handle(
+            tree, created.file_id, created.info.is_dir, writable, append, write_through
+        )
+        rx_context.irp.attributes = self._attributes(created.info)
+        return NtStatus.STATUS_SUCCESS
+
+    @_entry
+    async def close_srv_open(self, rx_context: RxContext) -> NtStatus:
+        handle = self._handle(rx_context)
+        if handle is None or handle.tree is not self._tree:
+            return NtStatus.STATUS_SUCCESS  # its connection is gone, and the handle with it
+        await self._run(handle.tree.close, handle.file_id)
+        return NtStatus.STATUS_SUCCESS
+
+    @_entry
+    async def flush(self, rx_context: RxContext) -> NtStatus:
+        """SMB2 FLUSH: Samba fsyncs the file (``strict sync``, on by default)."""
+        handle = self._handle(rx_context)
+        if handle is None or not handle.writable:
+            return NtStatus.STATUS_SUCCESS
+        await self._run(self._live(handle).flush, handle.file_id)
+        return NtStatus.STATUS_SUCCESS
+
+    def _live(self, handle: _Handle) -> SmbTree:
+        """The handle's tree, if it is still the connection; a handle of a lost
+        connection is gone with it (the core reopens after a reconnect)."""
+        if handle.tree is not self._tree:
+            raise NtStatusError(NtStatus.STATUS_CONNECTION_DISCONNECTED, "the handle's connection")
+        return handle.tree
+
+    # -- low I/O ---------------------------------------------------------------------------
+
+    async def lowio_write(self, rx_context: RxContext) -> NtStatus:
+        handle = self._handle(rx_context)
+        if handle is None or not handle.writable:
+            return NtStatus.STATUS_INVALID_HANDLE
+        rw = rx_context.low_io.read_write
+        data = bytes(rw.buffer)
+        tree = handle.tree
+
+        def write() -> int:
+            offset = rw.byte_offset
+            if handle.append:
+                # Not atomic against other clients: plain SMB2 has no append-at-end
+                # write that Samba honours (Capability.APPEND is not declared).
+                offset = tree.query(handle.file_id).end_of_file
+            return tree.write(handle.file_id, offset, data, handle.write_through)
+
+        return self._submit(rx_context, handle, write, None)
+
+    async def lowio_read(self, rx_context: RxContext) -> NtStatus:
+        handle = self._handle(rx_context)
+        if handle is None:
+            return NtStatus.STATUS_INVALID_HANDLE
+        rw = rx_context.low_io.read_write
+        if rw.byte_count == 0:
+            rw.buffer = b""
+            rx_context.io_status.information = 0
+            return NtStatus.STATUS_SUCCESS
+        got: list[bytes] = []
+
+        def read() -> int:
+            data = handle.tree.read(handle.file_id, rw.byte_offset, rw.byte_count)
+            got.append(data)
+            return len(data)
+
+        def deliver() -> None:
+            rw.buffer = got[0]
+
+        return self._submit(rx_context, handle, read, deliver)
+
+    def _submit(
+        self,
+        rx_context: RxContext,
+        handle: _Handle,
+        work: Callable[[], int],
+        deliver: Callable[[], None] | None,
+    ) -> NtStatus:
+        """Answer STATUS_PENDING; ``work`` runs in a worker thread and the reply path
+        completes the context with its byte count (``deliver`` first stores a read's
+        bytes), unless a cancel took the context first."""
+        if handle.tree is not self._tree:
+            return NtStatus.STATUS_CONNECTION_DISCONNECTED
+        if rx_context.set_cancel_routine(_complete_cancelled) == NtStatus.STATUS_CANCELLED:
+            rx_context.complete_lowio(NtStatus.STATUS_CANCELLED)
+            return NtStatus.STATUS_PENDING
+
+        async def reply() -> None:
+            status, information = NtStatus.STATUS_UNSUCCESSFUL, 0
+            try:
+                information = await self._run(work)
+                if deliver is not None:
+                    deliver()
+                status = NtStatus.STATUS_SUCCESS
+            except NtStatusError as exc:
+                status = exc.status
+                log.debug("%r: %s (%s)", rx_context, exc.status.name, exc.message)
+            except Exception:
+                # This runs in the mount's nursery: never let it take the mount down.
+                log.exception("%r: the SMB request failed", rx_context)
+            finally:
+                if rx_context.clear_cancel_routine():
+                    if status == NtStatus.STATUS_SUCCESS and information == 0 and deliver:
+                        status = NtStatus.STATUS_END_OF_FILE
+                    rx_context.complete_lowio(status, information)
+
+        assert self._device is not None
+        self._device.nursery.start_soon(reply)
+        return NtStatus.STATUS_PENDING
+
+    # -- information -----------------------------------------------------------------------
+
+    @_entry
+    async def query_file_info(self, rx_context: RxContext) -> NtStatus:
+        """QUERY_INFO on the open handle, else CREATE + QUERY_INFO + CLOSE by name."""
+        assert rx_context.fcb is not None
+        handle = self._handle(rx_context)
+        if handle is not None and handle.tree is self._tree:
+            info = await self._run(handle.tree.query, handle.file_id)
+        else:
+            info = await self._run(self.tree.stat, self._remote(rx_context.fcb.path))
+        rx_context.irp.attributes = self._attributes(info)
+        return NtStatus.STATUS_SUCCESS
+
+    @_entry
+    async def set_file_info(self, rx_context: RxContext) -> NtStatus:
+        assert rx_context.fcb is not None
+        params = rx_context.irp.parameters
+        assert isinstance(params, SetInformationParameters)
+        info = params.buffer
+        path = self._remote(rx_context.fcb.path)
+        handle = self._handle(rx_context)
+        if handle is not None and handle.tree is not self._tree:
+            handle = None
+        if isinstance(info, FileDispositionInformation):
+            if info.delete_file:
+                await self._delete(path)
+            return NtStatus.STATUS_SUCCESS
+        if isinstance(info, FileBasicInformation):
+            await self._set_basic(path, handle, info)
+        elif isinstance(info, FileEndOfFileInformation):
+            await self._set_info(
+                path, handle, _END_OF_FILE_INFORMATION, pack_end_of_file(info.end_of_file)
+            )
+        elif isinstance(info, FileRenameInformation):
+            await self._rename(path, self._remote(info.new_name), info.replace_if_exists)
+        else:
+            assert isinstance(info, FileLinkInformation)
+            await self._run(
+                self.tree.set_info_by_path,
+                path,
+                _READ_ATTRIBUTES | _WRITE_ATTRIBUTES,
+                _LINK_INFORMATION,
+                pack_rename(self._remote(info.new_name), info.replace_if_exists),
+            )
+        fresh = await self._stat_via(path, handle)
+        rx_context.irp.attributes = self._attributes(fresh)
+        return NtStatus.STATUS_SUCCESS
+
+    async def _stat_via(self, path: str, handle: _Handle | None) -> FileInfo:
+        if handle is not None:
+            info: FileInfo = await self._run(handle.tree.query, handle.file_id)
+        else:
+            info = await self._run(self.tree.stat, path)
+        return info
+
+    async def _set_info(
+        self, path: str, handle: _Handle | None, info_class: int, buffer: bytes
+    ) -> None:
+        """Through the open handle when it may (a writable one), else by name."""
+        if handle is not None and handle.writable:
+            await self._run(handle.tree.set_info, handle.file_id, info_class, buffer)
+            return
+        access = _WRITE_ATTRIBUTES | _READ_ATTRIBUTES
+        if info_class == _END_OF_FILE_INFORMATION:
+            access |= AccessMask.FILE_WRITE_DATA
+        await self._run(self.tree.set_info_by_path, path, access, info_class, buffer)
+
+    async def _set_basic(
+        self, path: str, handle: _Handle | None, info: FileBasicInformation
+    ) -> None:
+        """Times as FILETIMEs; the owner's write bit of a mode as the read-only
+        attribute; the rest of a mode cannot be stored over plain SMB2."""
+        if (info.uid is not None and info.uid != self._uid) or (
+            info.gid is not None and info.gid != self._gid
+        ):
+            raise NtStatusError(NtStatus.STATUS_NOT_SUPPORTED, "no owners over plain SMB2")
+        attributes = 0
+        if info.mode is not None:
+            current = await self._stat_via(path, handle)
+            if not current.is_dir:
+                attributes = current.attributes & ~ATTRIBUTE_READONLY
+                if not info.mode & 0o200:
+                    attributes |= ATTRIBUTE_READONLY
+                attributes = attributes or ATTRIBUTE_NORMAL
+        atime = filetime_of_ns(info.atime_ns) if info.atime_ns is not None else 0
+        mtime = filetime_of_ns(info.mtime_ns) if info.mtime_ns is not None else 0
+        if atime or mtime or attributes:
+            await self._set_info(
+                path, handle, _BASIC_INFORMATION, pack_basic(atime, mtime, 0, attributes)
+            )
+
+    async def _rename(self, old: str, new: str, replace: bool) -> None:
+        if old == new:
+            return
+        if new.startswith(old + "\\"):
+            raise NtStatusError(NtStatus.STATUS_INVALID_PARAMETER, "rename into itself")
+        await self._run(
+            self.tree.set_info_by_path,
+            old,
+            _DELETE | _READ_ATTRIBUTES,
+            _RENAME_INFORMATION,
+            pack_rename(new, replace),
+        )
+
+    async def _delete(self, path: str) -> None:
+        """Delete-on-close set on a handle of our own, closed at once: the name goes
+        now unless another client holds the file open (then at its close)."""
+        if path == self._remote("/"):
+            raise NtStatusError(NtStatus.STATUS_ACCESS_DENIED, "the share root")
+        await self._run(
+            self.tree.set_info_by_path,
+            path,
+            _DELETE | _READ_ATTRIBUTES,
+            _DISPOSITION_INFORMATION,
+            pack_disposition(),
+        )
+
+    @_entry
+    async def query_directory(self, rx_context: RxContext) -> NtStatus:
+        assert rx_context.fcb is not None
+        buffers = await self._run(self.tree.list_directory, self._remote(rx_context.fcb.path))
+        rx_context.irp.entries = [
+            DirEntry(name, self._attributes(info))
+            for buffer in buffers
+            for name, info in parse_directory_entries(buffer)
+            if name not in (".", "..")
+        ]
+        return NtStatus.STATUS_SUCCESS
+
+    @_entry
+    async def query_volume_info(self, rx_context: RxContext) -> NtStatus:
+        size = await self._run(self.tree.fs_size)
+        rx_context.irp.volume = VolumeInfo(
+            block_size=size.sectors_per_unit * size.bytes_per_sector,
+            total_blocks=size.total_units,
+            free_blocks=size.actual_available_units,
+            available_blocks=size.caller_available_units,
+        )
+        return NtStatus.STATUS_SUCCESS
+
+
+def _complete_cancelled(rx_context: RxContext) -> None:
+    """Cancel routine: the request may still land, but claims nothing."""
+    rx_context.complete_lowio(NtStatus.STATUS_CANCELLED)
