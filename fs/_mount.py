@@ -46,6 +46,8 @@ class MountRequest:
     backend_options: dict[str, str] = field(default_factory=dict)
     # Where the lines about data that could not be flushed at unmount go.
     report_path: Path | None = None
+    # mount(8)'s generic flags given with -o (ro, nosuid, noexec ...), for the kernel.
+    kernel_flags: set[str] = field(default_factory=set)
 
 
 class MountFailedError(Exception):
@@ -59,7 +61,7 @@ class MountFailedError(Exception):
 def _fuse_options(request: MountRequest) -> set[str]:
     # fsname shows in /proc/mounts and df; commas would split the option string.
     fsname = request.url.replace(",", "%2C")
-    options = {f"fsname={fsname}", "subtype=rxfs"}
+    options = {f"fsname={fsname}", "subtype=rxfs", *request.kernel_flags}
     if request.fs_options.allow_other:
         options.add("allow_other")
     if request.fs_options.kernel_checks_permissions:

@@ -1,4 +1,4 @@
-"""The ``rxfs`` command: mount, umount, backends.
+"""The ``rxfs`` command: mount, umount, backends; and ``mount.rxfs`` for mount(8).
 
 Bad input (unknown scheme, missing or busy mount point, unknown option) is one line on
 stderr and exit status 2; a mount that fails at run time (authentication, unreachable
@@ -13,7 +13,7 @@ import logging
 import os
 import stat
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,16 +22,24 @@ from rxfs.rdbss import (
     CORE_OPTIONS,
     CoreOptions,
     option_what,
+    parse_flag,
     parse_option_groups,
     parse_seconds,
 )
 
 from ._mount import MountRequest, run
+from ._mounthelper import (
+    install_mount_helper,
+    parse_helper_argv,
+    remove_mount_helper,
+    sd_notify,
+)
 from ._mounttable import mount_entry
 from ._operations import FsOptions
 from ._umount import ProcessState, Umount, UmountRefusedError, process_state
+from ._usage import options_help, versions
 
-__all__ = ["main"]
+__all__ = ["main", "mount_helper_main"]
 
 log = logging.getLogger("rxfs")
 
@@ -64,17 +72,39 @@ def _state_file(mountpoint: str, suffix: str) -> Path:
 
 # -- options ------------------------------------------------------------------------------
 
+# mount(8)'s generic options, as fstab, mount(8) and mount.fuse3 pass them on. The
+# kernel's mount flags go to the FUSE mount (libfuse knows these; ro is a core option
+# that adds the flag). The rest are for mount(8), systemd or other file systems and are
+# ignored, as mount.fuse3 ignores them.
+KERNEL_FLAGS = frozenset(
+    {"rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "sync", "async"}
+    | {"dirsync", "atime", "noatime", "nodiratime"}
+)
+IGNORED_OPTIONS = frozenset(
+    {"defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "nofail"}
+    | {"_netdev", "comment", "diratime", "relatime", "norelatime", "strictatime"}
+    | {"nostrictatime", "lazytime", "nolazytime", "loud", "silent"}
+)
+
+
+def _ignored(name: str) -> bool:
+    # x-systemd.automount, x-systemd.requires=..., x-gvfs-show: userspace mount options
+    return name in IGNORED_OPTIONS or name.startswith("x-")
+
 
 def split_options(
     options: dict[str, str], minirdr: type[MiniRdrDispatch]
-) -> tuple[FsOptions, CoreOptions, dict[str, str]]:
-    """Sort ``-o`` options to the front end, the core and the backend; refuse unknown
-    names and bad values."""
+) -> tuple[FsOptions, CoreOptions, dict[str, str], set[str]]:
+    """Sort ``-o`` options to the front end, the core, the backend and the kernel's mount
+    flags; refuse unknown names and bad values."""
     fs_options = FsOptions()
     core: dict[str, str] = {}
     backend: dict[str, str] = {}
+    kernel_flags = {name for name in options if name in KERNEL_FLAGS}
     try:
         for name, value in options.items():
+            if name in KERNEL_FLAGS or _ignored(name):
+                continue
             if name in CORE_OPTIONS:
                 core[name] = value
             elif name == "entry_timeout":
@@ -83,6 +113,10 @@ def split_options(
                 fs_options.allow_other = True
             elif name == "default_permissions":
                 fs_options.default_permissions = True
+            elif name in ("uid", "gid", "umask"):
+                fs_options.set_shown(name, value)
+            elif name == "writeback_cache":
+                fs_options.writeback_cache = parse_flag(value, option_what(name, value))
             elif name in minirdr.option_names:
                 backend[name] = value
             else:
@@ -95,7 +129,9 @@ def split_options(
         raise UsageError(str(exc)) from None
     # One attribute timeout for the core's cache and the kernel's.
     fs_options.attr_timeout = core_options.attr_timeout
-    return fs_options, core_options, backend
+    if core_options.read_only:
+        kernel_flags = (kernel_flags - {"rw"}) | {"ro"}
+    return fs_options, core_options, backend, kernel_flags
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -134,10 +170,18 @@ def _build_request(args: argparse.Namespace) -> tuple[MountRequest, type[MiniRdr
         raise PluginError(f"cannot load the mini-redirector for {url.scheme}://: {exc}") from None
     mountpoint = _check_mountpoint(args.mountpoint)
     options = parse_option_groups(args.options)
-    fs_options, core_options, backend_options = split_options(options, minirdr)
+    fs_options, core_options, backend_options, kernel_flags = split_options(options, minirdr)
     report = _state_file(mountpoint, "unflushed")
     report.unlink(missing_ok=True)
-    request = MountRequest(args.url, mountpoint, fs_options, core_options, backend_options, report)
+    request = MountRequest(
+        args.url,
+        mountpoint,
+        fs_options,
+        core_options,
+        backend_options,
+        report,
+        kernel_flags=kernel_flags,
+    )
     return request, minirdr
 
 
@@ -156,6 +200,8 @@ def _setup_logging(debug: bool, logfile: Path | None = None) -> None:
 
 def cmd_mount(args: argparse.Namespace) -> int:
     request, minirdr_cls = _build_request(args)
+    if getattr(args, "fake", False):
+        return 0  # mount -f: the arguments were checked; mount nothing
     minirdr = minirdr_cls()
     if args.foreground:
         _setup_logging(args.debug)
@@ -167,6 +213,8 @@ def _serve_foreground(request: MountRequest, minirdr: MiniRdrDispatch) -> int:
     def ready(error: str | None) -> None:
         if error is not None:
             print(f"rxfs: {error}", file=sys.stderr)
+        else:
+            sd_notify(f"READY=1\nSTATUS=mounted {request.url} on {request.mountpoint}")
 
     with _pid_file(request.mountpoint):
         return run(request, minirdr, ready)
@@ -193,6 +241,10 @@ def _serve_background(request: MountRequest, minirdr: MiniRdrDispatch, debug: bo
         with os.fdopen(read_end, "rb") as pipe:
             message = pipe.read().decode(errors="replace")
         if message == "ok":
+            # Type=notify with a forking mount: the child is the service's main process.
+            sd_notify(
+                f"READY=1\nMAINPID={pid}\nSTATUS=mounted {request.url} on {request.mountpoint}"
+            )
             return 0
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
@@ -203,13 +255,17 @@ def _serve_background(request: MountRequest, minirdr: MiniRdrDispatch, debug: bo
         return code if code > 0 else EXIT_FAILURE
     os.close(read_end)
     os.setsid()
+    os.environ.pop("NOTIFY_SOCKET", None)  # the parent speaks to systemd
     logfile = _state_file(request.mountpoint, "log")
     _setup_logging(debug, logfile)
 
     def ready(error: str | None) -> None:
+        if error is not None:
+            log.error("mount failed: %s", error)  # the log says why, not only stderr
         os.write(write_end, b"ok" if error is None else error.encode())
         os.close(write_end)
         _detach_stdio()
+        os.chdir("/")  # as a daemon does: keep no file system busy
 
     code = EXIT_FAILURE
     with _pid_file(request.mountpoint):
@@ -293,6 +349,23 @@ def cmd_backends(args: argparse.Namespace) -> int:
         print(
             "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4]
         )
+    print(f"\n{options_help()}")
+    return 0
+
+
+def cmd_install_mount_helper(args: argparse.Namespace) -> int:
+    """Link /sbin/mount.rxfs and /sbin/mount.fuse.rxfs (mount -t rxfs, fstab) to this
+    installation's mount.rxfs, or remove those links."""
+    directory = Path(args.dir)
+    try:
+        done = (remove_mount_helper if args.remove else install_mount_helper)(directory)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        print(f"rxfs: {directory}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    for line in done:
+        print(line)
     return 0
 
 
@@ -310,10 +383,32 @@ def _add_options_argument(parser: argparse.ArgumentParser, help_text: str) -> No
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser whose help may end in text made only when asked for (the option list
+    loads every backend)."""
+
+    more_help: Callable[[], str] | None = None
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        return text if self.more_help is None else f"{text}\n{self.more_help()}\n"
+
+
+class _VersionAction(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        for name, version in versions():
+            print(f"{name} {version}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rxfs",
-        description="Mount a remote share (sftp://, memory://, plugins) through FUSE.",
+        description="Mount a remote share (sftp://, memory://, plugins) through FUSE. "
+        "'rxfs URL MOUNTPOINT -o ...' is 'rxfs mount' as mount(8) calls it.",
+    )
+    parser.add_argument(
+        "--version", action=_VersionAction, nargs=0, help="versions of rxfs and what it runs on"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     mount = sub.add_parser(
@@ -321,14 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="mount URL on MOUNTPOINT",
         description="Mount URL on MOUNTPOINT. Without -f, returns once the "
         "mount is ready and serves it from the background (log in "
-        f"{state_dir()}).",
+        f"{state_dir()}/MOUNTPOINT.log, the path's slashes as _).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    mount.more_help = options_help
     mount.add_argument("url", metavar="URL", help="sftp://[user@]host[:port]/path, memory://")
     mount.add_argument("mountpoint", metavar="MOUNTPOINT")
     mount.add_argument(
         "-f", "--foreground", action="store_true", help="stay in the foreground, logging to stderr"
     )
-    _add_options_argument(mount, "mount options (see 'rxfs backends')")
+    _add_options_argument(mount, "mount options (listed below)")
     mount.add_argument("--debug", action="store_true", help="log every request")
     mount.set_defaults(func=cmd_mount)
     umount = sub.add_parser(
@@ -369,12 +466,54 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options_argument(conformance, "mount options, as for 'rxfs mount'")
     conformance.add_argument("-k", metavar="EXPR", help="only tests matching EXPR (pytest -k)")
     conformance.set_defaults(func=cmd_conformance)
+    helper = sub.add_parser(
+        "install-mount-helper",
+        help="make mount -t rxfs and fstab work: link mount.rxfs into /sbin",
+        description="Link DIR/mount.rxfs and DIR/mount.fuse.rxfs (what mount(8) runs for "
+        "-t rxfs and -t fuse.rxfs) to this installation's mount.rxfs.",
+    )
+    helper.add_argument("--dir", default="/sbin", help="where mount(8) looks (default /sbin)")
+    helper.add_argument("--remove", action="store_true", help="remove those links instead")
+    helper.set_defaults(func=cmd_install_mount_helper)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _as_mount_helper(argv: Sequence[str]) -> argparse.Namespace:
+    """``URL MOUNTPOINT -o ...`` (mount.rxfs, or rxfs run by mount.fuse3) as the
+    arguments of a background ``rxfs mount``."""
     try:
+        helper = parse_helper_argv(argv)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return argparse.Namespace(
+        func=cmd_mount,
+        url=helper.url,
+        mountpoint=helper.mountpoint,
+        options=helper.options,
+        foreground=False,
+        debug=False,
+        fake=helper.fake,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # mount.fuse3 runs the type's program as "rxfs URL MOUNTPOINT -o OPTIONS".
+    return _run(argv, as_helper=bool(argv) and "://" in argv[0] and argv[0][:1] != "-")
+
+
+def mount_helper_main() -> int:
+    """``mount.rxfs URL MOUNTPOINT [-sfnv] -o OPTIONS``: what mount(8) runs for -t rxfs."""
+    argv = sys.argv[1:]
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: mount.rxfs URL MOUNTPOINT [-o opt[=val],...]  (options: rxfs mount --help)")
+        return 0 if argv else EXIT_USAGE
+    return _run(argv, as_helper=True)
+
+
+def _run(argv: Sequence[str], *, as_helper: bool) -> int:
+    try:
+        args = _as_mount_helper(argv) if as_helper else build_parser().parse_args(argv)
         code: int = args.func(args)
     except UsageError as exc:
         print(f"rxfs: {exc}", file=sys.stderr)

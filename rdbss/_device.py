@@ -12,11 +12,22 @@ import trio
 
 from ._dispatch import DISPATCH_TABLE, Routine
 from ._objects import NetRoot, SrvCall, SrvOpen, VNetRoot, normalize_path
-from ._options import option_what, parse_seconds, parse_size
+from ._options import option_what, parse_flag, parse_seconds, parse_size
 from ._reconnect import Reconnector
 from ._rxcontext import RxContext, RxContextFlags
 from ._writebehind import MIB, LazyWriter
-from .irp import IoStatusBlock, Irp, ReadParameters, WriteParameters
+from .irp import (
+    AccessMask,
+    CreateDisposition,
+    CreateParameters,
+    FsControlCode,
+    FsControlParameters,
+    IoStatusBlock,
+    Irp,
+    IrpMj,
+    ReadParameters,
+    WriteParameters,
+)
 from .ntstatus import NtStatus, NtStatusError, nt_success, status_of
 
 if TYPE_CHECKING:
@@ -42,6 +53,8 @@ CORE_OPTIONS = {
     "dir_timeout": "seconds a directory's listing may answer 'no such file' for names it "
     "lacks, so that creating a file needs no lookup on the server; a file another client "
     "creates may stay unseen that long (default: attr_timeout; 0: off)",
+    "ro": "read-only: every write, create, rename, unlink and attribute change fails with "
+    "EROFS (the kernel refuses them first; the core refuses them too)",
 }
 
 
@@ -55,6 +68,7 @@ class CoreOptions:
     # Follows attr_timeout unless given: one knob turns all caching of what the server
     # holds down or off.
     dir_timeout: float = 1.0
+    read_only: bool = False
 
     @classmethod
     def parse(cls, options: dict[str, str]) -> CoreOptions:
@@ -69,6 +83,7 @@ class CoreOptions:
                 setattr(core, name, parse_seconds(text, option_what(name, text)))
         if "dir_timeout" not in options:
             core.dir_timeout = core.attr_timeout
+        core.read_only = parse_flag(options.get("ro"), option_what("ro", options.get("ro")))
         return core
 
 
@@ -104,6 +119,7 @@ class RxDevice:
             in_flight_limit=max(self.core.dirty_limit // 2, MIB),
         )
         self.reconnector = Reconnector(self, self.core.reconnect_timeout)
+        self._dispatch_table = READ_ONLY_DISPATCH_TABLE if self.core.read_only else DISPATCH_TABLE
         # Every SrvOpen not yet closed: a reconnect reopens them all.
         self.srv_opens: set[SrvOpen] = set()
         self._nursery: trio.Nursery | None = None
@@ -189,7 +205,7 @@ class RxDevice:
 
         Returns the IRP's IoStatus; never STATUS_PENDING for a WAIT request.
         """
-        routine = DISPATCH_TABLE.get(irp.major_function)
+        routine = self._dispatch_table.get(irp.major_function)
         if routine is None:
             irp.io_status.status = NtStatus.STATUS_INVALID_DEVICE_REQUEST
             return irp.io_status
@@ -218,6 +234,39 @@ class RxDevice:
             if exc.message:
                 log.info("%r failed: %s", rx_context, exc.message)
             return exc.status
+
+
+# What a create may ask for on a read-only mount: open an existing name to read it.
+_READ_ACCESS = AccessMask.FILE_READ_DATA | AccessMask.FILE_READ_ATTRIBUTES
+
+
+def _modifies(irp: Irp) -> bool:
+    """Whether ``irp`` would change anything on the server (or a file's held bytes)."""
+    params = irp.parameters
+    if isinstance(params, CreateParameters):
+        return params.disposition != CreateDisposition.FILE_OPEN or bool(
+            params.desired_access & ~_READ_ACCESS
+        )
+    if isinstance(params, FsControlParameters):
+        return params.fs_control_code != FsControlCode.FSCTL_GET_REPARSE_POINT
+    return irp.major_function in (IrpMj.IRP_MJ_WRITE, IrpMj.IRP_MJ_SET_INFORMATION)
+
+
+def _refusing_changes(routine: Routine) -> Routine:
+    async def read_only(rx_context: RxContext) -> NtStatus:
+        if _modifies(rx_context.irp):
+            return NtStatus.STATUS_MEDIA_WRITE_PROTECTED
+        return await routine(rx_context)
+
+    return read_only
+
+
+# -o ro: the kernel refuses changes on a read-only mount before they reach us; the core
+# refuses them as well, so that nothing that calls the core directly (or a kernel that
+# lets one through) can change the share.
+READ_ONLY_DISPATCH_TABLE: dict[IrpMj, Routine] = {
+    major: _refusing_changes(routine) for major, routine in DISPATCH_TABLE.items()
+}
 
 
 def _describe(irp: Irp) -> str:

@@ -177,7 +177,8 @@ def _open_session(
                 NtStatus.STATUS_IO_TIMEOUT,
                 f"{settings.target}: no SFTP session within {2 * settings.connect_timeout:g}s",
             ) from exc
-        message = f"{settings.target}: ssh: {said}"
+        # ssh starts its own errors with "ssh: " (not the server's "Permission denied").
+        message = f"{settings.target}: ssh: {said.removeprefix('ssh: ')}"
         lowered = said.lower()
         if any(text in lowered for text in _HOST_KEY_REFUSED):
             raise _HostKeyRefusedError(NtStatus.STATUS_ACCESS_DENIED, message) from exc
