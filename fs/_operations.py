@@ -26,8 +26,10 @@ from rxfs.rdbss import (
     IRP_MN_QUERY_FROM_SERVER,
     Fobx,
     NtStatus,
+    OptionError,
     RxDevice,
     nt_success,
+    option_what,
 )
 from rxfs.rdbss.irp import (
     AccessMask,
@@ -93,6 +95,10 @@ class FsOptions:
     allow_other: bool = False
     default_permissions: bool = False
     writeback_cache: bool = False
+    # Shown instead of what the server says (libfuse's uid=, gid=, umask=).
+    uid: int | None = None
+    gid: int | None = None
+    umask: int | None = None
 
     NAMES = {
         "entry_timeout": "seconds the kernel may cache names (default 1)",
@@ -102,7 +108,24 @@ class FsOptions:
         "default_permissions)",
         "default_permissions": "the kernel checks the mode bits against local user ids "
         "before asking the server (default: the server alone decides, as with sshfs)",
+        "uid": "show every file as owned by this local uid (as libfuse's uid=)",
+        "gid": "show every file as owned by this local gid (as libfuse's gid=)",
+        "umask": "show every file with permissions 0777 minus these octal bits (as "
+        "libfuse's umask=; the server keeps its modes)",
     }
+
+    def set_shown(self, name: str, value: str) -> None:
+        """uid=, gid= or umask=; raises OptionError (one line) for a bad value."""
+        what = option_what(name, value)
+        text = value.strip()
+        if name == "umask":
+            if not text or any(c not in "01234567" for c in text) or int(text, 8) > 0o777:
+                raise OptionError(f"{what}: expected octal permission bits, 0 to 777")
+            self.umask = int(text, 8)
+            return
+        if not (text.isascii() and text.isdigit()) or int(text) >= 2**32 - 1:
+            raise OptionError(f"{what}: expected a numeric {name} from 0 to 4294967294")
+        setattr(self, name, int(text))
 
     @property
     def kernel_checks_permissions(self) -> bool:
@@ -133,9 +156,11 @@ def _entry(
     entry.entry_timeout = options.entry_timeout
     entry.attr_timeout = options.attr_timeout
     entry.st_mode = attrs.mode
+    if options.umask is not None:
+        entry.st_mode = stat.S_IFMT(attrs.mode) | (0o777 & ~options.umask)
     entry.st_nlink = attrs.nlink if attrs.is_dir else max(attrs.nlink, names)
-    entry.st_uid = attrs.uid
-    entry.st_gid = attrs.gid
+    entry.st_uid = attrs.uid if options.uid is None else options.uid
+    entry.st_gid = attrs.gid if options.gid is None else options.gid
     entry.st_rdev = 0
     entry.st_size = attrs.size
     entry.st_blksize = 4096
@@ -261,6 +286,12 @@ class RxOperations(pyfuse3.Operations):
         if fobx is None:
             raise FUSEError(errno.EBADF)
         return fobx
+
+    def _owner_for(self, ctx: pyfuse3.RequestContext) -> tuple[int, int] | None:
+        """Who a new file should belong to: on a mount shared with other users, the
+        caller, as on a local disk (the kernel checks permissions against these ids);
+        otherwise whoever the server makes it (the mounting user's login)."""
+        return (ctx.uid, ctx.gid) if self.options.allow_other else None
 
     def _entry(self, inode: InodeT, attrs: FileAttributes) -> pyfuse3.EntryAttributes:
         attrs = self.inodes.precise_times(inode, attrs)
@@ -477,7 +508,10 @@ class RxOperations(pyfuse3.Operations):
         else:
             disposition = CreateDisposition.FILE_OPEN_IF
         fobx, attrs = await self._create(
-            path, CreateParameters(access, disposition, options, stat.S_IMODE(mode))
+            path,
+            CreateParameters(
+                access, disposition, options, stat.S_IMODE(mode), self._owner_for(ctx)
+            ),
         )
         entry = await self._lookup_entry(path, attrs)
         return self._file_info(fobx, entry.st_ino, flags), entry
@@ -587,6 +621,7 @@ class RxOperations(pyfuse3.Operations):
             CreateDisposition.FILE_CREATE,
             CreateOptions.FILE_DIRECTORY_FILE,
             stat.S_IMODE(mode),
+            self._owner_for(ctx),
         )
         fobx, attrs = await self._create(path, params)
         await self._close(fobx)
@@ -636,7 +671,9 @@ class RxOperations(pyfuse3.Operations):
         self, parent_inode: InodeT, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         path = self._child(parent_inode, name)
-        params = FsControlParameters(FsControlCode.FSCTL_SET_REPARSE_POINT, os.fsdecode(target))
+        params = FsControlParameters(
+            FsControlCode.FSCTL_SET_REPARSE_POINT, os.fsdecode(target), self._owner_for(ctx)
+        )
         await self._call(Irp(IrpMj.IRP_MJ_FILE_SYSTEM_CONTROL, params, file_name=path))
         return await self._lookup_entry(path)
 

@@ -162,10 +162,17 @@ class IoStatusBlock:
 
 @dataclass(slots=True)
 class CreateParameters:
+    """``owner``: the local (uid, gid) of the caller, for a file this create makes. A
+    mount shared with other users (allow_other) passes it, so that their files are
+    theirs on the server as on a local disk; a backend that cannot set it (or need not:
+    the server gives the same) leaves the owner it got. None: whatever the server gives.
+    """
+
     desired_access: AccessMask
     disposition: CreateDisposition
     options: CreateOptions = CreateOptions(0)  # noqa: RUF009 - immutable
     file_mode: int = 0o644
+    owner: tuple[int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -267,6 +274,7 @@ class FsControlParameters:
 
     fs_control_code: FsControlCode
     target: str = ""
+    owner: tuple[int, int] | None = None  # of a symlink SET makes: see CreateParameters
 
 
 Parameters = (

@@ -12,6 +12,7 @@ Several mounts of ``memory://NAME`` in one process share the tree NAME.
 from __future__ import annotations
 
 import itertools
+import os
 import stat
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from rxfs.minirdr import (
     FileLinkInformation,
     FileRenameInformation,
     FsControlCode,
+    FsControlParameters,
     MiniRdrDispatch,
     NtStatus,
     NtStatusError,
@@ -59,6 +61,9 @@ class _Node:
     children: dict[str, _Node] | None = None
     target: str = ""
     nlink: int = 1
+    # The mount process is the server here: its files are its own, as a login's are.
+    uid: int = field(default_factory=os.geteuid)
+    gid: int = field(default_factory=os.getegid)
     ino: int = field(default_factory=lambda: next(_inode_numbers))
     atime_ns: int = field(default_factory=time.time_ns)
     mtime_ns: int = field(default_factory=time.time_ns)
@@ -69,6 +74,8 @@ class _Node:
         return FileAttributes(
             mode=self.mode,
             size=size,
+            uid=self.uid,
+            gid=self.gid,
             atime_ns=self.atime_ns,
             mtime_ns=self.mtime_ns,
             ctime_ns=self.ctime_ns,
@@ -77,6 +84,12 @@ class _Node:
 
     def touch(self) -> None:
         self.mtime_ns = self.ctime_ns = time.time_ns()
+
+
+def _give(node: _Node, owner: tuple[int, int] | None) -> None:
+    """A new file belongs to the caller who asked for it by name (allow_other)."""
+    if owner is not None:
+        node.uid, node.gid = owner
 
 
 def _new_dir(mode: int = 0o755) -> _Node:
@@ -132,6 +145,7 @@ class MemoryMiniRdr(MiniRdrDispatch):
         | Capability.POSIX_RENAME
         | Capability.APPEND
         | Capability.CHMOD
+        | Capability.CHOWN
         | Capability.TIMES
         | Capability.STATFS
     )
@@ -227,6 +241,7 @@ class MemoryMiniRdr(MiniRdrDispatch):
             raise NtStatusError(NtStatus.STATUS_NAME_TOO_LONG)
         perm = params.file_mode & 0o7777
         node = _new_dir(perm) if want_dir else _Node(stat.S_IFREG | perm)
+        _give(node, params.owner)
         parent.children[name] = node
         if want_dir:
             parent.nlink += 1
@@ -320,6 +335,8 @@ class MemoryMiniRdr(MiniRdrDispatch):
         if name in parent.children:
             return NtStatus.STATUS_OBJECT_NAME_COLLISION
         node = _Node(stat.S_IFLNK | 0o777, target=fsctl.target)
+        params = rx_context.irp.parameters
+        _give(node, params.owner if isinstance(params, FsControlParameters) else None)
         parent.children[name] = node
         parent.touch()
         rx_context.irp.attributes = node.attributes()
@@ -377,6 +394,10 @@ class MemoryMiniRdr(MiniRdrDispatch):
                 node.atime_ns = info.atime_ns
             if info.mtime_ns is not None:
                 node.mtime_ns = info.mtime_ns
+            if info.uid is not None:
+                node.uid = info.uid
+            if info.gid is not None:
+                node.gid = info.gid
             node.ctime_ns = time.time_ns()
         elif isinstance(info, FileRenameInformation):
             self._rename(path, info)

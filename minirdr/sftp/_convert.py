@@ -19,7 +19,7 @@ from rxfs.minirdr import (
 
 from ._wire import Attrs, OpenFlags
 
-__all__ = ["basic_attrs", "file_attributes", "is_dir", "nlink_of", "open_flags"]
+__all__ = ["basic_attrs", "file_attributes", "is_dir", "is_symlink", "nlink_of", "open_flags"]
 
 
 def file_attributes(attrs: Attrs, nlink: int = 1) -> FileAttributes:
@@ -39,6 +39,10 @@ def file_attributes(attrs: Attrs, nlink: int = 1) -> FileAttributes:
 
 def is_dir(attrs: Attrs) -> bool:
     return attrs.permissions is not None and stat.S_ISDIR(attrs.permissions)
+
+
+def is_symlink(attrs: Attrs) -> bool:
+    return attrs.permissions is not None and stat.S_ISLNK(attrs.permissions)
 
 
 def nlink_of(longname: str) -> int:

@@ -32,31 +32,36 @@ from rxfs.minirdr import (
     CreateOptions,
     CreateParameters,
     DirEntry,
+    FileAttributes,
     FileBasicInformation,
     FileDispositionInformation,
     FileEndOfFileInformation,
     FileLinkInformation,
     FileRenameInformation,
     FsControlCode,
+    FsControlParameters,
     LowIoReadWriteFlags,
     MiniRdrDispatch,
     NtStatus,
     NtStatusError,
+    OptionError,
     RxContext,
     SetInformationParameters,
     SrvOpenFlags,
     VolumeInfo,
 )
 
-from ._convert import basic_attrs, file_attributes, is_dir, nlink_of, open_flags
+from ._convert import basic_attrs, file_attributes, is_dir, is_symlink, nlink_of, open_flags
 from ._engine import (
     EXT_FSYNC,
     EXT_HARDLINK,
+    EXT_LSETSTAT,
     EXT_POSIX_RENAME,
     EXT_STATVFS,
     SftpError,
     SftpSession,
 )
+from ._idmap import IDMAP_OPTIONS, IdMap, IdMapMode, parse_idmap
 from ._pool import (
     DEFAULT_CHANNELS,
     DEFAULT_MAX_CONNS,
@@ -163,6 +168,7 @@ class SftpMiniRdr(MiniRdrDispatch):
         "openssh or paramiko: that one only",
         "ssh_command": "the ssh client the openssh transport runs, with any options of its own "
         "(default ssh)",
+        **IDMAP_OPTIONS,
     }
 
     def __init__(self) -> None:
@@ -170,6 +176,8 @@ class SftpMiniRdr(MiniRdrDispatch):
         self._device: RxDevice | None = None
         self._root = "/"
         self._warned_no_fsync = False
+        self._idmap = IdMap()
+        self._told_no_chown = False
 
     @property
     def tuning(self) -> Tuning:
@@ -184,6 +192,13 @@ class SftpMiniRdr(MiniRdrDispatch):
     @property
     def pool(self) -> SessionPool:
         return self._connections.pool
+
+    def transport_status(self) -> dict[str, object]:
+        pool = self._connections.current_pool
+        return {
+            "transport": self.transport.value if self.transport is not None else None,
+            "connections": pool.describe() if pool is not None else [],
+        }
 
     def _remote(self, path: str) -> str:
         """The server path of the core's path ('/' is the share root)."""
@@ -203,9 +218,16 @@ class SftpMiniRdr(MiniRdrDispatch):
         type a password or a passphrase); a reconnect uses the transport that worked.
         Raises NtStatusError with the one-line reason on failure."""
         options = self._device.options if self._device is not None else {}
+        try:
+            idmap = parse_idmap(options)
+        except OptionError as exc:
+            raise NtStatusError(NtStatus.STATUS_INVALID_PARAMETER, str(exc)) from None
         settings = await self._connections.connect(srv_call.url, options)
         srv_call.context = self._connections.pool
         self._root = settings.remote_path
+        if idmap.mode is not IdMapMode.USER or self._idmap.mode is not IdMapMode.USER:
+            # idmap=user keeps the login's ids found at the first connect.
+            self._idmap = idmap
         return NtStatus.STATUS_SUCCESS
 
     async def create_v_net_root(self, v_net_root: VNetRoot) -> NtStatus:
@@ -229,7 +251,38 @@ class SftpMiniRdr(MiniRdrDispatch):
             )
         self._root = root
         v_net_root.context = root
+        if self._idmap.mode is IdMapMode.USER and not self._idmap.uids:
+            await self._detect_login_ids(session)
         return NtStatus.STATUS_SUCCESS
+
+    async def _detect_login_ids(self, session: SftpSession) -> None:
+        """idmap=user: the login's uid and gid are those of its login directory, as sshfs
+        finds them."""
+        try:
+            with trio.fail_after(self.tuning.timeout):
+                home = await session.stat(".")
+        except SftpError as exc:
+            raise NtStatusError(
+                await nt_status_of(exc, session),
+                f"-o idmap=user: cannot tell the login's uid from its login directory: "
+                f"{exc.message or exc.code.name}",
+            ) from exc
+        except trio.TooSlowError:
+            raise NtStatusError(TIMEOUT_STATUS, "the server did not answer in time") from None
+        if home.uid is None or home.gid is None:
+            raise NtStatusError(
+                NtStatus.STATUS_NOT_SUPPORTED, "-o idmap=user: the server tells no owners"
+            )
+        self._idmap = self._idmap.detected_login(home.uid, home.gid)
+        log.debug("idmap=user: server uid %d gid %d are local", home.uid, home.gid)
+
+    def _attributes(self, attrs: Attrs, nlink: int = 1) -> FileAttributes:
+        """The server's attributes with its owner ids mapped to local ones (-o idmap)."""
+        result = file_attributes(attrs, nlink)
+        if self._idmap.active:
+            result.uid = self._idmap.uid_to_local(result.uid)
+            result.gid = self._idmap.gid_to_local(result.gid)
+        return result
 
     async def finalize_srv_call(self, srv_call: SrvCall) -> NtStatus:
         await self._connections.close()
@@ -262,7 +315,7 @@ class SftpMiniRdr(MiniRdrDispatch):
             append = bool(srv_open.flags & SrvOpenFlags.SRVOPEN_FLAG_APPEND)
             remote, attrs = await self._open_file(path, params, append)
             srv_open.context = _Open(self._spread_writes(remote), remote is None)
-        rx_context.irp.attributes = file_attributes(attrs)
+        rx_context.irp.attributes = self._attributes(attrs)
         return NtStatus.STATUS_SUCCESS
 
     def _spread_writes(self, remote: RemoteFile | None) -> SpreadWrites | None:
@@ -294,9 +347,11 @@ class SftpMiniRdr(MiniRdrDispatch):
             CreateDisposition.FILE_OPEN_IF,
         ):
             raise NtStatusError(NtStatus.STATUS_INVALID_PARAMETER, "cannot overwrite a directory")
+        made = False
         if disposition != CreateDisposition.FILE_OPEN:
             try:
                 await session.mkdir(path, params.file_mode & 0o7777)
+                made = True
             except SftpError as exc:
                 failure = await status_error(exc, session, Probe.CREATE_NEW, path)
                 if not (
@@ -310,6 +365,8 @@ class SftpMiniRdr(MiniRdrDispatch):
             raise await status_error(exc, session, Probe.OPEN, path) from None
         if not is_dir(attrs):
             raise NtStatusError(NtStatus.STATUS_NOT_A_DIRECTORY, path)
+        if made and params.owner is not None:
+            await self._give_to_caller(session, path, attrs, params.owner)
         return attrs
 
     async def _open_file(
@@ -319,11 +376,23 @@ class SftpMiniRdr(MiniRdrDispatch):
         reading is an open of the directory: its handle is closed and none is kept."""
         session = self.pool.pick()
         flags = open_flags(params, append)
-        try:
-            remote, attrs = await RemoteFile.open(session, path, flags, params.file_mode & 0o7777)
-        except SftpError as exc:
-            probe = Probe.CREATE_NEW if flags & OpenFlags.SSH_FXF_EXCL else Probe.OPEN
-            raise await status_error(exc, session, probe, path) from None
+        opened = None
+        if params.owner is not None and flags & OpenFlags.SSH_FXF_CREAT:
+            # Only a file this open makes may be given to the caller: a new one is
+            # asked for first (the kernel creates names it found missing, so this
+            # fails only when another client made the name meanwhile).
+            opened = await self._open_new(session, path, flags | OpenFlags.SSH_FXF_EXCL, params)
+            if opened is not None:
+                remote, attrs = opened
+                await self._give_to_caller(session, path, attrs, params.owner, remote)
+        if opened is None:
+            try:
+                remote, attrs = await RemoteFile.open(
+                    session, path, flags, params.file_mode & 0o7777
+                )
+            except SftpError as exc:
+                probe = Probe.CREATE_NEW if flags & OpenFlags.SSH_FXF_EXCL else Probe.OPEN
+                raise await status_error(exc, session, probe, path) from None
         if not is_dir(attrs):
             return remote, attrs
         await self._close_quietly(remote)
@@ -332,6 +401,65 @@ class SftpMiniRdr(MiniRdrDispatch):
         ):
             raise NtStatusError(NtStatus.STATUS_FILE_IS_A_DIRECTORY, path)
         return None, attrs
+
+    @staticmethod
+    async def _open_new(
+        session: SftpSession, path: str, flags: OpenFlags, params: CreateParameters
+    ) -> tuple[RemoteFile, Attrs] | None:
+        """OPEN with SSH_FXF_EXCL: the new file, or None when the name exists; a
+        create disposition that forbids an existing file (FILE_CREATE) raises."""
+        try:
+            return await RemoteFile.open(session, path, flags, params.file_mode & 0o7777)
+        except SftpError as exc:
+            failure = await status_error(exc, session, Probe.CREATE_NEW, path)
+            if (
+                failure.status != NtStatus.STATUS_OBJECT_NAME_COLLISION
+                or params.disposition == CreateDisposition.FILE_CREATE
+            ):
+                raise failure from None
+        return None
+
+    async def _give_to_caller(
+        self,
+        session: SftpSession,
+        path: str,
+        attrs: Attrs,
+        owner: tuple[int, int],
+        remote: RemoteFile | None = None,
+    ) -> None:
+        """A file this mount just made belongs to ``owner`` (the caller's local ids, on
+        a mount shared with other users) when the login may give it away: as root, or
+        as the caller's own uid (only the group then changes). One request more, and
+        only when the server made it someone else's; ``attrs`` is updated. A symlink
+        needs lsetstat@openssh.com (SETSTAT would change its target)."""
+        if attrs.uid is None or attrs.gid is None:
+            return
+        try:
+            uid, gid = self._idmap.uid_to_server(owner[0]), self._idmap.gid_to_server(owner[1])
+        except NtStatusError:
+            return  # an owner the idmap files do not map (nomap=error): left as it is
+        if (uid, gid) == (attrs.uid, attrs.gid):
+            return
+        if attrs.uid not in (0, uid):
+            if not self._told_no_chown:
+                self._told_no_chown = True
+                log.info(
+                    "the login (uid %d on the server) cannot chown: files that other local "
+                    "users create through this mount belong to it",
+                    attrs.uid,
+                )
+            return
+        if is_symlink(attrs) and not session.has(EXT_LSETSTAT):
+            return
+        try:
+            if remote is not None:
+                await remote.fsetstat(Attrs(uid=uid, gid=gid))
+            else:
+                await session.lsetstat(path, Attrs(uid=uid, gid=gid))
+        except SftpError as exc:
+            log.debug("%s: giving it to uid %d gid %d: %s", path, uid, gid, exc)
+            return
+        attrs.uid, attrs.gid = uid, gid
 
     @staticmethod
     async def _close_quietly(remote: RemoteFile) -> None:
@@ -506,7 +634,10 @@ class SftpMiniRdr(MiniRdrDispatch):
             attrs = await session.lstat(path)
         except SftpError as exc:
             raise await status_error(exc, session, Probe.CREATE_NEW, path) from None
-        rx_context.irp.attributes = file_attributes(attrs)
+        params = rx_context.irp.parameters
+        if isinstance(params, FsControlParameters) and params.owner is not None:
+            await self._give_to_caller(session, path, attrs, params.owner)
+        rx_context.irp.attributes = self._attributes(attrs)
         return NtStatus.STATUS_SUCCESS
 
     # -- information -----------------------------------------------------------------------
@@ -532,7 +663,7 @@ class SftpMiniRdr(MiniRdrDispatch):
                 # No parent probe: a lookup answers ENOENT for a missing name and for a
                 # missing parent alike, and every new file starts with such a lookup.
                 raise await status_error(exc, session, Probe.NONE, path) from None
-        rx_context.irp.attributes = file_attributes(attrs)
+        rx_context.irp.attributes = self._attributes(attrs)
         return NtStatus.STATUS_SUCCESS
 
     @_entry
@@ -574,7 +705,7 @@ class SftpMiniRdr(MiniRdrDispatch):
                 info.mtime_ns is None
             )
             current = await self._stat_via(session, path, remote) if half_given else Attrs()
-            attrs = basic_attrs(info, current)
+            attrs = basic_attrs(self._server_owner(info), current)
             if remote is not None:
                 await remote.fsetstat(attrs)
             else:
@@ -582,7 +713,15 @@ class SftpMiniRdr(MiniRdrDispatch):
             fresh = await self._stat_via(session, path, remote)
         except SftpError as exc:
             raise await status_error(exc, session, Probe.NONE, path) from None
-        rx_context.irp.attributes = file_attributes(fresh)
+        rx_context.irp.attributes = self._attributes(fresh)
+
+    def _server_owner(self, info: FileBasicInformation) -> FileBasicInformation:
+        """A chown's local ids as the server's (-o idmap)."""
+        if not self._idmap.active:
+            return info
+        uid = None if info.uid is None else self._idmap.uid_to_server(info.uid)
+        gid = None if info.gid is None else self._idmap.gid_to_server(info.gid)
+        return FileBasicInformation(info.atime_ns, info.mtime_ns, info.mode, uid, gid)
 
     @staticmethod
     async def _stat_via(session: SftpSession, path: str, remote: RemoteFile | None) -> Attrs:
@@ -644,7 +783,7 @@ class SftpMiniRdr(MiniRdrDispatch):
             attrs = await session.lstat(old)
         except SftpError as exc:
             raise await status_error(exc, session, Probe.CREATE_NEW, new) from None
-        rx_context.irp.attributes = file_attributes(attrs)
+        rx_context.irp.attributes = self._attributes(attrs)
 
     async def _delete(self, path: str) -> None:
         """REMOVE or RMDIR by the file's type (POSIX unlink: at once, not on close)."""
@@ -674,7 +813,7 @@ class SftpMiniRdr(MiniRdrDispatch):
         except SftpError as exc:
             raise await status_error(exc, session, Probe.OPENDIR, path) from None
         rx_context.irp.entries = [
-            DirEntry(n.filename, file_attributes(n.attrs, nlink_of(n.longname)))
+            DirEntry(n.filename, self._attributes(n.attrs, nlink_of(n.longname)))
             for n in names
             if n.filename not in (".", "..")
         ]
