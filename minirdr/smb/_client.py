@@ -56,6 +56,9 @@ from ._wire import FileInfo, FsSize, parse_all_information, parse_fs_full_size
 __all__ = ["CreateResult", "SmbTree", "nt_status_of"]
 
 log = logging.getLogger(__name__)
+# smbprotocol logs every request at INFO (with user and share names): far too much for a
+# mount's log. Its warnings and errors (a dead reader thread) still show.
+logging.getLogger("smbprotocol").setLevel(logging.WARNING)
 
 # [MS-SMB2] values used below.
 _IMPERSONATION = 2  # SecurityImpersonation
@@ -85,6 +88,11 @@ def nt_status_of(code: int) -> NtStatus:
     except ValueError:
         log.info("the server answered NTSTATUS 0x%08x, which rxfs does not know: EIO", code)
         return NtStatus.STATUS_IO_DEVICE_ERROR
+
+
+def _describe(code: int) -> str:
+    known = NtStatus._value2member_map_.get(code)
+    return known.name if isinstance(known, NtStatus) else f"NTSTATUS 0x{code:08x}"
 
 
 @dataclass(frozen=True)
@@ -158,7 +166,8 @@ class SmbTree:
         except SMBResponseException as exc:
             self.disconnect()
             raise NtStatusError(
-                nt_status_of(exc.status), f"{where} refused the login of {settings.user!r}"
+                nt_status_of(exc.status),
+                f"{where} refused the login of {settings.user!r}: {_describe(exc.status)}",
             ) from None
         except (OSError, SMBException) as exc:
             self.disconnect()
@@ -172,7 +181,8 @@ class SmbTree:
         except SMBResponseException as exc:
             self.disconnect()
             raise NtStatusError(
-                nt_status_of(exc.status), f"{settings.unc}: the server refused the share"
+                nt_status_of(exc.status),
+                f"{settings.unc}: the server refused the share: {_describe(exc.status)}",
             ) from None
         self._grow_credits()
 

@@ -55,6 +55,8 @@ from ._wire import (
     ATTRIBUTE_READONLY,
     FileInfo,
     filetime_of_ns,
+    name_from_server,
+    name_to_server,
     ns_of_filetime,
     pack_basic,
     pack_disposition,
@@ -136,6 +138,10 @@ class SmbMiniRdr(MiniRdrDispatch):
         self._settings: SmbSettings | None = None
         self._tree: SmbTree | None = None
         self._limiter = trio.CapacityLimiter(_THREADS)
+        # Remote closes in flight (the core closes in the background) and an event set
+        # when the last one is done: see _rename.
+        self._closing = 0
+        self._closed = trio.Event()
         self._uid = os.getuid()
         self._gid = os.getgid()
 
@@ -154,7 +160,7 @@ class SmbMiniRdr(MiniRdrDispatch):
     def _remote(self, path: str) -> str:
         """The share-relative SMB name of the core's path ('' is the share root)."""
         assert self._settings is not None
-        parts = [p for p in path.split("/") if p]
+        parts = [name_to_server(p) for p in path.split("/") if p]
         if self._settings.path:
             parts.insert(0, self._settings.path)
         return "\\".join(parts)
@@ -259,8 +265,20 @@ class SmbMiniRdr(MiniRdrDispatch):
         handle = self._handle(rx_context)
         if handle is None or handle.tree is not self._tree:
             return NtStatus.STATUS_SUCCESS  # its connection is gone, and the handle with it
-        await self._run(handle.tree.close, handle.file_id)
+        self._closing += 1
+        try:
+            await self._run(handle.tree.close, handle.file_id)
+        finally:
+            self._closing -= 1
+            if not self._closing:
+                self._closed.set()
+                self._closed = trio.Event()
         return NtStatus.STATUS_SUCCESS
+
+    async def _closes_done(self) -> None:
+        """Wait for the remote closes in flight (each one round trip)."""
+        while self._closing:
+            await self._closed.wait()
 
     @_entry
     async def flush(self, rx_context: RxContext) -> NtStatus:
@@ -379,9 +397,7 @@ class SmbMiniRdr(MiniRdrDispatch):
         assert isinstance(params, SetInformationParameters)
         info = params.buffer
         path = self._remote(rx_context.fcb.path)
-        handle = self._handle(rx_context)
-        if handle is not None and handle.tree is not self._tree:
-            handle = None
+        handle = self._writable_handle(rx_context)
         if isinstance(info, FileDispositionInformation):
             if info.delete_file:
                 await self._delete(path)
@@ -393,7 +409,8 @@ class SmbMiniRdr(MiniRdrDispatch):
                 path, handle, _END_OF_FILE_INFORMATION, pack_end_of_file(info.end_of_file)
             )
         elif isinstance(info, FileRenameInformation):
-            await self._rename(path, self._remote(info.new_name), info.replace_if_exists)
+            path = self._remote(info.new_name)  # the attributes are the new name's
+            await self._rename(self._remote(rx_context.fcb.path), path, info.replace_if_exists)
         else:
             assert isinstance(info, FileLinkInformation)
             await self._run(
@@ -406,6 +423,23 @@ class SmbMiniRdr(MiniRdrDispatch):
         fresh = await self._stat_via(path, handle)
         rx_context.irp.attributes = self._attributes(fresh)
         return NtStatus.STATUS_SUCCESS
+
+    def _writable_handle(self, rx_context: RxContext) -> _Handle | None:
+        """A live handle of ours that may write the file: the request's own, else any
+        other open of the Fcb. Samba stamps the write time when a handle that wrote
+        closes, unless the time was set through that very handle, so times set by name
+        while a write handle is open (a delayed close) would be undone."""
+        own = self._handle(rx_context)
+        fcb = rx_context.fcb
+        candidates = [own] if own is not None else []
+        if fcb is not None:
+            candidates += [
+                s.context for s in fcb.srv_opens if isinstance(s.context, _Handle) and not s.closed
+            ]
+        for handle in candidates:
+            if handle is not None and handle.writable and handle.tree is self._tree:
+                return handle
+        return own if own is not None and own.tree is self._tree else None
 
     async def _stat_via(self, path: str, handle: _Handle | None) -> FileInfo:
         if handle is not None:
@@ -455,6 +489,10 @@ class SmbMiniRdr(MiniRdrDispatch):
             return
         if new.startswith(old + "\\"):
             raise NtStatusError(NtStatus.STATUS_INVALID_PARAMETER, "rename into itself")
+        # Samba refuses to rename a directory with a file open below it (ACCESS_DENIED),
+        # and a file closed a moment ago may still have its handle: the core closes in
+        # the background. Let those closes land first.
+        await self._closes_done()
         await self._run(
             self.tree.set_info_by_path,
             old,
@@ -481,7 +519,7 @@ class SmbMiniRdr(MiniRdrDispatch):
         assert rx_context.fcb is not None
         buffers = await self._run(self.tree.list_directory, self._remote(rx_context.fcb.path))
         rx_context.irp.entries = [
-            DirEntry(name, self._attributes(info))
+            DirEntry(name_from_server(name), self._attributes(info))
             for buffer in buffers
             for name, info in parse_directory_entries(buffer)
             if name not in (".", "..")

@@ -19,6 +19,8 @@ __all__ = [
     "FileInfo",
     "FsSize",
     "filetime_of_ns",
+    "name_from_server",
+    "name_to_server",
     "ns_of_filetime",
     "pack_basic",
     "pack_disposition",
@@ -158,3 +160,31 @@ def pack_rename(target: str, replace: bool) -> bytes:
     TYPE_2): the target is a path from the share root, with backslashes."""
     name = target.encode("utf-16-le")
     return struct.pack("<B7xQI", 1 if replace else 0, 0, len(name)) + name
+
+
+# Characters a POSIX name may hold and an SMB name may not, carried in Unicode's private
+# use area as Services for Macintosh does (Linux's cifs client with ``mapposix``, macOS):
+# control characters 0x01-0x1F to U+F001-U+F01F, and " * : < > ? \ | to U+F020-U+F027.
+# A trailing space or period (which Windows strips) goes as U+F028 / U+F029. A server
+# with ``vfs objects = catia`` (or fruit's ``encoding = native``) stores the real name.
+SFM_MAP = {
+    **{chr(c): chr(0xF000 + c) for c in range(0x01, 0x20)},
+    **{c: chr(0xF020 + i) for i, c in enumerate('"*:<>?\\|')},
+}
+_SFM_TRAILING = {" ": "\uf028", ".": "\uf029"}
+_SFM_TO_SERVER = str.maketrans(SFM_MAP)
+_SFM_FROM_SERVER = str.maketrans(
+    {v: k for k, v in SFM_MAP.items()} | {v: k for k, v in _SFM_TRAILING.items()}
+)
+
+
+def name_to_server(name: str) -> str:
+    """One POSIX path component as an SMB name component."""
+    mapped = name.translate(_SFM_TO_SERVER)
+    if mapped and mapped[-1] in _SFM_TRAILING and mapped not in (".", ".."):
+        mapped = mapped[:-1] + _SFM_TRAILING[mapped[-1]]
+    return mapped
+
+
+def name_from_server(name: str) -> str:
+    return name.translate(_SFM_FROM_SERVER)

@@ -42,6 +42,14 @@ SHARE = "share"
 READ_ONLY_SHARE = "readonly"
 
 
+# catia's "unix char:windows char" pairs for the Services for Macintosh mapping: control
+# characters to U+F001-U+F01F, then " * : < > ? \ | to U+F020-U+F027.
+_SFM_MAPPINGS = ",".join(
+    [f"0x{c:02x}:0x{0xF000 + c:04x}" for c in range(0x01, 0x20)]
+    + [f"0x{ord(c):02x}:0x{0xF020 + i:04x}" for i, c in enumerate('"*:<>?\\|')]
+)
+
+
 class SmbdError(RuntimeError):
     """smbd is missing, could not be prepared, or did not come up; says why."""
 
@@ -148,6 +156,10 @@ class LoopbackSmbd:
 [{SHARE}]
     path = {self.root}
     read only = no
+    # Names with characters SMB forbids arrive in Unicode's private use area (the SFM
+    # mapping rxfs and mount.cifs's mapposix send); catia stores the real characters.
+    vfs objects = catia
+    catia:mappings = {_SFM_MAPPINGS}
     # Both accounts write here; files keep the mode bits they are created with.
     force create mode = 0
 [{READ_ONLY_SHARE}]
