@@ -21,6 +21,7 @@ from rxfs.rdbss import CoreOptions, MountError, NtStatus, RxDevice
 
 from ._mounttable import mount_device
 from ._operations import FsOptions, RxOperations
+from ._status import serve_status
 
 __all__ = ["MountRequest", "serve"]
 
@@ -46,6 +47,8 @@ class MountRequest:
     backend_options: dict[str, str] = field(default_factory=dict)
     # Where the lines about data that could not be flushed at unmount go.
     report_path: Path | None = None
+    # Where rxfs status, rxfs trace and rxfs umount ask this mount (fs/_status.py).
+    status_path: Path | None = None
     # mount(8)'s generic flags given with -o (ro, nosuid, noexec ...), for the kernel.
     kernel_flags: set[str] = field(default_factory=set)
 
@@ -78,7 +81,9 @@ async def serve(request: MountRequest, minirdr: MiniRdrDispatch, ready: ReadyCal
     operations = RxOperations(device, request.fs_options)
     failure: MountFailedError | None = None
     async with trio.open_nursery() as nursery:
-        failure = await _attach(request, device, operations, nursery)
+        failure = await _observe(request, device, nursery)
+        if failure is None:
+            failure = await _attach(request, device, operations, nursery)
         if failure is None:
             ready(None)
             shutdown = _Shutdown(operations, device, request.report_path)
@@ -95,6 +100,29 @@ async def serve(request: MountRequest, minirdr: MiniRdrDispatch, ready: ReadyCal
         ready(str(failure))
         return failure.exit_code
     return 0
+
+
+async def _observe(
+    request: MountRequest, device: RxDevice, nursery: trio.Nursery
+) -> MountFailedError | None:
+    """The status socket and, with -o metrics, the metrics endpoint: before the mount,
+    so that a port in use fails it, and until the process has flushed everything, so
+    that rxfs umount can show what is left."""
+    if request.status_path is not None:
+        try:
+            await nursery.start(serve_status, request.status_path, device, request.mountpoint)
+        except OSError as exc:
+            return MountFailedError(f"cannot listen on {request.status_path}: {exc}", 1)
+    address = request.fs_options.metrics
+    if address is not None:
+        from ._metrics import serve_metrics  # noqa: PLC0415 - prometheus_client on demand
+
+        try:
+            await nursery.start(serve_metrics, address, device, request.mountpoint)
+        except OSError as exc:
+            where = f"{address.host}:{address.port}"
+            return MountFailedError(f"cannot serve metrics on {where}: {exc.strerror}", 1)
+    return None
 
 
 async def _attach(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["RXFS_FSTYPE", "MountEntry", "mount_device", "mount_entry"]
+__all__ = ["RXFS_FSTYPE", "MountEntry", "mount_device", "mount_entry", "rxfs_mounts"]
 
 # subtype=rxfs makes the kernel list our mounts as fuse.rxfs.
 RXFS_FSTYPE = "fuse.rxfs"
@@ -57,3 +57,19 @@ def mount_entry(mountpoint: str) -> MountEntry | None:
 def mount_device(mountpoint: str) -> str | None:
     entry = mount_entry(mountpoint)
     return entry.device if entry is not None else None
+
+
+def rxfs_mounts(uid: int | None = None) -> list[str]:
+    """The mount points of every rxfs mount, in mount order; with ``uid``, only those of
+    that user (FUSE lists the mounting user as ``user_id=`` in the super options)."""
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        for line in mountinfo:
+            fields = line.split()
+            sep = fields.index("-")
+            if fields[sep + 1] != RXFS_FSTYPE:
+                continue
+            options = dict(option.partition("=")[::2] for option in fields[sep + 3].split(","))
+            if uid is None or options.get("user_id") == str(uid):
+                found.append(_unescape(fields[4]))
+    return found

@@ -16,7 +16,7 @@ import posixpath
 import stat
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
@@ -60,6 +60,9 @@ from ._errors import errno_for
 from ._inodes import InodeTable
 from ._ownrequests import own_requests
 
+if TYPE_CHECKING:
+    from ._status import MetricsAddress
+
 __all__ = ["FsOptions", "RxOperations"]
 
 log = logging.getLogger(__name__)
@@ -75,13 +78,22 @@ def _handler(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[A
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         if args and type(args[-1]) is pyfuse3.RequestContext:
             own_requests.check(args[-1], fn.__name__)
+        # rxfs trace: one test per request while nobody traces.
+        tracer = args[0].tracer  # type: ignore[attr-defined]
+        trace = tracer.begin_request(fn.__name__) if tracer.subscribers else None
+        answer = 0
         try:
             return await fn(*args, **kwargs)
-        except FUSEError:
+        except FUSEError as exc:
+            answer = exc.errno
             raise
         except Exception:
+            answer = errno.EIO
             log.exception("%s failed unexpectedly; answering EIO", fn.__name__)
             raise FUSEError(errno.EIO) from None
+        finally:
+            if trace is not None:
+                tracer.end_request(*trace, answer)
 
     return wrapper
 
@@ -99,6 +111,8 @@ class FsOptions:
     uid: int | None = None
     gid: int | None = None
     umask: int | None = None
+    # -o metrics: where the Prometheus endpoint listens (off unless given).
+    metrics: MetricsAddress | None = None
 
     NAMES = {
         "entry_timeout": "seconds the kernel may cache names (default 1)",
@@ -112,6 +126,8 @@ class FsOptions:
         "gid": "show every file as owned by this local gid (as libfuse's gid=)",
         "umask": "show every file with permissions 0777 minus these octal bits (as "
         "libfuse's umask=; the server keeps its modes)",
+        "metrics": "serve the status counters for Prometheus on [HOST:]PORT (default host "
+        "127.0.0.1; off unless given)",
     }
 
     def set_shown(self, name: str, value: str) -> None:
@@ -240,6 +256,7 @@ class RxOperations(pyfuse3.Operations):
     def __init__(self, device: RxDevice, options: FsOptions | None = None) -> None:
         super().__init__()
         self.device = device
+        self.tracer = device.stats.tracer
         self.options = options or FsOptions()
         # Read by pyfuse3 at INIT. Close-to-open rules keep the kernel's cache coherent
         # with the server (DESIGN §9): see open() and _revalidate().

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._mounttable import MountEntry, mount_entry
+from ._statuscli import UmountProgress
 
 __all__ = ["ProcessState", "Umount", "UmountRefusedError", "process_state"]
 
@@ -78,6 +79,9 @@ class Umount:
     report_file: Path
     log_file: Path | None
     say: Callable[[str], None]
+    # The mount process's status socket: while it sends what it holds, say how much is
+    # left (never silent for minutes).
+    status_socket: Path | None = None
 
     def __post_init__(self) -> None:
         self.deadline = time.monotonic() + self.timeout
@@ -171,8 +175,13 @@ class Umount:
     def finish(self, pid: int) -> int:
         """Wait for the mount process to exit and say what it could not flush (also
         when the mount is gone already and its process still sends what it holds)."""
+        progress = UmountProgress(self.status_socket) if self.status_socket else None
         while process_state(pid) is not ProcessState.GONE and self.remaining() > 0:
+            if progress is not None:
+                progress.poll()
             time.sleep(0.05)
+        if progress is not None:
+            progress.done()
         if process_state(pid) is not ProcessState.GONE:
             where = f" in {self.log_file}" if self.log_file is not None else ""
             self.say(

@@ -36,6 +36,8 @@ from ._mounthelper import (
 )
 from ._mounttable import mount_entry
 from ._operations import FsOptions
+from ._status import parse_metrics_address
+from ._statuscli import add_status_commands, socket_for
 from ._umount import ProcessState, Umount, UmountRefusedError, process_state
 from ._usage import options_help, versions
 
@@ -113,6 +115,8 @@ def split_options(
                 fs_options.allow_other = True
             elif name == "default_permissions":
                 fs_options.default_permissions = True
+            elif name == "metrics":
+                fs_options.metrics = parse_metrics_address(value)
             elif name in ("uid", "gid", "umask"):
                 fs_options.set_shown(name, value)
             elif name == "writeback_cache":
@@ -182,6 +186,7 @@ def _build_request(args: argparse.Namespace) -> tuple[MountRequest, type[MiniRdr
         report,
         kernel_flags=kernel_flags,
     )
+    request.status_path = socket_for(_state_file, mountpoint)
     return request, minirdr
 
 
@@ -307,6 +312,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
         report_file=_state_file(mountpoint, "unflushed"),
         log_file=_state_file(mountpoint, "log"),
         say=lambda line: print(f"rxfs: {line}", file=sys.stderr),
+        status_socket=socket_for(_state_file, mountpoint),
     )
     entry = mount_entry(mountpoint)
     if entry is None:
@@ -454,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the mount get ENOTCONN at once (held bytes are still sent)",
     )
     umount.set_defaults(func=cmd_umount)
+    add_status_commands(sub, _state_file)
     backends = sub.add_parser("backends", help="list the installed mini-redirectors")
     backends.set_defaults(func=cmd_backends)
     conformance = sub.add_parser(

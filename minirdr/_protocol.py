@@ -86,6 +86,14 @@ class MiniRdrDispatch:
     async def finalize_v_net_root(self, v_net_root: VNetRoot) -> NtStatus:
         return NtStatus.STATUS_SUCCESS
 
+    def transport_status(self) -> dict[str, object]:
+        """What carries the connection now, for ``rxfs status`` (docs/status.md):
+        ``{"transport": name, "connections": [{"state": "up" | "down", ...}, ...]}``
+        with JSON values only. Called on the trio loop, so it must not block. The core
+        adds the SrvCall's state, reconnects and last error itself; a backend without a
+        connection (memory://) keeps this default."""
+        return {}
+
     # -- files -----------------------------------------------------------------------
 
     async def create(self, rx_context: RxContext) -> NtStatus:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from time import perf_counter_ns
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
 import trio
@@ -15,6 +17,7 @@ from ._objects import NetRoot, SrvCall, SrvOpen, VNetRoot, normalize_path
 from ._options import option_what, parse_flag, parse_seconds, parse_size
 from ._reconnect import Reconnector
 from ._rxcontext import RxContext, RxContextFlags
+from ._stats import RxStatistics, TraceEvent, Tracer
 from ._writebehind import MIB, LazyWriter
 from .irp import (
     AccessMask,
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 # Read on every request: module constants, since an enum member looked up on its class
 # costs ~0.2 us on Python 3.11 (EnumType.__getattr__).
 _STATUS_PENDING = NtStatus.STATUS_PENDING
+_STATUS_CANCELLED = NtStatus.STATUS_CANCELLED
 _WAIT = int(RxContextFlags.RX_CONTEXT_FLAG_WAIT)
 
 
@@ -119,6 +123,7 @@ class RxDevice:
             in_flight_limit=max(self.core.dirty_limit // 2, MIB),
         )
         self.reconnector = Reconnector(self, self.core.reconnect_timeout)
+        self.stats = RxStatistics()
         self._dispatch_table = READ_ONLY_DISPATCH_TABLE if self.core.read_only else DISPATCH_TABLE
         # Every SrvOpen not yet closed: a reconnect reopens them all.
         self.srv_opens: set[SrvOpen] = set()
@@ -211,11 +216,26 @@ class RxDevice:
             return irp.io_status
         # Described before it runs: a close detaches the file object it names.
         debug = _describe(irp) if log.isEnabledFor(logging.DEBUG) else None
-        # A request the connection went away under is replayed on a new one.
-        status = await self.reconnector.with_replay(partial(self._run, routine, irp, flags))
-        if status == _STATUS_PENDING and int.__and__(flags, _WAIT):
-            log.error("%s returned STATUS_PENDING to a waiting caller", irp.major_function.name)
-            status = NtStatus.STATUS_UNSUCCESSFUL
+        # Counted (rxfs status) and traced (rxfs trace) as one request, replays and all.
+        op_stats = self.stats.irp[irp.major_function]
+        tracer = self.stats.tracer
+        trace = _begin_trace(tracer, irp) if tracer.subscribers else None
+        op_stats.in_flight += 1
+        started = perf_counter_ns()
+        status = _STATUS_CANCELLED  # unless it returns
+        try:
+            # A request the connection went away under is replayed on a new one.
+            status = await self.reconnector.with_replay(partial(self._run, routine, irp, flags))
+            if status == _STATUS_PENDING and int.__and__(flags, _WAIT):
+                log.error(
+                    "%s returned STATUS_PENDING to a waiting caller", irp.major_function.name
+                )
+                status = NtStatus.STATUS_UNSUCCESSFUL
+        finally:
+            elapsed = perf_counter_ns() - started
+            op_stats.done(status, elapsed)
+            if trace is not None:
+                tracer.end_irp(*trace, status, elapsed)
         irp.io_status.status = status
         if debug is not None:  # the write path is hot: nothing is formatted otherwise
             log.debug("%s -> %s", debug, _status_name(status))
@@ -267,6 +287,13 @@ def _refusing_changes(routine: Routine) -> Routine:
 READ_ONLY_DISPATCH_TABLE: dict[IrpMj, Routine] = {
     major: _refusing_changes(routine) for major, routine in DISPATCH_TABLE.items()
 }
+
+
+def _begin_trace(tracer: Tracer, irp: Irp) -> tuple[TraceEvent, contextvars.Token[Any]]:
+    fcb = irp.file_object.fcb if irp.file_object is not None else None
+    return tracer.begin_irp(
+        irp.major_function, irp.minor_function, fcb.path if fcb is not None else irp.file_name
+    )
 
 
 def _describe(irp: Irp) -> str:

@@ -266,16 +266,23 @@ async def common_query_information(rx_context: RxContext) -> NtStatus:
     assert fcb is not None
     by_name = rx_context.srv_open is None
     path = fcb.path
-    if rx_context.irp.minor_function != IRP_MN_QUERY_FROM_SERVER:
+    stats = rx_context.device.stats
+    cached_first = rx_context.irp.minor_function != IRP_MN_QUERY_FROM_SERVER
+    if cached_first:
         # The attribute cache (-o attr_timeout): answered here while the Fcb's
         # attributes are fresh; every change made through this mount keeps them true.
         cached = fcb.cached_attributes(rx_context.device.core.attr_timeout)
         if cached is not None:
+            stats.attributes.hits += 1
             rx_context.irp.attributes = _with_held_size(fcb, cached)
             return NtStatus.STATUS_SUCCESS
+        stats.attributes.misses += 1
         if by_name and _known_absent(rx_context, path):
+            stats.negative_lookups.hits += 1
             return NtStatus.STATUS_OBJECT_NAME_NOT_FOUND
     status = await rx_context.device.minirdr.query_file_info(rx_context)
+    if cached_first and by_name and status in NAME_NOT_FOUND:
+        stats.negative_lookups.misses += 1
     if nt_success(status) and rx_context.irp.attributes is not None:
         fcb.set_attributes(_with_held_size(fcb, rx_context.irp.attributes))
     if by_name:

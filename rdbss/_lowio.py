@@ -12,9 +12,15 @@ it are above it, so it imports none of them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from time import perf_counter_ns
+from typing import TYPE_CHECKING
 
-from ._rxcontext import LowIoOp, LowIoReadWriteFlags, RxContext
+from ._rxcontext import CompletionRoutine, LowIoOp, LowIoReadWriteFlags, RxContext
 from .ntstatus import NtStatus, nt_success
+
+if TYPE_CHECKING:
+    from ._stats import Tracer
 
 __all__ = ["fill_write", "release_fcb_resource", "rx_low_io_submit"]
 
@@ -32,13 +38,23 @@ async def rx_low_io_submit(rx_context: RxContext) -> NtStatus:
     context says WAIT, and otherwise returned so the caller can go on (the completion
     routine still runs when the backend completes).
     """
-    minirdr = rx_context.device.minirdr
-    rx_context.completion_routine = _low_io_completion
-    op = rx_context.low_io.operation
+    device = rx_context.device
+    minirdr = device.minirdr
+    low_io = rx_context.low_io
+    op = low_io.operation
+    routine = minirdr.lowio_submit[op]
+    # Counted until its completion, whichever task or thread completes it.
+    device.stats.lowio[op].in_flight += 1
+    low_io.started_ns = perf_counter_ns()
+    tracer = device.stats.tracer
+    if tracer.subscribers:
+        rx_context.completion_routine = _traced_completion(tracer, rx_context, routine)
+    else:
+        rx_context.completion_routine = _low_io_completion
     if log.isEnabledFor(logging.DEBUG):  # the write path is hot: no formatting else
         _log_submit(rx_context)
     try:
-        status = await minirdr.lowio_submit[op](rx_context)
+        status = await routine(rx_context)
     except BaseException:
         if not rx_context.completed:
             rx_context._complete(NtStatus.STATUS_UNSUCCESSFUL, 0)
@@ -65,12 +81,36 @@ def _log_submit(rx_context: RxContext) -> None:
     )
 
 
+def _traced_completion(
+    tracer: Tracer, rx_context: RxContext, routine: Callable[..., object]
+) -> CompletionRoutine:
+    """The completion of a LowIo submit made while someone traces: it records the
+    operation, the backend routine that served it, its status and its duration."""
+    low_io = rx_context.low_io
+    rw = low_io.read_write
+    paging = bool(rw.flags & LowIoReadWriteFlags.LOWIO_READWRITEFLAG_PAGING_IO)
+    backend = getattr(routine, "__qualname__", repr(routine))
+    event, parent = tracer.lowio_event(
+        low_io.operation, rw.byte_offset, rw.byte_count, backend, paging
+    )
+
+    def completion(rx_context: RxContext) -> None:
+        _low_io_completion(rx_context)
+        elapsed = perf_counter_ns() - rx_context.low_io.started_ns
+        tracer.end_lowio(event, parent, rx_context.io_status.status, elapsed)
+
+    return completion
+
+
 def _low_io_completion(rx_context: RxContext) -> None:
-    """RxLowIoCompletion: update sizes, then release the Fcb resource for its owner
-    (RxReleaseFcbResourceForThreadInMRx) whichever task or thread completed."""
+    """RxLowIoCompletion: count it, update sizes, then release the Fcb resource for its
+    owner (RxReleaseFcbResourceForThreadInMRx) whichever task or thread completed."""
     fcb = rx_context.fcb
     low_io = rx_context.low_io
     status = rx_context.io_status.status
+    rx_context.device.stats.lowio[low_io.operation].done(
+        status, perf_counter_ns() - low_io.started_ns
+    )
     if fcb is None:
         return
     if low_io.operation == LowIoOp.LOWIO_OP_WRITE and nt_success(status):

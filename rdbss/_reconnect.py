@@ -97,6 +97,8 @@ class Reconnector:
         # connection knows a newer one exists and simply replays.
         self.generation = 0
         self.reconnects = 0
+        # Why the connection was last lost or could not be had again (rxfs status).
+        self.last_error: str | None = None
         self._done: trio.Event | None = None
 
     async def with_replay(self, attempt: Callable[[], Awaitable[NtStatus]]) -> NtStatus:
@@ -146,8 +148,12 @@ class Reconnector:
         delay = self.first_delay
         name = self.device.srv_call.name
         log.warning("connection to %s lost; reconnecting (for up to %gs)", name, budget)
+        self.last_error = f"connection lost at {time.strftime('%H:%M:%S')}"
         while True:
             status = await self._reconnect_once()
+            if not nt_success(status):
+                message = self.device.srv_call.status_message
+                self.last_error = f"reconnect failed: {message or status.name}"
             if nt_success(status):
                 self.generation += 1
                 self.reconnects += 1

@@ -111,7 +111,11 @@ class LowIoContext:
         "holds_fcb_resource",
         "operation",
         "resource_thread_id",
+        "started_ns",
     )
+
+    # perf_counter_ns() at the submit (rx_low_io_submit); the completion counts from it.
+    started_ns: int
 
     def __init__(self) -> None:
         self.operation = _LOWIO_OP_READ

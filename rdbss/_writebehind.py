@@ -151,6 +151,16 @@ class LazyWriter:
             for extent in [*fcb.write_behind.in_flight, *fcb.write_behind.dirty]
         ]
 
+    def held_by_file(self) -> list[tuple[str, int, int]]:
+        """(path, dirty bytes, bytes in flight) of every file holding bytes."""
+        held = []
+        for fcb in self._fcbs:
+            buffer = fcb.write_behind
+            in_flight = sum(extent.length for extent in buffer.in_flight)
+            if buffer.dirty_bytes or in_flight:
+                held.append((fcb.path, buffer.dirty_bytes, in_flight))
+        return held
+
     async def flush_all(self) -> None:
         for fcb in list(self._fcbs):
             await self.flush(fcb)

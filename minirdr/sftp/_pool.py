@@ -163,6 +163,20 @@ class SessionPool:
             )
         return total
 
+    def describe(self) -> list[dict[str, object]]:
+        """One entry per SFTP session, for ``rxfs status``."""
+        return [
+            {
+                "state": "up" if session.alive else "down",
+                "in_flight_bytes": session.in_flight_bytes,
+                "open_files": session.open_files,
+                "write_requests": session.stats.write_requests,
+                "read_requests": session.stats.read_requests,
+                "failed_replies": session.stats.failed_replies,
+            }
+            for session in self.sessions
+        ]
+
     def join(self) -> None:
         """Blocking: wait for the sessions' threads to end after :meth:`close`."""
         for session in self.sessions:
@@ -193,6 +207,11 @@ class Connections:
     def transport(self) -> Transport | None:
         """What carries the connection (never AUTO); None before the first one."""
         return self._transport
+
+    @property
+    def current_pool(self) -> SessionPool | None:
+        """The pool, None while not connected (a reconnect replaces it)."""
+        return self._pool
 
     @property
     def pool(self) -> SessionPool:
