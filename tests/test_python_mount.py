@@ -1,0 +1,116 @@
+"""rxfs.mount(): a real mount for the length of a ``with`` block, as the CLI makes it;
+failures to mount or to land every byte at unmount are exceptions."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import rxfs
+from rxfs.fs.cli import state_dir
+from rxfs.minirdr.sftp.loopback import LoopbackSshd
+
+from tests.conftest import (
+    COMMAND_TIMEOUT,
+    Rxfs,
+    is_mounted,
+    process_alive,
+    require_fuse,
+    wait_until,
+)
+from tests.integration.conftest import fresh_server_dir
+from tests.support.checklogs import expected_patterns, unexpected_lines
+from tests.support.sshd import sshd
+
+__all__ = ["sshd"]
+
+pytestmark = pytest.mark.fuse
+
+
+@pytest.fixture
+def rxfs_cli() -> Rxfs:
+    return Rxfs()  # the fixture `rxfs` of conftest would hide the module
+
+
+def _state_file(mountpoint: Path, suffix: str) -> Path:
+    return state_dir() / f"{str(mountpoint).strip('/').replace('/', '_')}.{suffix}"
+
+
+@pytest.fixture
+def mountpoint(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    require_fuse()
+    path = tmp_path / "mnt"
+    path.mkdir()
+    yield path
+    log = _state_file(path, "log")
+    text = log.read_text(errors="replace") if log.exists() else ""
+    log.unlink(missing_ok=True)
+    problems = []
+    if is_mounted(path):
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], timeout=30, check=False)
+        problems.append(f"{path} still mounted after the block")
+    if "Traceback" in text:
+        problems.append(f"the mount process printed a traceback:\n{text}")
+    unexpected = unexpected_lines(text, expected_patterns(request.node))
+    if unexpected:
+        problems.append("the mount process logged:\n" + "\n".join(unexpected))
+    if problems:
+        pytest.fail("\n".join(problems))
+
+
+def test_memory_mount_for_a_with_block(mountpoint: Path) -> None:
+    with rxfs.mount("memory://", mountpoint, size="2G") as path:
+        assert path == mountpoint
+        assert is_mounted(mountpoint)  # ready when the block starts
+        pid = int(_state_file(mountpoint, "pid").read_text())
+        assert pid != os.getpid()
+        (path / "f").write_text("through rxfs.mount")
+        assert (path / "f").read_text() == "through rxfs.mount"
+        vfs = os.statvfs(path)
+        assert vfs.f_blocks * vfs.f_frsize == 2 << 30
+    assert not is_mounted(mountpoint)
+    assert wait_until(lambda: not process_alive(pid), COMMAND_TIMEOUT)
+
+
+def test_sftp_bytes_are_on_the_server_when_the_block_ends(
+    mountpoint: Path, sshd: LoopbackSshd
+) -> None:
+    server_dir, name = fresh_server_dir(sshd)
+    data = os.urandom(3 << 20)
+    with rxfs.mount(sshd.url(name), mountpoint, **sshd.mount_options()) as path:
+        (path / "data").write_bytes(data)
+    assert (server_dir / "data").read_bytes() == data
+
+
+def test_read_only_flag(mountpoint: Path) -> None:
+    with rxfs.mount("memory://", mountpoint, ro=True, allow_other=False) as path:
+        with pytest.raises(OSError) as refused:
+            (path / "f").write_text("no")
+        assert refused.value.errno == errno.EROFS
+
+
+def test_bad_option_is_a_mount_error(mountpoint: Path) -> None:
+    with pytest.raises(rxfs.MountError) as failed, rxfs.mount("memory://", mountpoint, nope=1):
+        pytest.fail("the block ran without a mount")
+    assert failed.value.exit_status == 2
+    assert str(failed.value).startswith("unknown option -o nope for memory://"), failed.value
+    assert not is_mounted(mountpoint)
+
+
+def test_unmount_that_cannot_finish_is_an_exception(mountpoint: Path, rxfs_cli: Rxfs) -> None:
+    """A mount still in use at the end of the block is not unmounted: UnmountError says
+    who uses it (and the mount stays for its user)."""
+    with pytest.raises(rxfs.UnmountError) as failed, rxfs.mount("memory://", mountpoint) as path:
+        held = (path / "held").open("w")
+    try:
+        assert failed.value.exit_status == 1
+        assert "busy" in str(failed.value) or "in use" in str(failed.value), failed.value
+        assert is_mounted(mountpoint)
+    finally:
+        held.close()
+        done = rxfs_cli("umount", str(mountpoint))
+        assert done.returncode == 0, done.stderr
