@@ -76,7 +76,7 @@ def test_memory_passes_the_kit() -> None:
     counts, output = assert_passes("memory://", "size=1073741824")
     # memory:// does not declare it: its tests are skipped, and say why.
     assert "memory:// does not declare Capability.PERSISTENT" in output
-    assert counts.get("skipped") == 2
+    assert counts.get("skipped") == 3
 
 
 def test_localdir_passes_the_kit(tmp_path: Path) -> None:

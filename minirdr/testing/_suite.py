@@ -269,6 +269,49 @@ class ConformanceSuite:
             assert os.fstat(file.fileno()).st_size == 20
             assert os.pread(file.fileno(), 100, 0) == b"still here, and more"
 
+    def test_unlinked_open_file_reads_and_writes_through_its_descriptor(
+        self, rxfs_dir: Path
+    ) -> None:
+        path = rxfs_dir / "f"
+        write_file(path, b"old bytes")
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.unlink(path)
+            assert os.listdir(rxfs_dir) == []
+            assert not path.exists()
+            assert os.pread(fd, 100, 0) == b"old bytes"
+            assert os.pwrite(fd, b"NEW", 0) == 3
+            os.fsync(fd)
+            assert os.pread(fd, 100, 0) == b"NEW bytes"
+            assert os.fstat(fd).st_size == 9
+            # The name is free for a new file meanwhile.
+            write_file(path, b"new")
+            assert read_file(path) == b"new"
+            assert os.pread(fd, 100, 0) == b"NEW bytes"
+        finally:
+            os.close(fd)
+        assert read_file(path) == b"new"
+        assert os.listdir(rxfs_dir) == ["f"]
+
+    @requires(Capability.PERSISTENT)
+    def test_unlinked_open_file_is_gone_from_the_server_after_its_last_close(
+        self, rxfs_dir: Path, rxfs_second_mount: MountedBackend, rxfs_mount: MountedBackend
+    ) -> None:
+        """Another client never sees the file's name after unlink, nor any trace of the
+        file once its last descriptor is closed."""
+        other = rxfs_second_mount.path / rxfs_dir.relative_to(rxfs_mount.path)
+        fd = os.open(rxfs_dir / "f", os.O_RDWR | os.O_CREAT, 0o644)
+        dup = os.dup(fd)
+        try:
+            os.write(fd, b"x" * 10_000)
+            os.unlink(rxfs_dir / "f")
+            assert "f" not in os.listdir(other)
+            os.close(fd)
+            assert os.pread(dup, 5, 0) == b"xxxxx"  # a descriptor still holds it
+        finally:
+            os.close(dup)
+        assert os.listdir(other) == []
+
     # -- directories --------------------------------------------------------------------
 
     def test_mkdir_and_list(self, rxfs_dir: Path) -> None:
@@ -466,6 +509,64 @@ class ConformanceSuite:
         assert read_file(rxfs_dir / "a") == b"changed"
         os.unlink(rxfs_dir / "a")
         assert read_file(rxfs_dir / "b") == b"changed"
+
+    @requires(Capability.HARDLINKS)
+    def test_link_counts_follow_link_and_unlink(self, rxfs_dir: Path) -> None:
+        first, second = rxfs_dir / "a", rxfs_dir / "b"
+        write_file(first, b"x")
+        assert first.stat().st_nlink == 1
+        os.link(first, second)
+        assert first.stat().st_nlink == 2
+        assert second.stat().st_nlink == 2
+        os.unlink(second)
+        assert first.stat().st_nlink == 1
+
+    @requires(Capability.HARDLINKS)
+    def test_a_name_linked_again_after_its_removal_links(self, rxfs_dir: Path) -> None:
+        """ln a b; rm b; ln a b. A link over an existing name is EEXIST."""
+        first, second = rxfs_dir / "a", rxfs_dir / "b"
+        write_file(first, b"linked")
+        for _ in range(3):
+            os.link(first, second)
+            os.unlink(second)
+        os.link(first, second)
+        assert read_file(second) == b"linked"
+        with expect_errno(errno.EEXIST):
+            os.link(first, second)
+        write_file(rxfs_dir / "c", b"other")
+        with expect_errno(errno.EEXIST):
+            os.link(first, rxfs_dir / "c")
+        assert read_file(rxfs_dir / "c") == b"other"
+
+    # -- attributes after our own changes -------------------------------------------------
+
+    @requires(Capability.TIMES)
+    def test_directory_mtime_follows_create_and_unlink_at_once(self, rxfs_dir: Path) -> None:
+        """No waiting for the attribute timeout: a change made through the mount shows
+        in the next stat (make and rsync compare these)."""
+        old = 1_000_000_000
+        os.utime(rxfs_dir, (old, old))
+        write_file(rxfs_dir / "f", b"x")
+        assert rxfs_dir.stat().st_mtime > old
+        os.utime(rxfs_dir, (old, old))
+        os.unlink(rxfs_dir / "f")
+        assert rxfs_dir.stat().st_mtime > old
+        os.utime(rxfs_dir, (old, old))
+        os.mkdir(rxfs_dir / "d")
+        assert rxfs_dir.stat().st_mtime > old
+
+    @requires(Capability.TIMES)
+    def test_truncate_changes_mtime_and_ctime_at_once(self, rxfs_dir: Path) -> None:
+        path = rxfs_dir / "f"
+        write_file(path, b"0123456789")
+        old = 1_000_000_000
+        os.utime(path, (old, old))
+        before = path.stat()
+        os.truncate(path, 4)
+        after = path.stat()
+        assert after.st_size == 4
+        assert after.st_mtime > old
+        assert after.st_ctime > old and after.st_ctime_ns >= before.st_ctime_ns
 
     # -- append -------------------------------------------------------------------------
 
