@@ -4,6 +4,7 @@ background mounts return once ready, signals and ``rxfs umount`` end mounts clea
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from rxfs.fs.cli import state_dir
 
 if TYPE_CHECKING:
     from conftest import MountFactory, Rxfs
@@ -121,6 +123,78 @@ def test_help_describes_the_commands(rxfs: Rxfs) -> None:
     assert done.returncode == 0, done.stderr
     for flag in ("-f", "-o", "--debug"):
         assert flag in done.stdout
+
+
+def test_version_names_rxfs_and_what_it_runs_on(rxfs: Rxfs) -> None:
+    done = rxfs("--version")
+    assert done.returncode == 0, done.stderr
+    versions = dict(line.split(" ", 1) for line in done.stdout.strip().splitlines())
+    assert list(versions) == [
+        "rxfs",
+        "python",
+        "pyfuse3",
+        "libfuse",
+        "trio",
+        "paramiko",
+        "openssh",
+    ]
+    for name in ("rxfs", "pyfuse3", "libfuse", "trio", "paramiko"):
+        assert re.match(r"\d+\.\d+", versions[name]), (name, versions[name])
+    assert versions["openssh"].startswith("OpenSSH_"), versions["openssh"]
+
+
+def test_mount_help_lists_the_options_of_every_backend(rxfs: Rxfs) -> None:
+    """rxfs mount --help and rxfs backends say what each -o name means, per backend."""
+    for command in (["mount", "--help"], ["backends"]):
+        done = rxfs(*command)
+        assert done.returncode == 0, done.stderr
+        text = done.stdout
+        for heading, names in [
+            ("for every backend:", ["attr_timeout", "dirty_limit", "allow_other", "ro"]),
+            ("(fstab, systemd, mount -t rxfs):", ["_netdev", "x-systemd.*", "nosuid"]),
+            ("memory:// options:", ["size"]),
+            ("sftp:// options:", ["IdentityFile", "StrictHostKeyChecking", "transport"]),
+        ]:
+            section = text.split(heading, 1)[1].split("\n\n", 1)[0]
+            for name in names:
+                # A line of its own, or one of a list ("_netdev, nofail, ...").
+                pattern = rf"^  (.*, )?{re.escape(name)}(,|$)"
+                assert re.search(pattern, section, re.M), (command, name)
+
+
+def test_url_first_is_mount_as_mount_fuse3_runs_it(rxfs: Rxfs, mountpoint: Path) -> None:
+    """mount.fuse3 runs 'rxfs URL MOUNTPOINT -o OPTIONS': a background mount, with the
+    options fstab and mount.fuse3 add taken or ignored."""
+    done = rxfs("memory://", str(mountpoint), "-o", "_netdev,noauto,x-systemd.automount,dev,suid")
+    assert done.returncode == 0, done.stderr
+    try:
+        assert rxfs.is_mounted(mountpoint)
+        (mountpoint / "f").write_text("via mount.fuse3's argument order")
+    finally:
+        done = rxfs("umount", str(mountpoint))
+    assert done.returncode == 0, done.stderr
+    done = rxfs("memory://", str(mountpoint), "-o", "nope")
+    assert_one_line_error(done, 2)
+    assert_nothing_mounted(rxfs, mountpoint)
+
+
+def test_ssh_error_says_ssh_once(rxfs: Rxfs, mountpoint: Path) -> None:
+    done = rxfs("mount", "sftp://nobody@127.0.0.1:1/", str(mountpoint), "-o", "transport=openssh")
+    assert_one_line_error(done, 1)
+    assert "ssh: connect to host 127.0.0.1 port 1" in done.stderr, done.stderr
+    assert "ssh: ssh:" not in done.stderr, done.stderr
+
+
+def test_failed_background_mount_logs_why(rxfs: Rxfs, mountpoint: Path) -> None:
+    """The reason goes to the mount's log as well as to stderr."""
+    log = state_dir() / f"{str(mountpoint).strip('/').replace('/', '_')}.log"
+    done = rxfs("mount", "sftp://nobody@127.0.0.1:1/", str(mountpoint), "-o", "transport=openssh")
+    assert_one_line_error(done, 1)
+    reason = done.stderr.strip().removeprefix("rxfs: ")
+    try:
+        assert f"ERROR rxfs: mount failed: {reason}" in log.read_text(), log.read_text()
+    finally:
+        log.unlink(missing_ok=True)
 
 
 def test_background_mount_is_ready_when_the_command_returns(
