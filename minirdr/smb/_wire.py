@@ -165,25 +165,19 @@ def pack_rename(target: str, replace: bool) -> bytes:
 # Characters a POSIX name may hold and an SMB name may not, carried in Unicode's private
 # use area as Services for Macintosh does (Linux's cifs client with ``mapposix``, macOS):
 # control characters 0x01-0x1F to U+F001-U+F01F, and " * : < > ? \ | to U+F020-U+F027.
-# A trailing space or period (which Windows strips) goes as U+F028 / U+F029. A server
-# with ``vfs objects = catia`` (or fruit's ``encoding = native``) stores the real name.
+# A server with ``vfs objects = catia`` (or fruit's ``encoding = native``) stores the
+# real name. Samba keeps a trailing space or period as it is: those go unmapped.
 SFM_MAP = {
     **{chr(c): chr(0xF000 + c) for c in range(0x01, 0x20)},
     **{c: chr(0xF020 + i) for i, c in enumerate('"*:<>?\\|')},
 }
-_SFM_TRAILING = {" ": "\uf028", ".": "\uf029"}
 _SFM_TO_SERVER = str.maketrans(SFM_MAP)
-_SFM_FROM_SERVER = str.maketrans(
-    {v: k for k, v in SFM_MAP.items()} | {v: k for k, v in _SFM_TRAILING.items()}
-)
+_SFM_FROM_SERVER = str.maketrans({v: k for k, v in SFM_MAP.items()})
 
 
 def name_to_server(name: str) -> str:
     """One POSIX path component as an SMB name component."""
-    mapped = name.translate(_SFM_TO_SERVER)
-    if mapped and mapped[-1] in _SFM_TRAILING and mapped not in (".", ".."):
-        mapped = mapped[:-1] + _SFM_TRAILING[mapped[-1]]
-    return mapped
+    return name.translate(_SFM_TO_SERVER)
 
 
 def name_from_server(name: str) -> str:

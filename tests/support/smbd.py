@@ -169,7 +169,7 @@ class LoopbackSmbd:
 
     def _prepare(self) -> Path:
         for name in ("state", "lock", "cache", "pid", "private", "ncalrpc", "bind-dns", "log"):
-            (self.base / name).mkdir(parents=True, exist_ok=True)
+            (self.base / name).mkdir(mode=0o700, parents=True, exist_ok=True)
         for share in (self.root, self.read_only_root):
             share.mkdir(parents=True, exist_ok=True)
         # The non-root account writes in the share (root's files there stay root's).
@@ -212,6 +212,9 @@ class LoopbackSmbd:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
+                    # smbd's parent signals its whole process group when it exits
+                    # (SIGTERM to its children): that group must not be ours.
+                    start_new_session=True,
                 )
             if self._wait_listening():
                 return
