@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -114,3 +114,34 @@ def test_unmount_that_cannot_finish_is_an_exception(mountpoint: Path, rxfs_cli: 
         held.close()
         done = rxfs_cli("umount", str(mountpoint))
         assert done.returncode == 0, done.stderr
+
+
+def test_read_only_sftp_mount_changes_nothing_on_the_server(
+    mountpoint: Path, sshd: LoopbackSshd
+) -> None:
+    """-o ro over sftp://: what is there reads; every change fails with EROFS and the
+    server's files stay as they were."""
+    server_dir, name = fresh_server_dir(sshd)
+    (server_dir / "f").write_bytes(b"on the server")
+    (server_dir / "d").mkdir()
+    before = sorted(p.name for p in server_dir.iterdir())
+    with rxfs.mount(sshd.url(name), mountpoint, ro=True, **sshd.mount_options()) as path:
+        assert (path / "f").read_bytes() == b"on the server"
+        changes: list[Callable[[], object]] = [
+            lambda: (path / "f").write_bytes(b"x"),
+            lambda: (path / "new").write_bytes(b"x"),
+            (path / "f").unlink,
+            lambda: (path / "f").rename(path / "g"),
+            lambda: (path / "f").chmod(0o600),
+            lambda: os.truncate(path / "f", 0),
+            (path / "e").mkdir,
+            (path / "d").rmdir,
+            lambda: (path / "l").symlink_to("f"),
+            lambda: os.link(path / "f", path / "h"),
+        ]
+        for change in changes:
+            with pytest.raises(OSError) as refused:
+                change()
+            assert refused.value.errno == errno.EROFS, refused.value
+    assert sorted(p.name for p in server_dir.iterdir()) == before
+    assert (server_dir / "f").read_bytes() == b"on the server"
