@@ -328,7 +328,9 @@ def query_status(path: Path, timeout: float = 5.0, top: int = TOP_FILES) -> dict
     """One status document from the mount process listening on ``path``."""
     with _connect(path, timeout) as client:
         try:
-            client.sendall(json.dumps({"request": "status", "top": top}).encode() + b"\n")
+            # A refused peer is answered (and the connection closed) before it asks.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                client.sendall(json.dumps({"request": "status", "top": top}).encode() + b"\n")
             with client.makefile("rb") as answer:
                 line = answer.readline()
         except OSError as exc:

@@ -239,11 +239,12 @@ def cmd_trace(args: argparse.Namespace, state_file: StateFile) -> int:
     path = socket_for(state_file, mountpoint)
 
     def show(event: dict[str, Any]) -> None:
-        if "trace" in event:
-            if not args.json:
-                print(f"tracing {mountpoint} (Ctrl-C to stop)", file=sys.stderr)
-            return
-        print(json.dumps(event) if args.json else format_event(event), flush=True)
+        if args.json:  # the first line says the trace is on: {"trace": "started"}
+            print(json.dumps(event), flush=True)
+        elif "trace" in event:
+            print(f"tracing {mountpoint} (Ctrl-C to stop)", file=sys.stderr)
+        else:
+            print(format_event(event), flush=True)
 
     try:
         stream_trace(path, show)
