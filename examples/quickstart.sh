@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # rxfs quick start on a fresh Debian 12 (run as root): install what rxfs needs, mount an
-# SFTP share on $RXFS_DEMO_DIR (default /tmp/rxfs-demo), write a file through the mount,
-# check it arrived on the server, and leave the mount up for you to explore.
+# SFTP share on $RXFS_DEMO_DIR (default /tmp/rxfs-demo), write files through the mount
+# into a new directory of their own (rxfs-demo-DATE-PID; nothing else in the share is
+# touched), check they arrived on the server, and leave the mount up for you to explore.
 #
 #   bash examples/quickstart.sh                                  # a private loopback sshd
 #   RXFS_DEMO_URL=sftp://me@host/path bash examples/quickstart.sh   # a server of yours
@@ -99,25 +100,36 @@ mount_share() {
     "$RXFS" mount "$SHARE_URL" "$MOUNTPOINT" "${options[@]}"
 }
 
+# A directory of its own for what the demo writes: a share of yours keeps its files.
+DEMO_NAME=rxfs-demo-$(date -u +%Y%m%dT%H%M%SZ)-$$
+
+warn_about_writes() {
+    [[ -n ${RXFS_DEMO_URL:-} ]] || return 0
+    say "The demo writes a few files into $RXFS_DEMO_URL, in a new directory $DEMO_NAME"
+    echo "    (nothing else there is touched; remove it when you are done)"
+}
+
 use_share() {
-    say "Writing, reading back and listing through the mount"
-    echo "hello from rxfs, $(date -u +%FT%TZ)" >"$MOUNTPOINT/hello.txt"
-    mkdir -p "$MOUNTPOINT/docs"
-    cp README.md "$MOUNTPOINT/docs/"
-    cat "$MOUNTPOINT/hello.txt"
-    cmp README.md "$MOUNTPOINT/docs/README.md" && echo "docs/README.md matches README.md"
-    ls -lR "$MOUNTPOINT"
+    local demo=$MOUNTPOINT/$DEMO_NAME
+    say "Writing, reading back and listing through the mount, in $demo"
+    mkdir "$demo" "$demo/docs"
+    echo "hello from rxfs, $(date -u +%FT%TZ)" >"$demo/hello.txt"
+    cp README.md "$demo/docs/"
+    cat "$demo/hello.txt"
+    cmp README.md "$demo/docs/README.md" && echo "$DEMO_NAME/docs/README.md matches README.md"
+    ls -lR "$demo"
     df -h "$MOUNTPOINT"
     if [[ -n $SERVER_DIR ]]; then
         # close() returned, so the bytes are on the server: look at them there.
-        cmp README.md "$SERVER_DIR/docs/README.md" &&
-            echo "the server's copy in $SERVER_DIR/docs/README.md matches too"
+        cmp README.md "$SERVER_DIR/$DEMO_NAME/docs/README.md" &&
+            echo "the server's copy in $SERVER_DIR/$DEMO_NAME/docs/README.md matches too"
     fi
 }
 
 install_system_packages
 install_rxfs
-"$RXFS" backends
+"$RXFS" --version
+warn_about_writes
 unmount_previous
 choose_share
 mount_share
@@ -128,5 +140,8 @@ if [[ -n $SERVER_DIR ]]; then
     echo "and stop the demo sshd with:"
     echo "    kill $(cat "$SSHD_PID_FILE")"
 fi
+echo "The mount process logs to $("$PWD/.venv/bin/python" -c 'from rxfs.fs.cli import state_dir; print(state_dir())')/$(echo "${MOUNTPOINT#/}" | tr / _).log"
 echo "To mount a server of yours (keys, agent and ~/.ssh/config work as with ssh):"
 echo "    $PWD/$RXFS mount sftp://USER@HOST/PATH /mnt/somewhere"
+echo "rxfs is not on PATH: run it as $PWD/$RXFS, or export PATH=\"$PWD/.venv/bin:\$PATH\"."
+echo "For mount -t rxfs and /etc/fstab: $PWD/$RXFS install-mount-helper (README, Usage)."
