@@ -513,7 +513,8 @@ def mount_helper_main() -> int:
     """``mount.rxfs URL MOUNTPOINT [-sfnv] -o OPTIONS``: what mount(8) runs for -t rxfs."""
     argv = sys.argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: mount.rxfs URL MOUNTPOINT [-o opt[=val],...]  (options: rxfs mount --help)")
+        usage = "usage: mount.rxfs URL MOUNTPOINT [-o opt[=val],...]  (options: rxfs mount --help)"
+        print(usage, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else EXIT_USAGE
     return _run(argv, as_helper=True)
 
