@@ -205,7 +205,7 @@ def _setup_logging(debug: bool, logfile: Path | None = None) -> None:
 
 def cmd_mount(args: argparse.Namespace) -> int:
     request, minirdr_cls = _build_request(args)
-    if getattr(args, "fake", False):
+    if args.fake:
         return 0  # mount -f: the arguments were checked; mount nothing
     minirdr = minirdr_cls()
     if args.foreground:
@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_options_argument(mount, "mount options (listed below)")
     mount.add_argument("--debug", action="store_true", help="log every request")
-    mount.set_defaults(func=cmd_mount)
+    mount.set_defaults(func=cmd_mount, fake=False)
     umount = sub.add_parser(
         "umount",
         help="flush and unmount MOUNTPOINT",
