@@ -33,6 +33,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 MIB = 1 << 20
 # rxfs mount's default -o attr_timeout: how long the kernel may show old attributes.
 ATTR_TIMEOUT = 1.0
+# Seconds a closed file's RELEASE may take to reach the mount.
+RELEASE_WAIT = 5.0
 
 
 def requires(capability: Capability) -> Callable[[F], F]:
@@ -310,6 +312,10 @@ class ConformanceSuite:
             assert os.pread(dup, 5, 0) == b"xxxxx"  # a descriptor still holds it
         finally:
             os.close(dup)
+        # The kernel sends RELEASE once close() has returned: the file goes a moment later.
+        deadline = time.monotonic() + RELEASE_WAIT
+        while os.listdir(other) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert os.listdir(other) == []
 
     # -- directories --------------------------------------------------------------------

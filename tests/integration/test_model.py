@@ -1,11 +1,14 @@
 """Model-based: the same random operations on the mount and on a local directory.
 
 hypothesis drives create / write at offsets / truncate / rename / unlink / mkdir / rmdir /
-symlink / link, and reads and writes through descriptors kept open, over a handful of
-names. Each operation is applied to both trees and its outcome (the value returned or the
-errno) compared step by step; when an example ends, both trees, and for sftp:// the
-server's directory, must hold the same names, types, sizes and bytes. One mount serves
-every example: the trees are emptied in between, never remounted.
+symlink / link / relink (ln a b; rm b; ln a b) / chmod / utime, and reads and writes
+through descriptors kept open, whose names are unlinked or renamed away under them, over
+a handful of names. Each operation is applied to both trees and its outcome (the value
+returned or the errno) compared step by step; stat compares type, size, mode and mtime
+(to within MTIME_SLACK: the two trees are changed a moment apart, and SFTP v3 stores
+whole seconds). When an example ends, both trees, and for sftp:// the server's directory,
+must hold the same names, types, sizes and bytes. One mount serves every example: the
+trees are emptied in between, never remounted.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import random
 import shutil
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,9 +44,17 @@ if TYPE_CHECKING:
 NAMES = st.sampled_from(["a", "b", "d", "d/a", "d/b", "d/e", "d/e/a", "b/a"])
 # Relative targets only, so that a link resolves the same way in both trees.
 LINK_TARGETS = st.sampled_from(["a", "b", "d", "d/a", "../a", "e/a", "missing"])
+MODES = st.sampled_from([0o600, 0o644, 0o755, 0o700, 0o444, 0o4755])
+# Times far in the past, so that a write or truncate that fails to stamp "now" shows.
+PAST = st.integers(1_000_000_000, 1_000_100_000)
+# The trees are changed one after the other, and SFTP v3 keeps whole seconds.
+MTIME_SLACK = 2.0
+# Seconds a closed file's RELEASE may take to reach the mount.
+RELEASE_WAIT = 5.0
 OFFSETS = st.one_of(st.integers(0, 5000), st.integers(60_000, 300_000))
 LENGTHS = st.one_of(st.integers(0, 5000), st.integers(30_000, 140_000))
 Outcome = tuple[str, object]
+Handle = tuple[int, int, str]
 
 
 def outcome(action: Callable[[], object]) -> Outcome:
@@ -84,6 +96,34 @@ def kind_and_size(path: Path) -> tuple[int, int | None]:
     return stat.S_IFMT(info.st_mode), info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
+def same_metadata(expected: Outcome, actual: Outcome) -> bool:
+    """stat results: the same type, size and mode, mtimes within MTIME_SLACK."""
+    if expected[0] != "ok" or actual[0] != "ok":
+        return expected == actual
+    local, mounted = expected[1], actual[1]
+    assert isinstance(local, os.stat_result) and isinstance(mounted, os.stat_result)
+    return (
+        local.st_mode == mounted.st_mode
+        and (local.st_size == mounted.st_size or stat.S_ISDIR(local.st_mode))
+        and abs(local.st_mtime - mounted.st_mtime) <= MTIME_SLACK
+    )
+
+
+def describe(result: Outcome) -> object:
+    if result[0] == "ok" and isinstance(result[1], os.stat_result):
+        info = result[1]
+        return (oct(info.st_mode), info.st_size, info.st_mtime)
+    return result
+
+
+def relink(source: Path, destination: Path) -> int:
+    """ln a b; rm b; ln a b: the kernel's link count must not fall to 0 in between."""
+    os.link(source, destination)
+    os.unlink(destination)
+    os.link(source, destination)
+    return os.stat(source).st_nlink
+
+
 def listing(path: Path) -> list[str]:
     return sorted(os.listdir(path))
 
@@ -92,8 +132,8 @@ def make_machine(target: Target, local: Path) -> type[RuleBasedStateMachine]:
     roots = (local, target.mnt)
 
     class MountVersusLocal(RuleBasedStateMachine):
-        # Descriptors kept open across steps: (local fd, mount fd), or None where the
-        # open failed on both sides. Writes through them race renames and unlinks.
+        # Descriptors kept open across steps: (local fd, mount fd, name), or None where
+        # the open failed on both sides. Writes through them race renames and unlinks.
         handles = Bundle("handles")
 
         def __init__(self) -> None:
@@ -154,9 +194,25 @@ def make_machine(target: Target, local: Path) -> type[RuleBasedStateMachine]:
         @rule(name=NAMES)
         def stat(self, name: str) -> None:
             self.both(lambda root: lambda: kind_and_size(root / name))
+            expected, actual = (outcome(lambda root=root: os.stat(root / name)) for root in roots)
+            assert same_metadata(expected, actual), (
+                f"mount: {describe(actual)}, local: {describe(expected)}"
+            )
+
+        @rule(name=NAMES, mode=MODES)
+        def chmod(self, name: str, mode: int) -> None:
+            self.both(lambda root: lambda: os.chmod(root / name, mode))
+
+        @rule(name=NAMES, atime=PAST, mtime=PAST)
+        def utime(self, name: str, atime: int, mtime: int) -> None:
+            self.both(lambda root: lambda: os.utime(root / name, (atime, mtime)))
+
+        @rule(source=NAMES, destination=NAMES)
+        def relink(self, source: str, destination: str) -> None:
+            self.both(lambda root: lambda: relink(root / source, root / destination))
 
         @rule(target=handles, name=NAMES, create=st.booleans(), append=st.booleans())
-        def open(self, name: str, create: bool, append: bool) -> tuple[int, int] | None:
+        def open(self, name: str, create: bool, append: bool) -> Handle | None:
             flags = os.O_RDWR | (os.O_CREAT if create else 0) | (os.O_APPEND if append else 0)
             opened = [
                 outcome(lambda root=root: os.open(root / name, flags, 0o644)) for root in roots
@@ -167,41 +223,58 @@ def make_machine(target: Target, local: Path) -> type[RuleBasedStateMachine]:
             if len(fds) != 2:
                 assert opened[0] == opened[1], f"mount: {opened[1]}, local: {opened[0]}"
                 return None
-            return (int(fds[0]), int(fds[1]))
+            return (int(fds[0]), int(fds[1]), name)
 
-        def each_fd(self, handle: tuple[int, int] | None, op: Callable[[int], object]) -> None:
+        def each_fd(self, handle: Handle | None, op: Callable[[int], object]) -> None:
             if handle is None:
                 return
-            expected, actual = (outcome(lambda fd=fd: op(fd)) for fd in handle)
+            expected, actual = (outcome(lambda fd=fd: op(fd)) for fd in handle[:2])
             assert actual == expected, f"mount: {actual}, local: {expected}"
 
+        @rule(handle=handles)
+        def unlink_while_open(self, handle: Handle | None) -> None:
+            if handle is not None:
+                self.both(lambda root: lambda: os.unlink(root / handle[2]))
+
+        @rule(handle=handles, destination=NAMES)
+        def rename_while_open(self, handle: Handle | None, destination: str) -> None:
+            if handle is not None:
+                self.both(lambda root: lambda: os.rename(root / handle[2], root / destination))
+
+        @rule(handle=handles)
+        def fstat_metadata(self, handle: Handle | None) -> None:
+            if handle is None:
+                return
+            expected, actual = (outcome(lambda fd=fd: os.fstat(fd)) for fd in handle[:2])
+            assert same_metadata(expected, actual), (
+                f"mount: {describe(actual)}, local: {describe(expected)}"
+            )
+
         @rule(handle=handles, offset=OFFSETS, length=LENGTHS, seed=st.integers(0, 255))
-        def pwrite(
-            self, handle: tuple[int, int] | None, offset: int, length: int, seed: int
-        ) -> None:
+        def pwrite(self, handle: Handle | None, offset: int, length: int, seed: int) -> None:
             data = random.Random(seed).randbytes(length)
             self.each_fd(handle, lambda fd: os.pwrite(fd, data, offset))
 
         @rule(handle=handles, offset=OFFSETS, length=LENGTHS)
-        def pread(self, handle: tuple[int, int] | None, offset: int, length: int) -> None:
+        def pread(self, handle: Handle | None, offset: int, length: int) -> None:
             self.each_fd(handle, lambda fd: os.pread(fd, length, offset))
 
         @rule(handle=handles, size=st.integers(0, 300_000))
-        def ftruncate(self, handle: tuple[int, int] | None, size: int) -> None:
+        def ftruncate(self, handle: Handle | None, size: int) -> None:
             self.each_fd(handle, lambda fd: os.ftruncate(fd, size))
 
         @rule(handle=handles)
-        def fsync(self, handle: tuple[int, int] | None) -> None:
+        def fsync(self, handle: Handle | None) -> None:
             self.each_fd(handle, os.fsync)
 
         @rule(handle=handles)
-        def fstat(self, handle: tuple[int, int] | None) -> None:
+        def fstat(self, handle: Handle | None) -> None:
             self.each_fd(handle, lambda fd: os.fstat(fd).st_size)
 
         @rule(handle=consumes(handles))
-        def close(self, handle: tuple[int, int] | None) -> None:
+        def close(self, handle: Handle | None) -> None:
             if handle is not None:
-                for fd in handle:
+                for fd in handle[:2]:
                     self.open_fds.remove(fd)
             self.each_fd(handle, os.close)
 
@@ -216,6 +289,11 @@ def make_machine(target: Target, local: Path) -> type[RuleBasedStateMachine]:
             expected = tree_digest(local)
             assert tree_digest(target.mnt) == expected
             if target.server is not None:
+                # The kernel sends RELEASE after close() returns: the hidden name of a
+                # file unlinked while open goes a moment later.
+                deadline = time.monotonic() + RELEASE_WAIT
+                while tree_digest(target.server) != expected and time.monotonic() < deadline:
+                    time.sleep(0.05)
                 assert tree_digest(target.server) == expected
 
     return MountVersusLocal
