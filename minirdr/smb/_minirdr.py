@@ -23,7 +23,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import trio
@@ -44,6 +44,7 @@ from rxfs.minirdr import (
     NtStatusError,
     RxContext,
     SetInformationParameters,
+    SrvOpen,
     SrvOpenFlags,
     VolumeInfo,
 )
@@ -96,10 +97,13 @@ class _Handle:
 
     tree: SmbTree
     file_id: bytes
+    srv_open: SrvOpen
     is_dir: bool
     writable: bool
     append: bool
     write_through: bool
+    # Set once the server has closed the file id (or its connection is gone).
+    gone: trio.Event = field(default_factory=trio.Event)
 
 
 _M = TypeVar("_M", bound="SmbMiniRdr")
@@ -138,10 +142,9 @@ class SmbMiniRdr(MiniRdrDispatch):
         self._settings: SmbSettings | None = None
         self._tree: SmbTree | None = None
         self._limiter = trio.CapacityLimiter(_THREADS)
-        # Remote closes in flight (the core closes in the background) and an event set
-        # when the last one is done: see _rename.
-        self._closing = 0
-        self._closed = trio.Event()
+        # Every handle the server holds for us: the core closes in the background, and
+        # some requests must wait for those closes (_closes_done).
+        self._handles: set[_Handle] = set()
         self._uid = os.getuid()
         self._gid = os.getgid()
 
@@ -202,6 +205,9 @@ class SmbMiniRdr(MiniRdrDispatch):
         await self._run(tree.connect)
         if not tree.encrypted:
             log.info("%s: messages are signed, not encrypted", self._settings.unc)
+        for handle in self._handles:
+            handle.gone.set()  # gone with the old connection
+        self._handles.clear()
         self._tree = tree
         srv_call.context = tree
         return NtStatus.STATUS_SUCCESS
@@ -254,9 +260,11 @@ class SmbMiniRdr(MiniRdrDispatch):
         )
         append = bool(srv_open.flags & SrvOpenFlags.SRVOPEN_FLAG_APPEND)
         write_through = bool(params.options & CreateOptions.FILE_WRITE_THROUGH)
-        srv_open.context = _Handle(
-            tree, created.file_id, created.info.is_dir, writable, append, write_through
+        handle = _Handle(
+            tree, created.file_id, srv_open, created.info.is_dir, writable, append, write_through
         )
+        self._handles.add(handle)
+        srv_open.context = handle
         rx_context.irp.attributes = self._attributes(created.info)
         return NtStatus.STATUS_SUCCESS
 
@@ -265,20 +273,21 @@ class SmbMiniRdr(MiniRdrDispatch):
         handle = self._handle(rx_context)
         if handle is None or handle.tree is not self._tree:
             return NtStatus.STATUS_SUCCESS  # its connection is gone, and the handle with it
-        self._closing += 1
         try:
             await self._run(handle.tree.close, handle.file_id)
         finally:
-            self._closing -= 1
-            if not self._closing:
-                self._closed.set()
-                self._closed = trio.Event()
+            self._handles.discard(handle)
+            handle.gone.set()
         return NtStatus.STATUS_SUCCESS
 
-    async def _closes_done(self) -> None:
-        """Wait for the remote closes in flight (each one round trip)."""
-        while self._closing:
-            await self._closed.wait()
+    async def _closes_done(self, below: str) -> None:
+        """Wait until the server has closed every handle the core closed already (its
+        remote close runs in the background) of ``below`` and the files under it."""
+        prefix = below.rstrip("/") + "/"
+        for handle in list(self._handles):
+            path = handle.srv_open.fcb.path
+            if handle.srv_open.closed and (path == below or path.startswith(prefix)):
+                await handle.gone.wait()
 
     @_entry
     async def flush(self, rx_context: RxContext) -> NtStatus:
@@ -403,12 +412,15 @@ class SmbMiniRdr(MiniRdrDispatch):
                 await self._delete(path)
             return NtStatus.STATUS_SUCCESS
         if isinstance(info, FileBasicInformation):
-            await self._set_basic(path, handle, info)
+            await self._set_basic(rx_context.fcb.path, handle, info)
         elif isinstance(info, FileEndOfFileInformation):
             await self._set_info(
                 path, handle, _END_OF_FILE_INFORMATION, pack_end_of_file(info.end_of_file)
             )
         elif isinstance(info, FileRenameInformation):
+            # Samba refuses to rename a directory with a file open below it
+            # (ACCESS_DENIED), and a file closed a moment ago may still have its handle.
+            await self._closes_done(rx_context.fcb.path)
             path = self._remote(info.new_name)  # the attributes are the new name's
             await self._rename(self._remote(rx_context.fcb.path), path, info.replace_if_exists)
         else:
@@ -461,7 +473,7 @@ class SmbMiniRdr(MiniRdrDispatch):
         await self._run(self.tree.set_info_by_path, path, access, info_class, buffer)
 
     async def _set_basic(
-        self, path: str, handle: _Handle | None, info: FileBasicInformation
+        self, core_path: str, handle: _Handle | None, info: FileBasicInformation
     ) -> None:
         """Times as FILETIMEs; the owner's write bit of a mode as the read-only
         attribute; the rest of a mode cannot be stored over plain SMB2."""
@@ -469,6 +481,7 @@ class SmbMiniRdr(MiniRdrDispatch):
             info.gid is not None and info.gid != self._gid
         ):
             raise NtStatusError(NtStatus.STATUS_NOT_SUPPORTED, "no owners over plain SMB2")
+        path = self._remote(core_path)
         attributes = 0
         if info.mode is not None:
             current = await self._stat_via(path, handle)
@@ -479,6 +492,10 @@ class SmbMiniRdr(MiniRdrDispatch):
                 attributes = attributes or ATTRIBUTE_NORMAL
         atime = filetime_of_ns(info.atime_ns) if info.atime_ns is not None else 0
         mtime = filetime_of_ns(info.mtime_ns) if info.mtime_ns is not None else 0
+        if mtime and (handle is None or not handle.writable):
+            # A handle that wrote stamps the write time when it closes: let the closes
+            # in flight land first, or they would undo the time set here.
+            await self._closes_done(core_path)
         if atime or mtime or attributes:
             await self._set_info(
                 path, handle, _BASIC_INFORMATION, pack_basic(atime, mtime, 0, attributes)
@@ -489,10 +506,6 @@ class SmbMiniRdr(MiniRdrDispatch):
             return
         if new.startswith(old + "\\"):
             raise NtStatusError(NtStatus.STATUS_INVALID_PARAMETER, "rename into itself")
-        # Samba refuses to rename a directory with a file open below it (ACCESS_DENIED),
-        # and a file closed a moment ago may still have its handle: the core closes in
-        # the background. Let those closes land first.
-        await self._closes_done()
         await self._run(
             self.tree.set_info_by_path,
             old,

@@ -22,14 +22,17 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+import pytest
 from rxfs.minirdr.sftp.loopback import ensure_test_account
 
-__all__ = ["SMBD_PATH", "LoopbackSmbd", "SmbAccount", "SmbdError"]
+__all__ = ["SMBD_PATH", "LoopbackSmbd", "SmbAccount", "SmbdError", "smbd"]
 
 SMBD_PATH = "/usr/sbin/smbd"
 _LOOPBACK = "127.0.0.1"
@@ -258,3 +261,16 @@ class LoopbackSmbd:
         self.stop()
         with contextlib.suppress(OSError):
             shutil.rmtree(self.base / "lock")
+
+
+@pytest.fixture(scope="session")
+def smbd() -> Iterator[LoopbackSmbd]:
+    """A session's loopback smbd. It lives outside pytest's tmp dirs, which only root may
+    enter: the non-root account logs in too, and smbd serves it as that Unix user."""
+    base = Path(tempfile.mkdtemp(prefix="rxfs-smbd-"))
+    base.chmod(0o711)
+    try:
+        with LoopbackSmbd(base) as server:
+            yield server
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
