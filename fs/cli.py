@@ -154,7 +154,10 @@ def _check_mountpoint(path: str) -> str:
         ) from None
     if not is_dir:
         raise UsageError(f"mount point {path} is not a directory")
-    if mount_entry(mountpoint) is not None:
+    entry = mount_entry(mountpoint)
+    # systemd's automount point (x-systemd.automount) is an autofs mount that the mount
+    # it triggers goes on top of.
+    if entry is not None and entry.fstype != "autofs":
         raise UsageError(f"{path} is already a mount point ('rxfs umount {path}' first)")
     return mountpoint
 

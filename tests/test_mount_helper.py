@@ -296,3 +296,22 @@ def test_background_mount_tells_systemd_its_main_pid(
     pid = int(_state_file(mountpoint, "pid").read_text())
     assert int(states["MAINPID"]) == pid
     _umount(mountpoint, pid)
+
+
+def test_an_automount_point_is_mounted_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """x-systemd.automount: systemd mounts autofs on the mount point and, at the first
+    access, runs mount(8), whose mount goes on top. This kernel may lack autofs, so the
+    mount table says so here; any other mount there is still refused."""
+    from rxfs.fs import cli  # noqa: PLC0415 - the function under test
+    from rxfs.fs._mounttable import MountEntry  # noqa: PLC0415
+
+    listed: dict[str, MountEntry] = {}
+    monkeypatch.setattr(cli, "mount_entry", listed.get)
+    point = str(tmp_path)
+    listed[point] = MountEntry(point, "autofs", "0:99", "systemd-1")
+    assert cli._check_mountpoint(point) == point
+    listed[point] = MountEntry(point, "fuse.sshfs", "0:98", "me@host:")
+    with pytest.raises(cli.UsageError, match="already a mount point"):
+        cli._check_mountpoint(point)
