@@ -249,13 +249,13 @@ class SmbTree:
         except SMBConnectionClosed as exc:
             raise NtStatusError(NtStatus.STATUS_CONNECTION_DISCONNECTED, str(exc)) from None
         except SMBResponseException as exc:
-            raise NtStatusError(nt_status_of(exc.status), exc.message) from None
+            raise NtStatusError(nt_status_of(exc.status), _describe(exc.status)) from None
         except (OSError, SMBException) as exc:
             if "timeout" in str(exc).lower():
                 raise NtStatusError(NtStatus.STATUS_IO_TIMEOUT, str(exc)) from None
             raise NtStatusError(NtStatus.STATUS_CONNECTION_DISCONNECTED, str(exc)) from None
         if failure is not None:
-            raise NtStatusError(nt_status_of(failure.status), failure.message)
+            raise NtStatusError(nt_status_of(failure.status), _describe(failure.status))
         return replies
 
     # -- handles -----------------------------------------------------------------------------

@@ -42,7 +42,8 @@ class Encryption(enum.Enum):
 
 
 SMB_OPTIONS = {
-    "user": "the user to log in as (default: the URL's user, else the credentials file's)",
+    "username": "the user to log in as (default: the URL's user, else the credentials "
+    "file's); mount(8) takes -o user itself",
     "domain": "the user's domain or workgroup (default: none)",
     "password_stdin": "read the password from the first line of standard input",
     "credentials": "a file of username=, password= and domain= lines, as mount.cifs reads "
@@ -108,9 +109,11 @@ class SmbSettings:
         except OptionError as exc:
             raise _invalid(str(exc)) from None
         file_values = _read_credentials(options["credentials"]) if "credentials" in options else {}
-        user = options.get("user") or unquote(url.username or "") or file_values.get("username")
+        user = (
+            options.get("username") or unquote(url.username or "") or file_values.get("username")
+        )
         if not user:
-            raise _invalid("no user: give smb://user@host/share, -o user= or -o credentials=")
+            raise _invalid("no user: give smb://user@host/share, -o username= or -o credentials=")
         settings = cls(
             host=url.hostname,
             port=port,
