@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -150,6 +151,35 @@ def test_mount_fuse3_runs_rxfs_url_first(mountpoint: Path) -> None:
     _umount(mountpoint, pid)
 
 
+@pytest.fixture
+def rxfs_on_default_path() -> Iterator[None]:
+    """No /sbin/mount.fuse.rxfs, and /usr/local/sbin/rxfs linked to this venv's rxfs:
+    what mount -t fuse.rxfs needs to go through mount.fuse3 (which runs 'rxfs' on the
+    shell's default PATH: mount(8) clears PATH). Both put back as they were after."""
+    fuse_helper, launcher = SBIN / "mount.fuse.rxfs", Path("/usr/local/sbin/rxfs")
+    for link in (fuse_helper, launcher):
+        if link.exists() and not link.is_symlink():
+            pytest.fail(f"{link} is not a link: not touching it")
+    saved = {link: os.readlink(link) for link in (fuse_helper, launcher) if link.is_symlink()}
+    fuse_helper.unlink(missing_ok=True)
+    launcher.unlink(missing_ok=True)
+    launcher.symlink_to(VENV_BIN / "rxfs")
+    try:
+        yield
+    finally:
+        launcher.unlink(missing_ok=True)
+        for link, target in saved.items():
+            link.symlink_to(target)
+
+
+@pytest.mark.usefixtures("rxfs_on_default_path")
+def test_mount_t_fuse_rxfs_through_mount_fuse3(mountpoint: Path) -> None:
+    done = _run(["mount", "-t", "fuse.rxfs", "memory://", str(mountpoint), "-o", FSTAB_OPTIONS])
+    assert done.returncode == 0, done.stderr
+    pid = _check_served_in_background(mountpoint)
+    _umount(mountpoint, pid)
+
+
 @pytest.mark.usefixtures("helpers_installed")
 @pytest.mark.parametrize("fstype", ["rxfs", "fuse.rxfs"])
 def test_mount_t_rxfs_sftp(fstype: str, mountpoint: Path, sshd: LoopbackSshd) -> None:
@@ -253,27 +283,37 @@ def test_install_mount_helper_leaves_foreign_files_alone(tmp_path: Path, rxfs: R
 # -- systemd: Type=notify ---------------------------------------------------------------
 
 
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+@dataclass
+class NotifySocket:
+    """What systemd listens on for a Type=notify service: ``name`` is $NOTIFY_SOCKET."""
+
+    name: str
+    sock: socket.socket
+
+    def received(self) -> dict[str, str]:
+        datagram = self.sock.recv(4096)
+        return dict(line.split("=", 1) for line in datagram.decode().splitlines())
+
+
+@pytest.fixture(params=["path", "abstract"])
+def notify_socket(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[NotifySocket]:
+    """A path, or @name for an abstract socket, as systemd may set either."""
+    name = str(tmp_path / "notify") if request.param == "path" else f"@rxfs-test-{os.getpid()}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(str(tmp_path / "notify"))
+        sock.bind("\0" + name[1:] if name.startswith("@") else name)
         sock.settimeout(COMMAND_TIMEOUT)
-        yield sock
-
-
-def _states(datagram: bytes) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in datagram.decode().splitlines())
+        yield NotifySocket(name, sock)
 
 
 def test_foreground_mount_tells_systemd_when_ready(
-    tmp_path: Path, mountpoint: Path, notify_socket: socket.socket
+    mountpoint: Path, notify_socket: NotifySocket
 ) -> None:
     """rxfs mount -f under Type=notify: READY=1 once the mount answers."""
-    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
+    env = {**os.environ, "NOTIFY_SOCKET": notify_socket.name}
     argv = [str(VENV_BIN / "rxfs"), "mount", "-f", "memory://", str(mountpoint)]
     with subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env) as process:
         try:
-            states = _states(notify_socket.recv(4096))
+            states = notify_socket.received()
             assert states["READY"] == "1"
             assert is_mounted(mountpoint)
             (mountpoint / "f").write_text("ok")
@@ -283,15 +323,15 @@ def test_foreground_mount_tells_systemd_when_ready(
 
 
 def test_background_mount_tells_systemd_its_main_pid(
-    tmp_path: Path, mountpoint: Path, notify_socket: socket.socket, rxfs: Rxfs
+    mountpoint: Path, notify_socket: NotifySocket
 ) -> None:
     """A forking mount under Type=notify: READY=1 and MAINPID, the process that serves
     (the one systemd must watch), once the mount answers."""
-    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
+    env = {**os.environ, "NOTIFY_SOCKET": notify_socket.name}
     env.pop("XDG_RUNTIME_DIR", None)
     done = _run([str(VENV_BIN / "rxfs"), "mount", "memory://", str(mountpoint)], env)
     assert done.returncode == 0, done.stderr
-    states = _states(notify_socket.recv(4096))
+    states = notify_socket.received()
     assert states["READY"] == "1"
     pid = int(_state_file(mountpoint, "pid").read_text())
     assert int(states["MAINPID"]) == pid
