@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import posixpath
+import stat
 from dataclasses import dataclass
 from typing import NewType
 
@@ -37,6 +38,8 @@ class _Inode:
     attributes: FileAttributes | None = None
     # Times set through the mount, to the nanosecond (atime_ns, mtime_ns).
     set_times: tuple[int | None, int | None] = (None, None)
+    # Its key in InodeTable._by_signature, as filed (the attributes may change since).
+    signature: tuple[int, int] | None = None
 
 
 class InodeTable:
@@ -47,6 +50,9 @@ class InodeTable:
         # scanning every path the kernel knows (12 ms a rename at 100,000 of them).
         self._children: dict[str, set[str]] = {}
         self._numbers = itertools.count(ROOT_INODE + 1)
+        # Regular files by (size, mtime second): names that may be one file the mount
+        # cannot tell is one (linked on the server; SFTP v3 has no inode numbers).
+        self._by_signature: dict[tuple[int, int], set[InodeT]] = {}
 
     def path_of(self, inode: int) -> str | None:
         """The path of ``inode``; None once the name is gone (unlinked) or unknown."""
@@ -111,7 +117,7 @@ class InodeTable:
         inode = self.inode_of(path)
         entry = self._by_inode[inode]
         entry.lookups += 1
-        entry.attributes = attributes
+        self._file(inode, entry, attributes)
         return inode
 
     def add_link(self, inode: int, path: str, attributes: FileAttributes) -> InodeT:
@@ -122,14 +128,44 @@ class InodeTable:
         self.unlink(path)
         entry.paths.append(path)
         entry.lookups += 1
-        entry.attributes = attributes
+        self._file(InodeT(inode), entry, attributes)
         self._add_path(path, InodeT(inode))
         return InodeT(inode)
 
     def remember(self, inode: int, attributes: FileAttributes) -> None:
         entry = self._by_inode.get(InodeT(inode))
         if entry is not None:
-            entry.attributes = attributes
+            self._file(InodeT(inode), entry, attributes)
+
+    def maybe_same_file(self, inode: int) -> list[InodeT]:
+        """Other inodes of regular files that look like ``inode``'s (size and mtime):
+        after a chmod or chown through one name, these may be its other names."""
+        entry = self._by_inode.get(InodeT(inode))
+        if entry is None or entry.signature is None:
+            return []
+        return [other for other in self._by_signature[entry.signature] if other != inode]
+
+    def _file(self, inode: InodeT, entry: _Inode, attributes: FileAttributes) -> None:
+        """Keep ``attributes`` and file the inode under their signature."""
+        entry.attributes = attributes
+        signature = (
+            (attributes.size, attributes.mtime_ns // _NS)
+            if stat.S_ISREG(attributes.mode)
+            else None
+        )
+        if signature != entry.signature:
+            self._unfile(inode, entry)
+            if signature is not None:
+                self._by_signature.setdefault(signature, set()).add(inode)
+            entry.signature = signature
+
+    def _unfile(self, inode: InodeT, entry: _Inode) -> None:
+        if entry.signature is not None:
+            alike = self._by_signature[entry.signature]
+            alike.discard(inode)
+            if not alike:
+                del self._by_signature[entry.signature]
+            entry.signature = None
 
     def last_attributes(self, inode: int) -> FileAttributes | None:
         entry = self._by_inode.get(InodeT(inode))
@@ -179,6 +215,7 @@ class InodeTable:
 
     def _forget_entry(self, inode: InodeT, entry: _Inode) -> None:
         del self._by_inode[inode]
+        self._unfile(inode, entry)
         for path in entry.paths:
             if self._by_path.get(path) == inode:
                 self._remove_path(path)

@@ -8,6 +8,7 @@ NTSTATUS becomes an errno in one place (``fs/_errors.py``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -464,7 +465,21 @@ class RxOperations(pyfuse3.Operations):
             await self._set_inode_info(inode, fobx, basic)
             if basic.atime_ns is not None or basic.mtime_ns is not None:
                 self.inodes.times_set(inode, basic.atime_ns, basic.mtime_ns)
+            if basic.mode is not None or basic.uid is not None or basic.gid is not None:
+                await self._other_names_changed(inode)
         return await self.getattr(inode, ctx)
+
+    async def _other_names_changed(self, inode: InodeT) -> None:
+        """A chmod or chown through one name shows through the file's other names at
+        once. Names linked here share the inode; names linked on the server are other
+        inodes, which SFTP v3 (no inode numbers) cannot tell apart from other files:
+        every inode that looks the same (a regular file of that size and mtime) asks
+        the server next time, and the kernel drops the attributes it holds of them
+        (attributes only: no lock is taken, so this cannot deadlock with a request)."""
+        for other in self.inodes.maybe_same_file(inode):
+            self._changed_here.add(other)
+            with contextlib.suppress(OSError):
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, other, True)
 
     async def _set_inode_info(
         self, inode: InodeT, fobx: Fobx | None, buffer: SetInformationBuffer

@@ -3,7 +3,10 @@ and nothing else (the table finds them by directory, not by scanning every path)
 
 from __future__ import annotations
 
+import stat
+
 from rxfs.fs._inodes import InodeTable
+from rxfs.rdbss.irp import FileAttributes
 
 
 def test_rename_moves_the_subtree_and_only_it() -> None:
@@ -35,3 +38,23 @@ def test_rename_over_a_name_unlinks_the_target_and_forget_drops_the_entry() -> N
     assert table.find("/d/g") is None
     table.rename("/d", "/e")  # nothing below /d is left to move
     assert table.find("/e") is None
+
+
+def test_files_that_look_alike_are_found_as_maybe_one_file_until_they_differ() -> None:
+    """Names linked on the server are separate inodes here; a chmod through one must
+    reach the others, found by size and mtime (directories never)."""
+    table = InodeTable()
+    second = 1_700_000_000 * 1_000_000_000
+    regular, directory = stat.S_IFREG | 0o644, stat.S_IFDIR | 0o755
+    a = table.add_lookup("/a", FileAttributes(regular, size=5, mtime_ns=second))
+    b = table.add_lookup("/b", FileAttributes(regular, size=5, mtime_ns=second + 5))
+    c = table.add_lookup("/c", FileAttributes(regular, size=6, mtime_ns=second))
+    table.add_lookup("/d", FileAttributes(directory, size=5, mtime_ns=second))
+    assert table.maybe_same_file(a) == [b]
+    assert table.maybe_same_file(c) == []
+    table.remember(b, FileAttributes(regular, size=7, mtime_ns=second))
+    assert table.maybe_same_file(a) == []
+    table.remember(c, FileAttributes(regular, size=5, mtime_ns=second))
+    assert table.maybe_same_file(a) == [c]
+    table.forget(c, 1)
+    assert table.maybe_same_file(a) == []
