@@ -385,6 +385,12 @@ class SmbMiniRdr(MiniRdrDispatch):
         self._device.nursery.start_soon(reply)
         return NtStatus.STATUS_PENDING
 
+    async def lowio_fsctl(self, rx_context: RxContext) -> NtStatus:
+        """Symlinks: plain SMB2 to Samba has none to make (Samba 4.17 takes no reparse
+        points; the SMB3 POSIX extensions are not in Debian's build). EOPNOTSUPP, not
+        ENOSYS: the kernel would stop asking."""
+        return NtStatus.STATUS_NOT_SUPPORTED
+
     # -- information -----------------------------------------------------------------------
 
     @_entry
