@@ -21,7 +21,10 @@ from pathlib import Path
 
 __all__ = [
     "HELPER_NAMES",
+    "IGNORED_OPTIONS",
+    "KERNEL_FLAGS",
     "HelperArgs",
+    "ignored_by_rxfs",
     "install_mount_helper",
     "parse_helper_argv",
     "remove_mount_helper",
@@ -32,6 +35,26 @@ log = logging.getLogger(__name__)
 
 # The names mount(8) looks for in /sbin for -t rxfs and -t fuse.rxfs.
 HELPER_NAMES = ("mount.rxfs", "mount.fuse.rxfs")
+
+# mount(8)'s generic options, as fstab, mount(8) and mount.fuse3 pass them on. The
+# kernel's mount flags go to the FUSE mount (libfuse knows these; ro is a core option
+# that adds the flag). The rest are for mount(8), systemd or other file systems and are
+# ignored, as mount.fuse3 ignores them (libfuse 3.14 refuses the atime variants but
+# atime and noatime); so is every x-* (x-systemd.automount ...).
+KERNEL_FLAGS = frozenset(
+    {"rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "sync", "async"}
+    | {"dirsync", "atime", "noatime"}
+)
+IGNORED_OPTIONS = frozenset(
+    {"defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "nofail"}
+    | {"_netdev", "comment", "diratime", "nodiratime", "relatime", "norelatime", "strictatime"}
+    | {"nostrictatime", "lazytime", "nolazytime", "loud", "silent"}
+)
+
+
+def ignored_by_rxfs(name: str) -> bool:
+    """Whether ``-o name`` is one rxfs takes and ignores, as mount.fuse3 does."""
+    return name in IGNORED_OPTIONS or name.startswith("x-")
 
 
 def sd_notify(state: str) -> None:

@@ -14,17 +14,16 @@ from collections.abc import Mapping
 from rxfs.minirdr import available_backends
 from rxfs.rdbss import CORE_OPTIONS
 
+from ._mounthelper import IGNORED_OPTIONS, KERNEL_FLAGS
 from ._operations import FsOptions
 
 __all__ = ["MOUNT8_OPTIONS", "options_help", "versions"]
 
-# What mount(8), fstab and systemd pass that rxfs takes as any FUSE file system does.
+# What mount(8), fstab and systemd pass, as rxfs takes it.
 MOUNT8_OPTIONS = {
-    "ro": "read-only (see above)",
-    "rw, nosuid, nodev, noexec, noatime, sync, dirsync": "mount flags, passed to the kernel",
-    "_netdev, nofail, noauto, auto, user, users, defaults, x-systemd.*, x-*, comment=": (
-        "for mount(8), systemd and fstab; ignored"
-    ),
+    "ro": "read-only (above)",
+    ", ".join(sorted(KERNEL_FLAGS)): "mount flags, for the kernel",
+    ", ".join([*sorted(IGNORED_OPTIONS), "x-*"]): "for mount(8), systemd and fstab: ignored",
 }
 
 
@@ -74,7 +73,9 @@ def versions() -> list[tuple[str, str]]:
 def _table(options: Mapping[str, str], indent: int = 2) -> list[str]:
     lines = []
     for name, meaning in options.items():
-        lines.append(" " * indent + name)
+        lines += textwrap.wrap(
+            name, width=88, initial_indent=" " * indent, subsequent_indent=" " * indent
+        )
         lines += textwrap.wrap(
             meaning,
             width=88,

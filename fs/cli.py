@@ -29,6 +29,8 @@ from rxfs.rdbss import (
 
 from ._mount import MountRequest, run
 from ._mounthelper import (
+    KERNEL_FLAGS,
+    ignored_by_rxfs,
     install_mount_helper,
     parse_helper_argv,
     remove_mount_helper,
@@ -74,25 +76,6 @@ def _state_file(mountpoint: str, suffix: str) -> Path:
 
 # -- options ------------------------------------------------------------------------------
 
-# mount(8)'s generic options, as fstab, mount(8) and mount.fuse3 pass them on. The
-# kernel's mount flags go to the FUSE mount (libfuse knows these; ro is a core option
-# that adds the flag). The rest are for mount(8), systemd or other file systems and are
-# ignored, as mount.fuse3 ignores them.
-KERNEL_FLAGS = frozenset(
-    {"rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "sync", "async"}
-    | {"dirsync", "atime", "noatime", "nodiratime"}
-)
-IGNORED_OPTIONS = frozenset(
-    {"defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "nofail"}
-    | {"_netdev", "comment", "diratime", "relatime", "norelatime", "strictatime"}
-    | {"nostrictatime", "lazytime", "nolazytime", "loud", "silent"}
-)
-
-
-def _ignored(name: str) -> bool:
-    # x-systemd.automount, x-systemd.requires=..., x-gvfs-show: userspace mount options
-    return name in IGNORED_OPTIONS or name.startswith("x-")
-
 
 def split_options(
     options: dict[str, str], minirdr: type[MiniRdrDispatch]
@@ -105,7 +88,7 @@ def split_options(
     kernel_flags = {name for name in options if name in KERNEL_FLAGS}
     try:
         for name, value in options.items():
-            if name in KERNEL_FLAGS or _ignored(name):
+            if name in KERNEL_FLAGS or ignored_by_rxfs(name):
                 continue
             if name in CORE_OPTIONS:
                 core[name] = value

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from rxfs.fs._mounthelper import IGNORED_OPTIONS, KERNEL_FLAGS
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
 
 from tests.conftest import COMMAND_TIMEOUT, is_mounted, process_alive, require_fuse, wait_until
@@ -248,6 +249,26 @@ def test_mount_t_rxfs_refuses_bad_options(mountpoint: Path, options: str, messag
     assert re.search(message, done.stderr), done.stderr
     assert "Traceback" not in done.stderr
     assert not is_mounted(mountpoint)
+
+
+def test_every_option_mount8_may_pass_mounts(mountpoint: Path, rxfs: Rxfs) -> None:
+    """Each flag rxfs hands to the kernel is one libfuse takes, and each one it ignores
+    is ignored: one mount with all of them."""
+    flags = sorted(KERNEL_FLAGS - {"rw", "dev", "suid", "exec", "async", "atime"})
+    names = [*flags, *sorted(IGNORED_OPTIONS), "x-systemd.automount", "comment=systemd.x"]
+    done = rxfs("mount", "memory://", str(mountpoint), "-o", ",".join(names))
+    assert done.returncode == 0, done.stderr
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+            line = next(line for line in mountinfo if f" {mountpoint} " in line)
+        assert {"nodev", "nosuid", "noexec", "noatime"} <= set(line.split()[5].split(","))
+    finally:
+        done = rxfs("umount", str(mountpoint))
+    assert done.returncode == 0, done.stderr
+    for positive in ("rw", "dev", "suid", "exec", "async", "atime"):
+        done = rxfs("mount", "memory://", str(mountpoint), "-o", positive)
+        assert done.returncode == 0, (positive, done.stderr)
+        assert rxfs("umount", str(mountpoint)).returncode == 0
 
 
 def test_helper_fake_mount_checks_and_mounts_nothing(mountpoint: Path) -> None:
