@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -145,3 +146,16 @@ def test_read_only_sftp_mount_changes_nothing_on_the_server(
             assert refused.value.errno == errno.EROFS, refused.value
     assert sorted(p.name for p in server_dir.iterdir()) == before
     assert (server_dir / "f").read_bytes() == b"on the server"
+
+
+def test_a_mount_process_that_died_is_an_unmount_error(mountpoint: Path) -> None:
+    """kill -9 of the mount process inside the block: the unmount cleans up, and the
+    exception says bytes it held may be lost."""
+    with pytest.raises(rxfs.UnmountError) as failed, rxfs.mount("memory://", mountpoint) as path:
+        (path / "f").write_text("held")
+        pid = int(_state_file(mountpoint, "pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not process_alive(pid), COMMAND_TIMEOUT)
+    assert failed.value.exit_status == 1
+    assert "had died" in str(failed.value) and "lost" in str(failed.value), failed.value
+    assert not is_mounted(mountpoint)
