@@ -57,8 +57,9 @@ __all__ = ["CreateResult", "SmbTree", "nt_status_of"]
 
 log = logging.getLogger(__name__)
 # smbprotocol logs every request at INFO (with user and share names): far too much for a
-# mount's log. Its warnings and errors (a dead reader thread) still show.
-logging.getLogger("smbprotocol").setLevel(logging.WARNING)
+# mount's log; and a connection reset at WARNING, which the core reports in its own words
+# when it reconnects. Its errors (a reader thread that died) still show.
+logging.getLogger("smbprotocol").setLevel(logging.ERROR)
 
 # [MS-SMB2] values used below.
 _IMPERSONATION = 2  # SecurityImpersonation

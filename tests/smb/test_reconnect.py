@@ -1,0 +1,65 @@
+"""A cut connection mid-copy loses nothing on smb:// either (a fault proxy in front of
+the loopback smbd): the core reconnects, reopens the handles and replays the writes."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.reliability.scenarios import concurrent_writers, copy_with_cuts
+from tests.support.checklogs import RECONNECTS
+from tests.support.faultproxy import FaultProxy
+from tests.support.smbd import LoopbackSmbd
+
+if TYPE_CHECKING:
+    from tests.conftest import MountFactory
+
+pytestmark = pytest.mark.fuse
+
+_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def proxy(smbd: LoopbackSmbd) -> Iterator[FaultProxy]:
+    with FaultProxy(("127.0.0.1", smbd.port)) as running:
+        yield running
+
+
+@pytest.fixture
+def share(smbd: LoopbackSmbd) -> Path:
+    path = smbd.root / f"r{os.getpid()}-{next(_numbers)}"
+    path.mkdir()
+    return path
+
+
+def _mount_through(
+    mount: MountFactory, smbd: LoopbackSmbd, proxy: FaultProxy, share: Path
+) -> Path:
+    url = f"smb://127.0.0.1:{proxy.port}/share/{share.name}"
+    return mount(url, {**smbd.mount_options(), "timeout": "10"}).path
+
+
+@pytest.mark.expect_log(*RECONNECTS)
+def test_a_copy_survives_three_cuts(
+    smbd: LoopbackSmbd, proxy: FaultProxy, share: Path, mount: MountFactory, tmp_path: Path
+) -> None:
+    mnt = _mount_through(mount, smbd, proxy, share)
+    outcome = copy_with_cuts(mnt, share, tmp_path, proxy.cut_all, size=64 * 1024 * 1024)
+    assert outcome.exit_codes == [0], outcome
+    assert "cut 3 times" in outcome.notes[0], outcome
+    assert outcome.exact, outcome
+
+
+@pytest.mark.expect_log(*RECONNECTS)
+def test_concurrent_writers_with_a_cut_land_every_byte(
+    smbd: LoopbackSmbd, proxy: FaultProxy, share: Path, mount: MountFactory
+) -> None:
+    mnt = _mount_through(mount, smbd, proxy, share)
+    outcome = concurrent_writers(mnt, share, proxy.cut_all)
+    assert outcome.exit_codes == [0] * 12, outcome
+    assert outcome.exact, outcome
