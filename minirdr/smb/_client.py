@@ -20,7 +20,10 @@ core): a lease V2 asked for RWH is granted RWH; a dict subclass whose ``__missin
 answers for that id with a stand-in request receives the LEASE_BREAK notification
 (RWH -> RH, ACK_REQUIRED); a LEASE_BREAK_ACK (a 36-byte Structure of our own with
 COMMAND SMB2_OPLOCK_BREAK, sent with the session *and tree* id) releases the other
-client's open at once (10 ms; unacknowledged, Samba waits 35 s). Every open shares
+client's open at once (10 ms; unacknowledged, Samba waits 35 s). With the lease, a
+DURABLE_HANDLE_REQUEST_V2 context is granted too (timeout 60 s, Samba's defaults), the
+ground for replaying opens after a reconnect (DURABLE_HANDLE_RECONNECT_V2, which
+smbprotocol has a structure for). Every open shares
 read, write and delete, which is what POSIX programs expect of a file system.
 
 Every method blocks: call them from worker threads (see ``_minirdr``), never the trio loop.
