@@ -103,6 +103,7 @@ EXT_FSYNC = "fsync@openssh.com"
 EXT_HARDLINK = "hardlink@openssh.com"
 EXT_POSIX_RENAME = "posix-rename@openssh.com"
 EXT_LSETSTAT = "lsetstat@openssh.com"
+EXT_USERS_GROUPS_BY_ID = "users-groups-by-id@openssh.com"
 
 
 class SftpError(Exception):
@@ -684,6 +685,21 @@ class SftpSession:
         if reader is None:
             raise SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE, "statvfs answered no data")
         return reader.statvfs()
+
+    async def users_groups_by_id(
+        self, uids: Sequence[int], gids: Sequence[int]
+    ) -> tuple[list[str], list[str]]:
+        """users-groups-by-id@openssh.com: the server's names of these ids, in order;
+        "" where it knows none."""
+        reader = await self.extended(
+            EXT_USERS_GROUPS_BY_ID,
+            pack_string(b"".join(u32(uid) for uid in uids)),
+            pack_string(b"".join(u32(gid) for gid in gids)),
+        )
+        if reader is None:
+            raise SftpError(SftpStatusCode.SSH_FX_BAD_MESSAGE, "users-groups-by-id: no names")
+        users, groups = Reader(reader.bytes()), Reader(reader.bytes())
+        return [users.text() for _ in uids], [groups.text() for _ in gids]
 
     async def listdir(self, path: str, *, first_batch_only: bool = False) -> list[NameEntry]:
         """All entries of a directory, . and .. included (the caller drops them)."""

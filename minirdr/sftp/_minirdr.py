@@ -32,7 +32,6 @@ from rxfs.minirdr import (
     CreateOptions,
     CreateParameters,
     DirEntry,
-    FileAttributes,
     FileBasicInformation,
     FileDispositionInformation,
     FileEndOfFileInformation,
@@ -51,17 +50,17 @@ from rxfs.minirdr import (
     VolumeInfo,
 )
 
-from ._convert import basic_attrs, file_attributes, is_dir, is_symlink, nlink_of, open_flags
+from ._convert import basic_attrs, is_dir, nlink_of, open_flags
 from ._engine import (
     EXT_FSYNC,
     EXT_HARDLINK,
-    EXT_LSETSTAT,
     EXT_POSIX_RENAME,
     EXT_STATVFS,
     SftpError,
     SftpSession,
 )
-from ._idmap import IDMAP_OPTIONS, IdMap, IdMapMode, parse_idmap
+from ._idmap import IDMAP_OPTIONS, parse_idmap
+from ._owners import Owners
 from ._pool import (
     DEFAULT_CHANNELS,
     DEFAULT_MAX_CONNS,
@@ -176,8 +175,7 @@ class SftpMiniRdr(MiniRdrDispatch):
         self._device: RxDevice | None = None
         self._root = "/"
         self._warned_no_fsync = False
-        self._idmap = IdMap()
-        self._told_no_chown = False
+        self._owners = Owners()
 
     @property
     def tuning(self) -> Tuning:
@@ -225,9 +223,7 @@ class SftpMiniRdr(MiniRdrDispatch):
         settings = await self._connections.connect(srv_call.url, options)
         srv_call.context = self._connections.pool
         self._root = settings.remote_path
-        if idmap.mode is not IdMapMode.USER or self._idmap.mode is not IdMapMode.USER:
-            # idmap=user keeps the login's ids found at the first connect.
-            self._idmap = idmap
+        self._owners.configure(idmap)
         return NtStatus.STATUS_SUCCESS
 
     async def create_v_net_root(self, v_net_root: VNetRoot) -> NtStatus:
@@ -251,38 +247,12 @@ class SftpMiniRdr(MiniRdrDispatch):
             )
         self._root = root
         v_net_root.context = root
-        if self._idmap.mode is IdMapMode.USER and not self._idmap.uids:
-            await self._detect_login_ids(session)
-        return NtStatus.STATUS_SUCCESS
-
-    async def _detect_login_ids(self, session: SftpSession) -> None:
-        """idmap=user: the login's uid and gid are those of its login directory, as sshfs
-        finds them."""
         try:
             with trio.fail_after(self.tuning.timeout):
-                home = await session.stat(".")
-        except SftpError as exc:
-            raise NtStatusError(
-                await nt_status_of(exc, session),
-                f"-o idmap=user: cannot tell the login's uid from its login directory: "
-                f"{exc.message or exc.code.name}",
-            ) from exc
+                await self._owners.start(session)
         except trio.TooSlowError:
             raise NtStatusError(TIMEOUT_STATUS, "the server did not answer in time") from None
-        if home.uid is None or home.gid is None:
-            raise NtStatusError(
-                NtStatus.STATUS_NOT_SUPPORTED, "-o idmap=user: the server tells no owners"
-            )
-        self._idmap = self._idmap.detected_login(home.uid, home.gid)
-        log.debug("idmap=user: server uid %d gid %d are local", home.uid, home.gid)
-
-    def _attributes(self, attrs: Attrs, nlink: int = 1) -> FileAttributes:
-        """The server's attributes with its owner ids mapped to local ones (-o idmap)."""
-        result = file_attributes(attrs, nlink)
-        if self._idmap.active:
-            result.uid = self._idmap.uid_to_local(result.uid)
-            result.gid = self._idmap.gid_to_local(result.gid)
-        return result
+        return NtStatus.STATUS_SUCCESS
 
     async def finalize_srv_call(self, srv_call: SrvCall) -> NtStatus:
         await self._connections.close()
@@ -315,7 +285,7 @@ class SftpMiniRdr(MiniRdrDispatch):
             append = bool(srv_open.flags & SrvOpenFlags.SRVOPEN_FLAG_APPEND)
             remote, attrs = await self._open_file(path, params, append)
             srv_open.context = _Open(self._spread_writes(remote), remote is None)
-        rx_context.irp.attributes = self._attributes(attrs)
+        rx_context.irp.attributes = await self._owners.one(self.pool.pick(), attrs)
         return NtStatus.STATUS_SUCCESS
 
     def _spread_writes(self, remote: RemoteFile | None) -> SpreadWrites | None:
@@ -366,7 +336,7 @@ class SftpMiniRdr(MiniRdrDispatch):
         if not is_dir(attrs):
             raise NtStatusError(NtStatus.STATUS_NOT_A_DIRECTORY, path)
         if made and params.owner is not None:
-            await self._give_to_caller(session, path, attrs, params.owner)
+            await self._owners.give_to_caller(session, path, attrs, params.owner)
         return attrs
 
     async def _open_file(
@@ -384,7 +354,7 @@ class SftpMiniRdr(MiniRdrDispatch):
             opened = await self._open_new(session, path, flags | OpenFlags.SSH_FXF_EXCL, params)
             if opened is not None:
                 remote, attrs = opened
-                await self._give_to_caller(session, path, attrs, params.owner, remote)
+                await self._owners.give_to_caller(session, path, attrs, params.owner, remote)
         if opened is None:
             try:
                 remote, attrs = await RemoteFile.open(
@@ -418,48 +388,6 @@ class SftpMiniRdr(MiniRdrDispatch):
             ):
                 raise failure from None
         return None
-
-    async def _give_to_caller(
-        self,
-        session: SftpSession,
-        path: str,
-        attrs: Attrs,
-        owner: tuple[int, int],
-        remote: RemoteFile | None = None,
-    ) -> None:
-        """A file this mount just made belongs to ``owner`` (the caller's local ids, on
-        a mount shared with other users) when the login may give it away: as root, or
-        as the caller's own uid (only the group then changes). One request more, and
-        only when the server made it someone else's; ``attrs`` is updated. A symlink
-        needs lsetstat@openssh.com (SETSTAT would change its target)."""
-        if attrs.uid is None or attrs.gid is None:
-            return
-        try:
-            uid, gid = self._idmap.uid_to_server(owner[0]), self._idmap.gid_to_server(owner[1])
-        except NtStatusError:
-            return  # an owner the idmap files do not map (nomap=error): left as it is
-        if (uid, gid) == (attrs.uid, attrs.gid):
-            return
-        if attrs.uid not in (0, uid):
-            if not self._told_no_chown:
-                self._told_no_chown = True
-                log.info(
-                    "the login (uid %d on the server) cannot chown: files that other local "
-                    "users create through this mount belong to it",
-                    attrs.uid,
-                )
-            return
-        if is_symlink(attrs) and not session.has(EXT_LSETSTAT):
-            return
-        try:
-            if remote is not None:
-                await remote.fsetstat(Attrs(uid=uid, gid=gid))
-            else:
-                await session.lsetstat(path, Attrs(uid=uid, gid=gid))
-        except SftpError as exc:
-            log.debug("%s: giving it to uid %d gid %d: %s", path, uid, gid, exc)
-            return
-        attrs.uid, attrs.gid = uid, gid
 
     @staticmethod
     async def _close_quietly(remote: RemoteFile) -> None:
@@ -636,8 +564,8 @@ class SftpMiniRdr(MiniRdrDispatch):
             raise await status_error(exc, session, Probe.CREATE_NEW, path) from None
         params = rx_context.irp.parameters
         if isinstance(params, FsControlParameters) and params.owner is not None:
-            await self._give_to_caller(session, path, attrs, params.owner)
-        rx_context.irp.attributes = self._attributes(attrs)
+            await self._owners.give_to_caller(session, path, attrs, params.owner)
+        rx_context.irp.attributes = await self._owners.one(session, attrs)
         return NtStatus.STATUS_SUCCESS
 
     # -- information -----------------------------------------------------------------------
@@ -663,7 +591,7 @@ class SftpMiniRdr(MiniRdrDispatch):
                 # No parent probe: a lookup answers ENOENT for a missing name and for a
                 # missing parent alike, and every new file starts with such a lookup.
                 raise await status_error(exc, session, Probe.NONE, path) from None
-        rx_context.irp.attributes = self._attributes(attrs)
+        rx_context.irp.attributes = await self._owners.one(self.pool.pick(), attrs)
         return NtStatus.STATUS_SUCCESS
 
     @_entry
@@ -705,7 +633,7 @@ class SftpMiniRdr(MiniRdrDispatch):
                 info.mtime_ns is None
             )
             current = await self._stat_via(session, path, remote) if half_given else Attrs()
-            attrs = basic_attrs(self._server_owner(info), current)
+            attrs = basic_attrs(self._owners.to_server(info), current)
             if remote is not None:
                 await remote.fsetstat(attrs)
             else:
@@ -713,15 +641,7 @@ class SftpMiniRdr(MiniRdrDispatch):
             fresh = await self._stat_via(session, path, remote)
         except SftpError as exc:
             raise await status_error(exc, session, Probe.NONE, path) from None
-        rx_context.irp.attributes = self._attributes(fresh)
-
-    def _server_owner(self, info: FileBasicInformation) -> FileBasicInformation:
-        """A chown's local ids as the server's (-o idmap)."""
-        if not self._idmap.active:
-            return info
-        uid = None if info.uid is None else self._idmap.uid_to_server(info.uid)
-        gid = None if info.gid is None else self._idmap.gid_to_server(info.gid)
-        return FileBasicInformation(info.atime_ns, info.mtime_ns, info.mode, uid, gid)
+        rx_context.irp.attributes = await self._owners.one(session, fresh)
 
     @staticmethod
     async def _stat_via(session: SftpSession, path: str, remote: RemoteFile | None) -> Attrs:
@@ -783,7 +703,7 @@ class SftpMiniRdr(MiniRdrDispatch):
             attrs = await session.lstat(old)
         except SftpError as exc:
             raise await status_error(exc, session, Probe.CREATE_NEW, new) from None
-        rx_context.irp.attributes = self._attributes(attrs)
+        rx_context.irp.attributes = await self._owners.one(session, attrs)
 
     async def _delete(self, path: str) -> None:
         """REMOVE or RMDIR by the file's type (POSIX unlink: at once, not on close)."""
@@ -812,10 +732,12 @@ class SftpMiniRdr(MiniRdrDispatch):
             names = await session.listdir(path)
         except SftpError as exc:
             raise await status_error(exc, session, Probe.OPENDIR, path) from None
+        names = [n for n in names if n.filename not in (".", "..")]
+        shown = await self._owners.attributes(
+            session, [(n.attrs, nlink_of(n.longname)) for n in names]
+        )
         rx_context.irp.entries = [
-            DirEntry(n.filename, self._attributes(n.attrs, nlink_of(n.longname)))
-            for n in names
-            if n.filename not in (".", "..")
+            DirEntry(n.filename, attributes) for n, attributes in zip(names, shown, strict=True)
         ]
         return NtStatus.STATUS_SUCCESS
 

@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from rxfs.minirdr.sftp.loopback import LoopbackSshd
 
 from tests.integration.conftest import fresh_server_dir, mount_sftp, remove_server_dir
 from tests.integration.integration_support import Target
 
 if TYPE_CHECKING:
-    from rxfs.minirdr.sftp.loopback import LoopbackSshd
-
     from tests.conftest import MountFactory, Rxfs
 
 NOBODY = 65534
@@ -222,6 +221,47 @@ def test_idmap_file_nomap_ignore_shows_the_server_id(
         remove_server_dir(target)
 
 
+def test_idmap_file_names_alone_map_by_the_servers_names(
+    mount: MountFactory, sshd: LoopbackSshd, tmp_path: Path
+) -> None:
+    """A line with a name alone: the server's user of that name (users-groups-by-id)."""
+    uidfile = write_map(tmp_path / "uids", "root\nnobody\n")
+    gidfile = write_map(tmp_path / "gids", "root\nnogroup\n")
+    target = mount_sftp(mount, sshd, idmap="file", uidfile=uidfile, gidfile=gidfile)
+    try:
+        for name, owner in (("named", NOBODY), ("nameless", 4321)):
+            target.server_path(name).write_bytes(b"x")
+            os.chown(target.server_path(name), owner, owner)
+        seen = os.stat(target.mnt / "named")
+        assert (seen.st_uid, seen.st_gid) == (NOBODY, NOBODY)
+        # The server has no name for 4321: unmapped, refused (nomap=error).
+        with pytest.raises(PermissionError):
+            os.stat(target.mnt / "nameless")
+        os.chown(target.mnt / "named", 0, 0)
+        assert os.stat(target.server_path("named")).st_uid == 0
+    finally:
+        remove_server_dir(target)
+
+
+def test_idmap_file_names_alone_need_the_servers_names(rxfs: Rxfs, tmp_path: Path) -> None:
+    uidfile = write_map(tmp_path / "uids", "root:0\nnobody\n")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subsystem = "internal-sftp -P users-groups-by-id"
+    with LoopbackSshd(root=tmp_path / "root", sftp_subsystem=subsystem) as server:
+        (tmp_path / "root").mkdir(exist_ok=True)
+        options = {**server.mount_options(), "idmap": "file", "uidfile": uidfile}
+        option_arg = ",".join(f"{k}={v}" for k, v in options.items())
+        done = rxfs("mount", server.url(), str(mnt), "-o", option_arg, timeout=60)
+        if rxfs.is_mounted(mnt):  # a failing test must not leave a mount behind
+            subprocess.run(["fusermount3", "-u", str(mnt)], timeout=30, check=False)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "line 2 (nobody): a name without an id needs the server's" in lines[0]
+    assert not rxfs.is_mounted(mnt)
+
+
 def test_uid_gid_umask_override_what_is_shown(mount: MountFactory, sshd: LoopbackSshd) -> None:
     target = mount_sftp(mount, sshd, uid="1234", gid="5678", umask="027")
     try:
@@ -243,7 +283,10 @@ def test_uid_gid_umask_override_what_is_shown(mount: MountFactory, sshd: Loopbac
         ({"idmap": "users"}, "-o idmap=users: expected none, user or file"),
         ({"idmap": "file"}, "-o idmap=file needs -o uidfile=FILE or -o gidfile=FILE"),
         ({"idmap": "file", "uidfile": "/no/such/file"}, "cannot read it (No such file"),
-        ({"idmap": "file", "uidfile": "BAD"}, "line 2: expected name:id, got 'nobody'"),
+        (
+            {"idmap": "file", "uidfile": "BAD"},
+            "line 2: expected name:id or a name, got 'nobody:x'",
+        ),
         ({"idmap": "file", "uidfile": "BAD", "nomap": "maybe"}, "expected error or ignore"),
         ({"uidfile": "BAD"}, "-o uidfile: only with -o idmap=file"),
         ({"umask": "999"}, "-o umask=999: expected octal permission bits"),
@@ -253,12 +296,14 @@ def test_uid_gid_umask_override_what_is_shown(mount: MountFactory, sshd: Loopbac
 def test_bad_id_options_are_refused_in_one_line(
     rxfs: Rxfs, sshd: LoopbackSshd, tmp_path: Path, options: dict[str, str], message: str
 ) -> None:
-    bad = write_map(tmp_path / "bad", "root:0\nnobody\n")
+    bad = write_map(tmp_path / "bad", "root:0\nnobody:x\n")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     given = {k: bad if v == "BAD" else v for k, v in options.items()}
     option_arg = ",".join(f"{k}={v}" for k, v in {**sshd.mount_options(), **given}.items())
     done = rxfs("mount", sshd.url(), str(mnt), "-o", option_arg, timeout=60)
+    if rxfs.is_mounted(mnt):  # a failing test must not leave a mount behind
+        subprocess.run(["fusermount3", "-u", str(mnt)], timeout=30, check=False)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
