@@ -305,11 +305,18 @@ class RxOperations(pyfuse3.Operations):
             raise FUSEError(errno.EBADF)
         return fobx
 
-    def _owner_for(self, ctx: pyfuse3.RequestContext) -> tuple[int, int] | None:
+    def _owner_for(
+        self, ctx: pyfuse3.RequestContext, parent_inode: InodeT
+    ) -> tuple[int, int] | None:
         """Who a new file should belong to: on a mount shared with other users, the
-        caller, as on a local disk (the kernel checks permissions against these ids);
-        otherwise whoever the server makes it (the mounting user's login)."""
-        return (ctx.uid, ctx.gid) if self.options.allow_other else None
+        caller, as on a local disk (the kernel checks permissions against these ids),
+        with the group of a set-group-ID directory it is made in; otherwise whoever the
+        server makes it (the mounting user's login)."""
+        if not self.options.allow_other:
+            return None
+        parent = self.inodes.last_attributes(parent_inode)
+        setgid = parent is not None and parent.mode & stat.S_ISGID
+        return (ctx.uid, parent.gid if parent is not None and setgid else ctx.gid)
 
     def _entry(self, inode: InodeT, attrs: FileAttributes) -> pyfuse3.EntryAttributes:
         attrs = self.inodes.precise_times(inode, attrs)
@@ -542,7 +549,11 @@ class RxOperations(pyfuse3.Operations):
         fobx, attrs = await self._create(
             path,
             CreateParameters(
-                access, disposition, options, stat.S_IMODE(mode), self._owner_for(ctx)
+                access,
+                disposition,
+                options,
+                stat.S_IMODE(mode),
+                self._owner_for(ctx, parent_inode),
             ),
         )
         entry = await self._lookup_entry(path, attrs)
@@ -653,7 +664,7 @@ class RxOperations(pyfuse3.Operations):
             CreateDisposition.FILE_CREATE,
             CreateOptions.FILE_DIRECTORY_FILE,
             stat.S_IMODE(mode),
-            self._owner_for(ctx),
+            self._owner_for(ctx, parent_inode),
         )
         fobx, attrs = await self._create(path, params)
         await self._close(fobx)
@@ -704,7 +715,9 @@ class RxOperations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         path = self._child(parent_inode, name)
         params = FsControlParameters(
-            FsControlCode.FSCTL_SET_REPARSE_POINT, os.fsdecode(target), self._owner_for(ctx)
+            FsControlCode.FSCTL_SET_REPARSE_POINT,
+            os.fsdecode(target),
+            self._owner_for(ctx, parent_inode),
         )
         await self._call(Irp(IrpMj.IRP_MJ_FILE_SYSTEM_CONTROL, params, file_name=path))
         return await self._lookup_entry(path)

@@ -88,6 +88,15 @@ def test_files_another_local_user_makes_are_theirs_on_the_server(
         # The mounting user's files are the login's, as before (no chown asked).
         (target.mnt / "mine").write_bytes(b"")
         assert os.stat(target.server_path("mine")).st_uid == 0
+        # In a set-group-ID directory a new file takes the directory's group.
+        group_dir = target.server_path("group")
+        group_dir.mkdir()
+        os.chown(group_dir, 0, 4321)
+        group_dir.chmod(0o2777)
+        as_nobody("echo x > group/f && mkdir group/d", target.mnt)
+        for name in ("group/f", "group/d"):
+            on_server = os.stat(target.server_path(name))
+            assert (on_server.st_uid, on_server.st_gid) == (NOBODY, 4321), name
     finally:
         remove_server_dir(target)
 
