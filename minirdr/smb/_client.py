@@ -56,7 +56,7 @@ from smbprotocol.open import (
     SMB2WriteRequest,
     SMB2WriteResponse,
 )
-from smbprotocol.session import Session
+from smbprotocol.session import Session, SMB2Logoff
 from smbprotocol.tree import TreeConnect
 
 from ._settings import Encryption, SmbSettings
@@ -207,10 +207,18 @@ class SmbTree:
                 sid=self._session.session_id, timeout=self.settings.timeout, credit_request=wanted
             )
 
-    def disconnect(self) -> None:
-        """Log off and close the socket; errors of a dying connection are ignored."""
+    def disconnect(self, logoff: bool = False) -> None:
+        """Close the socket, after a LOGOFF (bounded by the request timeout) when asked:
+        the server then drops the session's trees and handles at once. A connection
+        being replaced is not logged off: it may hang, and the server reaps it anyway.
+        smbprotocol's own logoff waits without a deadline, hence ours."""
+        if logoff and self._session is not None:
+            try:
+                self._transact([SMB2Logoff()])
+            except NtStatusError as exc:
+                log.debug("logging off %s: %s", self.settings.host, exc.message)
         try:
-            self._connection.disconnect(close=True)
+            self._connection.disconnect(close=False)
         except (OSError, SMBException) as exc:
             log.debug("disconnecting from %s: %s", self.settings.host, exc)
 
@@ -235,9 +243,10 @@ class SmbTree:
                 raise NtStatusError(NtStatus.STATUS_IO_TIMEOUT, "no SMB credits left")
             time.sleep(0.001)
 
-    def _transact(self, messages: list[Any], related: bool = False) -> list[Any]:
-        """Send ``messages`` (a compound when more than one) and wait for every reply.
-        Returns the reply headers; the first failing reply raises its NTSTATUS."""
+    def _exchange(self, messages: list[Any], related: bool = False) -> list[Any]:
+        """Send ``messages`` (a compound when more than one) and wait for every reply:
+        each reply header, or the NtStatusError of a reply that failed. A lost
+        connection, a deadline or a refused send raises for the whole exchange."""
         sid, tid = self._ids()
         timeout = self.settings.timeout
         try:
@@ -247,25 +256,27 @@ class SmbTree:
             else:
                 requests = self._connection.send_compound(messages, sid, tid, related=related)
             replies: list[Any] = []
-            failure: SMBResponseException | None = None
             for request in requests:
                 try:
                     replies.append(
                         self._connection.receive(request, timeout=timeout, resolve_symlinks=False)
                     )
                 except SMBResponseException as exc:
-                    replies.append(None)
-                    failure = failure or exc
+                    replies.append(NtStatusError(nt_status_of(exc.status), _describe(exc.status)))
         except SMBConnectionClosed as exc:
             raise NtStatusError(NtStatus.STATUS_CONNECTION_DISCONNECTED, str(exc)) from None
-        except SMBResponseException as exc:
-            raise NtStatusError(nt_status_of(exc.status), _describe(exc.status)) from None
         except (OSError, SMBException) as exc:
             if "timeout" in str(exc).lower():
                 raise NtStatusError(NtStatus.STATUS_IO_TIMEOUT, str(exc)) from None
             raise NtStatusError(NtStatus.STATUS_CONNECTION_DISCONNECTED, str(exc)) from None
-        if failure is not None:
-            raise NtStatusError(nt_status_of(failure.status), _describe(failure.status))
+        return replies
+
+    def _transact(self, messages: list[Any], related: bool = False) -> list[Any]:
+        """``_exchange``, raising the first failed reply's NTSTATUS."""
+        replies = self._exchange(messages, related)
+        for reply in replies:
+            if isinstance(reply, NtStatusError):
+                raise reply
         return replies
 
     # -- handles -----------------------------------------------------------------------------
@@ -275,14 +286,20 @@ class SmbTree:
     ) -> CreateResult:
         """CREATE and QUERY_INFO (FileAllInformation) of the new handle in one round
         trip: the link count and file id come with the open."""
-        created, queried = self._transact(
+        created, queried = self._exchange(
             [
                 _create_request(path, access, disposition, options, attributes),
                 self._query_all(_RELATED_FILE_ID),
             ],
             related=True,
         )
-        return CreateResult(_file_id_of(created), self._parse_query(queried))
+        if isinstance(created, NtStatusError):
+            raise created
+        file_id = _file_id_of(created)
+        if isinstance(queried, NtStatusError):
+            self._close_quietly(file_id)  # opened, but of no use without its attributes
+            raise queried
+        return CreateResult(file_id, self._parse_query(queried))
 
     def close(self, file_id: bytes) -> None:
         close = SMB2CloseRequest()

@@ -232,7 +232,7 @@ class SmbMiniRdr(MiniRdrDispatch):
     async def finalize_srv_call(self, srv_call: SrvCall) -> NtStatus:
         tree, self._tree = self._tree, None
         if tree is not None:
-            await self._run(tree.disconnect)
+            await self._run(tree.disconnect, True)
         return NtStatus.STATUS_SUCCESS
 
     # -- create and close ----------------------------------------------------------------
