@@ -53,12 +53,14 @@ class IdMapMode(enum.Enum):
 class IdMap:
     """Server id -> local id (and back, for chown and new files' owners), per kind.
 
-    ``strict``: an id missing from the table is refused (nomap=error), else kept."""
+    ``strict``: an id missing from the table is refused (nomap=error), else kept; only
+    for the kinds a file was given for (``strict_kinds``: "uid", "gid"), as sshfs."""
 
     mode: IdMapMode = IdMapMode.NONE
     uids: dict[int, int] = field(default_factory=dict)
     gids: dict[int, int] = field(default_factory=dict)
     strict: bool = False
+    strict_kinds: frozenset[str] = frozenset({"uid", "gid"})
     # Name-only lines: local ids by name, for server ids whose server names match.
     uid_names: dict[str, int] = field(default_factory=dict)
     gid_names: dict[str, int] = field(default_factory=dict)
@@ -109,16 +111,19 @@ class IdMap:
         return IdMap(self.mode, {uid: os.getuid()}, {gid: os.getgid()})
 
     def uid_to_local(self, uid: int) -> int:
-        return _look_up(self.uids, uid, self.strict, "uid")
+        return _look_up(self.uids, uid, self._strict("uid"), "uid")
 
     def gid_to_local(self, gid: int) -> int:
-        return _look_up(self.gids, gid, self.strict, "gid")
+        return _look_up(self.gids, gid, self._strict("gid"), "gid")
 
     def uid_to_server(self, uid: int) -> int:
-        return _look_up(self._server_uids, uid, self.strict, "local uid")
+        return _look_up(self._server_uids, uid, self._strict("uid"), "local uid")
 
     def gid_to_server(self, gid: int) -> int:
-        return _look_up(self._server_gids, gid, self.strict, "local gid")
+        return _look_up(self._server_gids, gid, self._strict("gid"), "local gid")
+
+    def _strict(self, kind: str) -> bool:
+        return self.strict and kind in self.strict_kinds
 
 
 def _look_up(table: dict[int, int], key: int, strict: bool, what: str) -> int:
@@ -161,6 +166,7 @@ def parse_idmap(options: dict[str, str]) -> IdMap:
         uids,
         gids,
         strict=nomap == "error",
+        strict_kinds=frozenset(name[:3] for name in files),
         uid_names=uid_names,
         gid_names=gid_names,
         name_line=uid_line or gid_line,
