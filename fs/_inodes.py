@@ -38,6 +38,8 @@ class _Inode:
     attributes: FileAttributes | None = None
     # Times set through the mount, to the nanosecond (atime_ns, mtime_ns).
     set_times: tuple[int | None, int | None] = (None, None)
+    # The link count the server's last listing showed (a stat tells none under SFTP).
+    listed_links: int = 0
     # Its key in InodeTable._by_signature, as filed (the attributes may change since).
     signature: tuple[int, int] | None = None
 
@@ -50,8 +52,9 @@ class InodeTable:
         # scanning every path the kernel knows (12 ms a rename at 100,000 of them).
         self._children: dict[str, set[str]] = {}
         self._numbers = itertools.count(ROOT_INODE + 1)
-        # Regular files by (size, mtime second): names that may be one file the mount
-        # cannot tell is one (linked on the server; SFTP v3 has no inode numbers).
+        # Regular files a listing showed with several links, by (size, mtime second):
+        # names that may be one file the mount cannot tell is one (linked on the
+        # server; SFTP v3 has no inode numbers).
         self._by_signature: dict[tuple[int, int], set[InodeT]] = {}
 
     def path_of(self, inode: int) -> str | None:
@@ -137,22 +140,29 @@ class InodeTable:
         if entry is not None:
             self._file(InodeT(inode), entry, attributes)
 
-    def maybe_same_file(self, inode: int) -> list[InodeT]:
-        """Other inodes of regular files that look like ``inode``'s (size and mtime):
-        after a chmod or chown through one name, these may be its other names."""
+    def listed(self, inode: int, links: int) -> None:
+        """A listing showed ``inode``'s file with ``links`` links."""
         entry = self._by_inode.get(InodeT(inode))
-        if entry is None or entry.signature is None:
+        if entry is not None:
+            entry.listed_links = links
+            if entry.attributes is not None:
+                self._file(InodeT(inode), entry, entry.attributes)
+
+    def maybe_same_file(self, inode: int) -> list[InodeT]:
+        """Other inodes of files listed with several links that look like ``inode``'s
+        (a regular file of that size and mtime): after a chmod or chown through one
+        name, these may be its other names."""
+        entry = self._by_inode.get(InodeT(inode))
+        signature = _signature(entry.attributes) if entry and entry.attributes else None
+        if signature is None:
             return []
-        return [other for other in self._by_signature[entry.signature] if other != inode]
+        return [other for other in self._by_signature.get(signature, ()) if other != inode]
 
     def _file(self, inode: InodeT, entry: _Inode, attributes: FileAttributes) -> None:
-        """Keep ``attributes`` and file the inode under their signature."""
+        """Keep ``attributes``; a file listed with several links is filed under their
+        signature."""
         entry.attributes = attributes
-        signature = (
-            (attributes.size, attributes.mtime_ns // _NS)
-            if stat.S_ISREG(attributes.mode)
-            else None
-        )
+        signature = _signature(attributes) if entry.listed_links > 1 else None
         if signature != entry.signature:
             self._unfile(inode, entry)
             if signature is not None:
@@ -247,3 +257,10 @@ class InodeTable:
 
     def __len__(self) -> int:
         return len(self._by_inode)
+
+
+def _signature(attributes: FileAttributes) -> tuple[int, int] | None:
+    """What two names of one regular file show alike."""
+    if not stat.S_ISREG(attributes.mode):
+        return None
+    return attributes.size, attributes.mtime_ns // _NS

@@ -480,9 +480,11 @@ class RxOperations(pyfuse3.Operations):
         """A chmod or chown through one name shows through the file's other names at
         once. Names linked here share the inode; names linked on the server are other
         inodes, which SFTP v3 (no inode numbers) cannot tell apart from other files:
-        every inode that looks the same (a regular file of that size and mtime) asks
-        the server next time, and the kernel drops the attributes it holds of them
-        (attributes only: no lock is taken, so this cannot deadlock with a request)."""
+        every inode listed with several links that looks the same (a regular file of
+        that size and mtime) asks the server next time, and the kernel drops the
+        attributes it holds of them (attributes only: no lock is taken, so this cannot
+        deadlock with a request). Files listed with one link (tar, chmod -R) cost
+        nothing."""
         for other in self.inodes.maybe_same_file(inode):
             self._changed_here.add(other)
             with contextlib.suppress(OSError):
@@ -649,6 +651,7 @@ class RxOperations(pyfuse3.Operations):
                 self.inodes.drop_unlooked(inode)
                 return
             self.inodes.add_lookup(path, item.attributes)
+            self.inodes.listed(inode, item.attributes.nlink)
 
     @_handler
     async def releasedir(self, fh: FileHandleT) -> None:

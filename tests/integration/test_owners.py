@@ -146,11 +146,12 @@ def test_chmod_and_chown_through_one_link_show_through_the_other(target: Target)
 
 def test_chmod_through_one_name_of_a_file_linked_on_the_server(sftp_target: Target) -> None:
     """Two names the mount cannot tell are one file (no inode numbers in SFTP v3): two
-    inodes, each with attributes cached, yet a chmod or chown through one shows through
-    the other at once."""
+    inodes, each with attributes cached, yet once a listing showed their link count
+    (ls -l), a chmod or chown through one shows through the other at once."""
     sftp_target.server_path("a").write_bytes(b"x")
     os.link(sftp_target.server_path("a"), sftp_target.server_path("b"))
     first, second = sftp_target.mnt / "a", sftp_target.mnt / "b"
+    assert sorted(os.listdir(sftp_target.mnt)) == ["a", "b"]
     assert os.stat(first).st_ino != os.stat(second).st_ino
     os.chmod(first, 0o600)
     assert stat.S_IMODE(os.stat(second).st_mode) == 0o600

@@ -40,18 +40,24 @@ def test_rename_over_a_name_unlinks_the_target_and_forget_drops_the_entry() -> N
     assert table.find("/e") is None
 
 
-def test_files_that_look_alike_are_found_as_maybe_one_file_until_they_differ() -> None:
+def test_files_listed_with_links_that_look_alike_are_maybe_one_file() -> None:
     """Names linked on the server are separate inodes here; a chmod through one must
-    reach the others, found by size and mtime (directories never)."""
+    reach the others: those a listing showed with several links, alike in size and
+    mtime (directories never; files listed with one link cost nothing)."""
     table = InodeTable()
     second = 1_700_000_000 * 1_000_000_000
     regular, directory = stat.S_IFREG | 0o644, stat.S_IFDIR | 0o755
     a = table.add_lookup("/a", FileAttributes(regular, size=5, mtime_ns=second))
     b = table.add_lookup("/b", FileAttributes(regular, size=5, mtime_ns=second + 5))
     c = table.add_lookup("/c", FileAttributes(regular, size=6, mtime_ns=second))
-    table.add_lookup("/d", FileAttributes(directory, size=5, mtime_ns=second))
+    d = table.add_lookup("/d", FileAttributes(directory, size=5, mtime_ns=second))
+    single = table.add_lookup("/e", FileAttributes(regular, size=5, mtime_ns=second))
+    for inode, links in ((a, 2), (b, 2), (c, 2), (d, 3), (single, 1)):
+        table.listed(inode, links)
     assert table.maybe_same_file(a) == [b]
+    assert sorted(table.maybe_same_file(single)) == [a, b]
     assert table.maybe_same_file(c) == []
+    # A stat (no link count under SFTP) keeps what the listing said.
     table.remember(b, FileAttributes(regular, size=7, mtime_ns=second))
     assert table.maybe_same_file(a) == []
     table.remember(c, FileAttributes(regular, size=5, mtime_ns=second))
