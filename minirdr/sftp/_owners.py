@@ -92,6 +92,8 @@ class Owners:
         return shown
 
     async def one(self, session: SftpSession, attrs: Attrs, nlink: int = 1) -> FileAttributes:
+        if not self.idmap.active:  # every lookup comes here: the common case stays short
+            return file_attributes(attrs, nlink)
         return (await self.attributes(session, [(attrs, nlink)]))[0]
 
     async def _learn_names(self, session: SftpSession, found: Sequence[Attrs]) -> None:
