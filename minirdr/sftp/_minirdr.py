@@ -216,14 +216,16 @@ class SftpMiniRdr(MiniRdrDispatch):
         type a password or a passphrase); a reconnect uses the transport that worked.
         Raises NtStatusError with the one-line reason on failure."""
         options = self._device.options if self._device is not None else {}
-        try:
-            idmap = parse_idmap(options)
-        except OptionError as exc:
-            raise NtStatusError(NtStatus.STATUS_INVALID_PARAMETER, str(exc)) from None
+        if not self._owners.configured:
+            # Once, before the first connect: a reconnect keeps the map (and what it
+            # learned), whatever became of its files meanwhile.
+            try:
+                self._owners.configure(parse_idmap(options))
+            except OptionError as exc:
+                raise NtStatusError(NtStatus.STATUS_INVALID_PARAMETER, str(exc)) from None
         settings = await self._connections.connect(srv_call.url, options)
         srv_call.context = self._connections.pool
         self._root = settings.remote_path
-        self._owners.configure(idmap)
         return NtStatus.STATUS_SUCCESS
 
     async def create_v_net_root(self, v_net_root: VNetRoot) -> NtStatus:

@@ -29,13 +29,13 @@ log = logging.getLogger(__name__)
 class Owners:
     def __init__(self) -> None:
         self.idmap = IdMap()
+        self.configured = False
         self._told_no_chown = False
 
     def configure(self, idmap: IdMap) -> None:
-        """The -o options' map, at each connect; idmap=user keeps the login's ids and
-        idmap=file the names it learned, from the first."""
-        if idmap.mode is not self.idmap.mode or idmap.mode is IdMapMode.NONE:
-            self.idmap = idmap
+        """The map the -o options ask for (idmap=user: the login's ids come at start)."""
+        self.idmap = idmap
+        self.configured = True
 
     async def start(self, session: SftpSession) -> None:
         """Once the share root is known: idmap=user finds the login's ids (the owner of

@@ -217,6 +217,27 @@ def test_idmap_file_maps_server_ids_to_local_names(
         remove_server_dir(target)
 
 
+@pytest.mark.expect_log(r"lost; reconnecting", r"reconnected to")
+def test_idmap_file_survives_a_reconnect_without_its_files(
+    mount: MountFactory, sshd: LoopbackSshd, tmp_path: Path
+) -> None:
+    """A reconnect keeps the map read at mount: the files may be gone by then."""
+    uidfile = write_map(tmp_path / "uids", "root:0\nnobody:4321\n")
+    target = mount_sftp(
+        mount, sshd, idmap="file", uidfile=uidfile, attr_timeout="0", reconnect_timeout="10"
+    )
+    try:
+        target.server_path("f").write_bytes(b"x")
+        os.chown(target.server_path("f"), 4321, 4321)
+        assert os.stat(target.mnt / "f").st_uid == NOBODY
+        os.unlink(uidfile)
+        assert sshd.drop_connections() > 0
+        assert os.stat(target.mnt / "f").st_uid == NOBODY
+        assert (target.mnt / "f").read_bytes() == b"x"
+    finally:
+        remove_server_dir(target)
+
+
 def test_idmap_file_nomap_ignore_shows_the_server_id(
     mount: MountFactory, sshd: LoopbackSshd, tmp_path: Path
 ) -> None:
