@@ -416,6 +416,21 @@ class SmbTree:
             related=True,
         )
 
+    def read_by_path(self, path: str, length: int) -> bytes:
+        """The first ``length`` bytes of ``path``: CREATE + READ + CLOSE in one round trip."""
+        read = SMB2ReadRequest()
+        read["length"] = length
+        read["offset"] = 0
+        read["file_id"] = _RELATED_FILE_ID
+        read["padding"] = b"\x50"
+        replies = self._transact(
+            [_create_request(path, 0x1 | 0x80, 1, 0x40), read, self._close_related()],
+            related=True,
+        )
+        answer = SMB2ReadResponse()
+        answer.unpack(replies[1]["data"].get_value())
+        return bytes(answer["buffer"].get_value())
+
     def list_directory(self, path: str) -> list[bytes]:
         """The raw FileIdFullDirectoryInformation buffers of every entry of ``path``."""
         opened = self.create(path, 0x1 | 0x80, 1, 0x1)  # FILE_LIST_DIRECTORY, a directory

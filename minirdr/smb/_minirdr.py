@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import stat
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -30,6 +31,7 @@ import trio
 from rxfs.minirdr import (
     AccessMask,
     Capability,
+    CreateDisposition,
     CreateOptions,
     CreateParameters,
     DirEntry,
@@ -39,6 +41,7 @@ from rxfs.minirdr import (
     FileEndOfFileInformation,
     FileLinkInformation,
     FileRenameInformation,
+    FsControlCode,
     MiniRdrDispatch,
     NtStatus,
     NtStatusError,
@@ -54,6 +57,7 @@ from ._settings import SMB_OPTIONS, SmbSettings
 from ._wire import (
     ATTRIBUTE_NORMAL,
     ATTRIBUTE_READONLY,
+    MF_SYMLINK_SIZE,
     FileInfo,
     filetime_of_ns,
     name_from_server,
@@ -62,8 +66,10 @@ from ._wire import (
     pack_basic,
     pack_disposition,
     pack_end_of_file,
+    pack_mf_symlink,
     pack_rename,
     parse_directory_entries,
+    parse_mf_symlink,
 )
 
 if TYPE_CHECKING:
@@ -79,6 +85,7 @@ _READ_ATTRIBUTES = 0x80
 _WRITE_ATTRIBUTES = 0x100
 _DELETE = 0x10000
 _SYNCHRONIZE = 0x100000
+_NON_DIRECTORY = 0x40  # FILE_NON_DIRECTORY_FILE
 # FILE_INFORMATION_CLASS values sent in SET_INFO.
 _BASIC_INFORMATION = 4
 _RENAME_INFORMATION = 10
@@ -128,7 +135,8 @@ class SmbMiniRdr(MiniRdrDispatch):
     scheme = "smb"
     description = "files on an SMB 2/3 server (Samba, Windows), through smbprotocol"
     capabilities = (
-        Capability.HARDLINKS
+        Capability.SYMLINKS
+        | Capability.HARDLINKS
         | Capability.POSIX_RENAME
         | Capability.REMOTE_FSYNC
         | Capability.TIMES
@@ -168,10 +176,14 @@ class SmbMiniRdr(MiniRdrDispatch):
             parts.insert(0, self._settings.path)
         return "\\".join(parts)
 
-    def _attributes(self, info: FileInfo) -> FileAttributes:
+    def _attributes(self, info: FileInfo, link_target: str | None = None) -> FileAttributes:
+        if link_target is not None:
+            mode, size = stat.S_IFLNK | 0o777, len(os.fsencode(link_target))
+        else:
+            mode, size = info.mode(), 0 if info.is_dir else info.end_of_file
         return FileAttributes(
-            mode=info.mode(),
-            size=0 if info.is_dir else info.end_of_file,
+            mode=mode,
+            size=size,
             uid=self._uid,
             gid=self._gid,
             atime_ns=ns_of_filetime(info.last_access),
@@ -179,6 +191,23 @@ class SmbMiniRdr(MiniRdrDispatch):
             ctime_ns=ns_of_filetime(info.change),
             nlink=max(info.nlink, 1),
         )
+
+    async def _attributes_of(self, path: str, info: FileInfo) -> FileAttributes:
+        """With -o mfsymlinks (the default) a regular file of the size a symlink file
+        has is read to tell which it is; any other file costs nothing more."""
+        return self._attributes(info, await self._link_target(path, info))
+
+    async def _link_target(self, path: str, info: FileInfo) -> str | None:
+        assert self._settings is not None
+        if not self._settings.mf_symlinks or info.is_dir or info.end_of_file != MF_SYMLINK_SIZE:
+            return None
+        try:
+            data = await self._run(self.tree.read_by_path, path, MF_SYMLINK_SIZE)
+        except NtStatusError as exc:
+            # Unreadable to us (another user's file): then it is shown as a file.
+            log.debug("%s: cannot tell whether it is a symlink: %s", path, exc.message)
+            return None
+        return parse_mf_symlink(data)
 
     @staticmethod
     def _handle(rx_context: RxContext) -> _Handle | None:
@@ -265,7 +294,7 @@ class SmbMiniRdr(MiniRdrDispatch):
         )
         self._handles.add(handle)
         srv_open.context = handle
-        rx_context.irp.attributes = self._attributes(created.info)
+        rx_context.irp.attributes = await self._attributes_of(self._remote(fcb.path), created.info)
         return NtStatus.STATUS_SUCCESS
 
     @_entry
@@ -385,11 +414,38 @@ class SmbMiniRdr(MiniRdrDispatch):
         self._device.nursery.start_soon(reply)
         return NtStatus.STATUS_PENDING
 
+    @_entry
     async def lowio_fsctl(self, rx_context: RxContext) -> NtStatus:
-        """Symlinks: plain SMB2 to Samba has none to make (Samba 4.17 takes no reparse
-        points; the SMB3 POSIX extensions are not in Debian's build). EOPNOTSUPP, not
-        ENOSYS: the kernel would stop asking."""
-        return NtStatus.STATUS_NOT_SUPPORTED
+        """Symlinks as Minshall-French symlink files (``_wire.pack_mf_symlink``): plain
+        SMB2 to Samba has no symlinks to make (Samba 4.17 takes no reparse points, and
+        the SMB3 POSIX extensions are not in Debian's build). With -o mfsymlinks=no,
+        EOPNOTSUPP (not ENOSYS: the kernel would stop asking)."""
+        assert rx_context.fcb is not None and self._settings is not None
+        if not self._settings.mf_symlinks:
+            return NtStatus.STATUS_NOT_SUPPORTED
+        path = self._remote(rx_context.fcb.path)
+        fsctl = rx_context.low_io.fsctl
+        tree = self.tree
+        if fsctl.fs_control_code == FsControlCode.FSCTL_GET_REPARSE_POINT:
+            target = parse_mf_symlink(await self._run(tree.read_by_path, path, MF_SYMLINK_SIZE))
+            if target is None:
+                return NtStatus.STATUS_INVALID_PARAMETER  # not a symlink: EINVAL
+            rx_context.irp.link_target = target
+            return NtStatus.STATUS_SUCCESS
+        try:
+            content = pack_mf_symlink(fsctl.target)
+        except ValueError as exc:
+            raise NtStatusError(NtStatus.STATUS_NAME_TOO_LONG, str(exc)) from None
+        access = AccessMask.FILE_WRITE_DATA | _READ_ATTRIBUTES | _SYNCHRONIZE
+        created = await self._run(
+            tree.create, path, access, CreateDisposition.FILE_CREATE, _NON_DIRECTORY
+        )
+        try:
+            await self._run(tree.write, created.file_id, 0, content, False)
+        finally:
+            await self._run(tree.close, created.file_id)
+        rx_context.irp.attributes = self._attributes(created.info, fsctl.target)
+        return NtStatus.STATUS_SUCCESS
 
     # -- information -----------------------------------------------------------------------
 
@@ -402,7 +458,9 @@ class SmbMiniRdr(MiniRdrDispatch):
             info = await self._run(handle.tree.query, handle.file_id)
         else:
             info = await self._run(self.tree.stat, self._remote(rx_context.fcb.path))
-        rx_context.irp.attributes = self._attributes(info)
+        rx_context.irp.attributes = await self._attributes_of(
+            self._remote(rx_context.fcb.path), info
+        )
         return NtStatus.STATUS_SUCCESS
 
     @_entry
@@ -439,7 +497,7 @@ class SmbMiniRdr(MiniRdrDispatch):
                 pack_rename(self._remote(info.new_name), info.replace_if_exists),
             )
         fresh = await self._stat_via(path, handle)
-        rx_context.irp.attributes = self._attributes(fresh)
+        rx_context.irp.attributes = await self._attributes_of(path, fresh)
         return NtStatus.STATUS_SUCCESS
 
     def _writable_handle(self, rx_context: RxContext) -> _Handle | None:
@@ -536,13 +594,26 @@ class SmbMiniRdr(MiniRdrDispatch):
     @_entry
     async def query_directory(self, rx_context: RxContext) -> NtStatus:
         assert rx_context.fcb is not None
-        buffers = await self._run(self.tree.list_directory, self._remote(rx_context.fcb.path))
-        rx_context.irp.entries = [
-            DirEntry(name_from_server(name), self._attributes(info))
+        directory = self._remote(rx_context.fcb.path)
+        buffers = await self._run(self.tree.list_directory, directory)
+        listed = [
+            (name, info)
             for buffer in buffers
             for name, info in parse_directory_entries(buffer)
             if name not in (".", "..")
         ]
+        entries: list[DirEntry | None] = [None] * len(listed)
+
+        async def entry(index: int, name: str, info: FileInfo) -> None:
+            path = f"{directory}\\{name}" if directory else name
+            attributes = await self._attributes_of(path, info)
+            entries[index] = DirEntry(name_from_server(name), attributes)
+
+        # Files that may be symlinks are read, all at once.
+        async with trio.open_nursery() as nursery:
+            for index, (name, info) in enumerate(listed):
+                nursery.start_soon(entry, index, name, info)
+        rx_context.irp.entries = [e for e in entries if e is not None]
         return NtStatus.STATUS_SUCCESS
 
     @_entry

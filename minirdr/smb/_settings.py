@@ -52,6 +52,8 @@ SMB_OPTIONS = {
     "encryption, else sign; yes: refuse a server without encryption; no: sign only",
     "timeout": f"seconds a request may go unanswered before the connection counts as dead "
     f"(default {DEFAULT_TIMEOUT:g})",
+    "mfsymlinks": "yes (default): symlinks as Minshall-French symlink files, as mount.cifs's "
+    "mfsymlinks and macOS make them; no: symlinks are EOPNOTSUPP",
 }
 
 
@@ -69,6 +71,7 @@ class SmbSettings:
     domain: str
     encryption: Encryption
     timeout: float
+    mf_symlinks: bool = True
     password: str = field(repr=False, default="")
 
     @property
@@ -102,6 +105,9 @@ class SmbSettings:
                 option_what("timeout", options.get("timeout")),
                 allow_zero=False,
             )
+            mf_symlinks = "mfsymlinks" not in options or parse_flag(
+                options["mfsymlinks"], option_what("mfsymlinks", options["mfsymlinks"])
+            )
             from_stdin = parse_flag(
                 options.get("password_stdin"),
                 option_what("password_stdin", options.get("password_stdin")),
@@ -123,6 +129,7 @@ class SmbSettings:
             domain=options.get("domain") or file_values.get("domain", ""),
             encryption=encryption,
             timeout=timeout,
+            mf_symlinks=mf_symlinks,
             password=file_values.get("password", ""),
         )
         if from_stdin:

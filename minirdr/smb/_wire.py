@@ -8,6 +8,8 @@ since 1601-01-01 UTC.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import stat
 import struct
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ __all__ = [
     "ATTRIBUTE_DIRECTORY",
     "ATTRIBUTE_READONLY",
     "ATTRIBUTE_REPARSE_POINT",
+    "MF_SYMLINK_SIZE",
     "FileInfo",
     "FsSize",
     "filetime_of_ns",
@@ -25,10 +28,12 @@ __all__ = [
     "pack_basic",
     "pack_disposition",
     "pack_end_of_file",
+    "pack_mf_symlink",
     "pack_rename",
     "parse_all_information",
     "parse_directory_entries",
     "parse_fs_full_size",
+    "parse_mf_symlink",
 ]
 
 ATTRIBUTE_READONLY = 0x1
@@ -182,3 +187,40 @@ def name_to_server(name: str) -> str:
 
 def name_from_server(name: str) -> str:
     return name.translate(_SFM_FROM_SERVER)
+
+
+# Minshall-French symlinks, as Linux's cifs client (``mfsymlinks``) and macOS write them
+# where the server has no symlinks of its own: a regular file of exactly 1067 bytes,
+# "XSym\n", the target's length as 4 digits and "\n", the MD5 of the target in hex and
+# "\n", the target and "\n", spaces to the end.
+MF_SYMLINK_SIZE = 1067
+MF_SYMLINK_MAX_TARGET = 1024
+_MF_MAGIC = b"XSym\n"
+_MF_TARGET_OFFSET = 43
+
+
+def pack_mf_symlink(target: str) -> bytes:
+    """The file content of a symlink to ``target``; ValueError when it is too long."""
+    link = os.fsencode(target)
+    if len(link) > MF_SYMLINK_MAX_TARGET:
+        raise ValueError(f"a symlink target of {len(link)} bytes (1024 at most)")
+    digest = hashlib.md5(link, usedforsecurity=False).hexdigest().encode()
+    head = _MF_MAGIC + b"%04d\n" % len(link) + digest + b"\n" + link + b"\n"
+    return head[:MF_SYMLINK_SIZE].ljust(MF_SYMLINK_SIZE, b" ")
+
+
+def parse_mf_symlink(data: bytes) -> str | None:
+    """The target, if ``data`` is a symlink file (its checksum too); else None."""
+    if len(data) != MF_SYMLINK_SIZE or not data.startswith(_MF_MAGIC):
+        return None
+    length_text = data[5:9]
+    if not length_text.isdigit() or data[9:10] != b"\n" or data[42:43] != b"\n":
+        return None
+    length = int(length_text)
+    link = data[_MF_TARGET_OFFSET : _MF_TARGET_OFFSET + length]
+    if (
+        length > MF_SYMLINK_MAX_TARGET
+        or hashlib.md5(link, usedforsecurity=False).hexdigest().encode() != data[10:42]
+    ):
+        return None
+    return os.fsdecode(link)

@@ -31,6 +31,8 @@ from rxfs.rdbss.irp import (
     FileEndOfFileInformation,
     FileLinkInformation,
     FileRenameInformation,
+    FsControlCode,
+    FsControlParameters,
     Irp,
     IrpMj,
     QueryDirectoryParameters,
@@ -322,3 +324,29 @@ async def test_a_directory_is_not_opened_as_a_file(smbd: LoopbackSmbd, share: Pa
         )
     assert irp.io_status.status == NtStatus.STATUS_FILE_IS_A_DIRECTORY
     assert errno_for(irp.io_status.status) == errno.EISDIR
+
+
+@trio_test
+async def test_symlinks_are_minshall_french_files(smbd: LoopbackSmbd, share: Path) -> None:
+    async with mounted(smbd, share) as (device, _):
+        set_link = Irp(
+            IrpMj.IRP_MJ_FILE_SYSTEM_CONTROL,
+            FsControlParameters(FsControlCode.FSCTL_SET_REPARSE_POINT, "../elsewhere"),
+            file_name="/link",
+        )
+        assert (await device.dispatch(set_link)).status == NtStatus.STATUS_SUCCESS
+        status, attrs = await stat_path(device, "/link")
+        assert status == NtStatus.STATUS_SUCCESS and attrs is not None and attrs.is_symlink
+        assert attrs.size == len("../elsewhere")
+        get_link = Irp(
+            IrpMj.IRP_MJ_FILE_SYSTEM_CONTROL,
+            FsControlParameters(FsControlCode.FSCTL_GET_REPARSE_POINT),
+            file_name="/link",
+        )
+        assert (await device.dispatch(get_link)).status == NtStatus.STATUS_SUCCESS
+        assert get_link.link_target == "../elsewhere"
+    on_disk = (share / "link").read_bytes()
+    assert len(on_disk) == 1067 and on_disk.startswith(b"XSym\n0012\n")
+    async with mounted(smbd, share, mfsymlinks="no") as (device, _):
+        status, attrs = await stat_path(device, "/link")
+        assert attrs is not None and not attrs.is_symlink and attrs.size == 1067

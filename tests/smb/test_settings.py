@@ -10,7 +10,13 @@ from urllib.parse import urlsplit
 import pytest
 from rxfs.minirdr import NtStatus, NtStatusError
 from rxfs.minirdr.smb._settings import Encryption, SmbSettings
-from rxfs.minirdr.smb._wire import name_from_server, name_to_server
+from rxfs.minirdr.smb._wire import (
+    MF_SYMLINK_SIZE,
+    name_from_server,
+    name_to_server,
+    pack_mf_symlink,
+    parse_mf_symlink,
+)
 
 SECRET = "s3cret=with=equals"
 
@@ -89,3 +95,16 @@ def test_names_smb_forbids_travel_in_the_private_use_area() -> None:
     assert not set(sent) & set('\n\\:*?"<>|')
     assert name_from_server(sent) == name
     assert name_to_server("plain name.txt") == "plain name.txt"
+
+
+def test_minshall_french_symlink_files() -> None:
+    data = pack_mf_symlink("../target")
+    assert len(data) == MF_SYMLINK_SIZE == 1067
+    # The layout Linux's cifs (fs/smb/client/link.c) and macOS write and read.
+    assert data[:43] == b"XSym\n0009\n8c4677b0297d2b698195c5b038b6dfe5\n"
+    assert data[43:53] == b"../target\n" and set(data[53:]) == {ord(" ")}
+    assert parse_mf_symlink(data) == "../target"
+    assert parse_mf_symlink(data.replace(b"../target", b"../targex")) is None  # checksum
+    assert parse_mf_symlink(data[:-1]) is None
+    with pytest.raises(ValueError):
+        pack_mf_symlink("x" * 1025)

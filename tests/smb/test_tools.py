@@ -1,9 +1,11 @@
 """tests/integration's ordinary-tool tests, run against smb:// on the loopback smbd.
 
 The test functions are the integration suite's own, imported: here ``target`` is an
-smb:// mount of a fresh directory of the share (tests/smb/conftest.py). Not here yet:
-the tar test and the hypothesis model test, whose trees hold symlinks (smb:// has none,
-see minirdr/smb/_minirdr.py lowio_fsctl).
+smb:// mount of a fresh directory of the share (tests/smb/conftest.py); symlinks are
+Minshall-French symlink files there (-o mfsymlinks, the default). Not here: the tar test
+(it compares the share's directory on disk, where a symlink is such a file) and the
+hypothesis model test (a local root ignores chmod 0444, SMB's read-only attribute does
+not).
 """
 
 from __future__ import annotations
