@@ -62,9 +62,13 @@ from smbprotocol.tree import TreeConnect
 from ._settings import Encryption, SmbSettings
 from ._wire import FileInfo, FsSize, parse_all_information, parse_fs_full_size
 
-__all__ = ["CreateResult", "SmbTree", "nt_status_of"]
+__all__ = ["STATUS_CANNOT_DELETE", "CreateResult", "ServerStatusError", "SmbTree", "nt_status_of"]
 
 log = logging.getLogger(__name__)
+
+# What Samba answers for deleting a file with the read-only attribute; not a code the
+# core knows (its errno would be EIO), so handled here (_minirdr._delete).
+STATUS_CANNOT_DELETE = 0xC0000121
 # smbprotocol logs every request at INFO (with user and share names): far too much for a
 # mount's log; and a connection reset at WARNING, which the core reports in its own words
 # when it reconnects. Its errors (a reader thread that died) still show.
@@ -98,6 +102,15 @@ def nt_status_of(code: int) -> NtStatus:
     except ValueError:
         log.info("the server answered NTSTATUS 0x%08x, which rxfs does not know: EIO", code)
         return NtStatus.STATUS_IO_DEVICE_ERROR
+
+
+class ServerStatusError(NtStatusError):
+    """A failed reply: its NTSTATUS as the core knows it, and the server's own code
+    (for codes the core does not know, which it sees as STATUS_IO_DEVICE_ERROR)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(nt_status_of(code), _describe(code))
+        self.code = code
 
 
 def _describe(code: int) -> str:
@@ -262,7 +275,7 @@ class SmbTree:
                         self._connection.receive(request, timeout=timeout, resolve_symlinks=False)
                     )
                 except SMBResponseException as exc:
-                    replies.append(NtStatusError(nt_status_of(exc.status), _describe(exc.status)))
+                    replies.append(ServerStatusError(exc.status))
         except SMBConnectionClosed as exc:
             raise NtStatusError(NtStatus.STATUS_CONNECTION_DISCONNECTED, str(exc)) from None
         except (OSError, SMBException) as exc:

@@ -52,7 +52,7 @@ from rxfs.minirdr import (
     VolumeInfo,
 )
 
-from ._client import SmbTree
+from ._client import STATUS_CANNOT_DELETE, ServerStatusError, SmbTree
 from ._settings import SMB_OPTIONS, SmbSettings
 from ._wire import (
     ATTRIBUTE_NORMAL,
@@ -583,13 +583,24 @@ class SmbMiniRdr(MiniRdrDispatch):
         now unless another client holds the file open (then at its close)."""
         if path == self._remote("/"):
             raise NtStatusError(NtStatus.STATUS_ACCESS_DENIED, "the share root")
-        await self._run(
-            self.tree.set_info_by_path,
-            path,
-            _DELETE | _READ_ATTRIBUTES,
-            _DISPOSITION_INFORMATION,
-            pack_disposition(),
-        )
+        delete = (_DELETE | _READ_ATTRIBUTES, _DISPOSITION_INFORMATION, pack_disposition())
+        try:
+            await self._run(self.tree.set_info_by_path, path, *delete)
+        except ServerStatusError as exc:
+            if exc.code != STATUS_CANNOT_DELETE:
+                raise
+            # A read-only file (chmod a-w): POSIX unlinks it all the same, and so does
+            # mount.cifs, by clearing the attribute first.
+            info = await self._run(self.tree.stat, path)
+            attributes = (info.attributes & ~ATTRIBUTE_READONLY) or ATTRIBUTE_NORMAL
+            await self._run(
+                self.tree.set_info_by_path,
+                path,
+                _WRITE_ATTRIBUTES | _READ_ATTRIBUTES,
+                _BASIC_INFORMATION,
+                pack_basic(attributes=attributes),
+            )
+            await self._run(self.tree.set_info_by_path, path, *delete)
 
     @_entry
     async def query_directory(self, rx_context: RxContext) -> NtStatus:

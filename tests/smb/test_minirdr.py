@@ -350,3 +350,19 @@ async def test_symlinks_are_minshall_french_files(smbd: LoopbackSmbd, share: Pat
     async with mounted(smbd, share, mfsymlinks="no") as (device, _):
         status, attrs = await stat_path(device, "/link")
         assert attrs is not None and not attrs.is_symlink and attrs.size == 1067
+
+
+@trio_test
+async def test_a_read_only_file_is_unlinked_as_posix_wants(
+    smbd: LoopbackSmbd, share: Path
+) -> None:
+    (share / "ro").write_bytes(b"x")
+    async with mounted(smbd, share) as (device, _):
+        assert await set_info(device, FileBasicInformation(mode=0o444), path="/ro") == 0
+        status, attrs = await stat_path(device, "/ro")
+        assert status == NtStatus.STATUS_SUCCESS and attrs is not None
+        assert attrs.mode & 0o222 == 0  # the read-only attribute
+        # Samba answers STATUS_CANNOT_DELETE; the backend clears the attribute and
+        # deletes, as mount.cifs does.
+        assert await set_info(device, FileDispositionInformation(), path="/ro") == 0
+    assert not (share / "ro").exists()
