@@ -95,8 +95,15 @@ _QUERY_OUTPUT = 4096
 _CREDIT_WINDOW = 512
 
 
+# The session is gone (a server restarted, a session expired or was closed by the
+# server): to the core, a lost connection, which it re-establishes and replays.
+_SESSION_GONE = frozenset({0xC0000203, 0xC000035C})  # USER_SESSION_DELETED, _EXPIRED
+
+
 def nt_status_of(code: int) -> NtStatus:
     """The server's NTSTATUS as the core's: the identity, for every code it knows."""
+    if code in _SESSION_GONE:
+        return NtStatus.STATUS_CONNECTION_DISCONNECTED
     try:
         return NtStatus(code)
     except ValueError:

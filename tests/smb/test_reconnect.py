@@ -1,10 +1,13 @@
-"""A cut connection mid-copy loses nothing on smb:// either (a fault proxy in front of
-the loopback smbd): the core reconnects, reopens the handles and replays the writes."""
+"""A cut connection (a fault proxy in front of the loopback smbd) or a restarted smbd
+mid-copy loses nothing on smb:// either: the core reconnects, reopens the handles and
+replays the writes."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,4 +65,29 @@ def test_concurrent_writers_with_a_cut_land_every_byte(
     mnt = _mount_through(mount, smbd, proxy, share)
     outcome = concurrent_writers(mnt, share, proxy.cut_all)
     assert outcome.exit_codes == [0] * 12, outcome
+    assert outcome.exact, outcome
+
+
+@pytest.fixture
+def own_smbd() -> Iterator[LoopbackSmbd]:
+    """A server of this test's own: it is restarted under the mount."""
+    base = Path(tempfile.mkdtemp(prefix="rxfs-smbd-"))
+    base.chmod(0o711)
+    try:
+        with LoopbackSmbd(base) as server:
+            yield server
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.expect_log(*RECONNECTS)
+def test_a_copy_survives_a_server_restart(
+    own_smbd: LoopbackSmbd, mount: MountFactory, tmp_path: Path
+) -> None:
+    share = own_smbd.root / "restart"
+    share.mkdir()
+    mnt = mount(own_smbd.url("restart"), {**own_smbd.mount_options(), "timeout": "10"}).path
+    outcome = copy_with_cuts(mnt, share, tmp_path, own_smbd.restart, size=48 * 1024 * 1024, cuts=2)
+    assert outcome.exit_codes == [0], outcome
+    assert "cut 2 times" in outcome.notes[0], outcome
     assert outcome.exact, outcome

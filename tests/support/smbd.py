@@ -205,13 +205,7 @@ class LoopbackSmbd:
             log = (self.base / "log" / "smbd.out").open("wb")
             with log:
                 self.process = subprocess.Popen(
-                    [
-                        SMBD_PATH,
-                        "--foreground",
-                        "--no-process-group",
-                        "--debug-stdout",
-                        f"--configfile={conf}",
-                    ],
+                    self._argv(conf),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -224,6 +218,32 @@ class LoopbackSmbd:
             failures.append(self.log_text()[-2000:])
             self.stop()
         raise SmbdError("smbd did not come up:\n" + "\n---\n".join(failures))
+
+    def restart(self) -> None:
+        """Stop smbd and start it again on the same port, as a server reboot does:
+        every connection is cut, every session and open handle is forgotten."""
+        self.stop()
+        log = (self.base / "log" / "smbd.out").open("ab")
+        with log:
+            self.process = subprocess.Popen(
+                self._argv(self.base / "smb.conf"),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if not self._wait_listening():
+            raise SmbdError("smbd did not come back on its port:\n" + self.log_text()[-2000:])
+
+    @staticmethod
+    def _argv(conf: Path) -> list[str]:
+        return [
+            SMBD_PATH,
+            "--foreground",
+            "--no-process-group",
+            "--debug-stdout",
+            f"--configfile={conf}",
+        ]
 
     def _wait_listening(self) -> bool:
         assert self.process is not None
