@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import secrets
 import stat
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -85,6 +86,8 @@ _READ_ATTRIBUTES = 0x80
 _WRITE_ATTRIBUTES = 0x100
 _DELETE = 0x10000
 _SYNCHRONIZE = 0x100000
+# The hidden name of a file replaced by a rename while open (_replace_open_file).
+REPLACED_PREFIX = ".rxfs-replaced-"
 _NON_DIRECTORY = 0x40  # FILE_NON_DIRECTORY_FILE
 # FILE_INFORMATION_CLASS values sent in SET_INFO.
 _BASIC_INFORMATION = 4
@@ -153,6 +156,9 @@ class SmbMiniRdr(MiniRdrDispatch):
         # Every handle the server holds for us: the core closes in the background, and
         # some requests must wait for those closes (_closes_done).
         self._handles: set[_Handle] = set()
+        # Files replaced while open (_replace_open_file), under their hidden names until
+        # their last holder closes them: listings leave them out.
+        self._aside: set[str] = set()
         self._uid = os.getuid()
         self._gid = os.getgid()
 
@@ -570,6 +576,14 @@ class SmbMiniRdr(MiniRdrDispatch):
             return
         if new.startswith(old + "\\"):
             raise NtStatusError(NtStatus.STATUS_INVALID_PARAMETER, "rename into itself")
+        try:
+            await self._rename_once(old, new, replace)
+        except NtStatusError as exc:
+            if not replace or exc.status != NtStatus.STATUS_ACCESS_DENIED:
+                raise
+            await self._replace_open_file(old, new, exc)
+
+    async def _rename_once(self, old: str, new: str, replace: bool) -> None:
         await self._run(
             self.tree.set_info_by_path,
             old,
@@ -577,6 +591,34 @@ class SmbMiniRdr(MiniRdrDispatch):
             _RENAME_INFORMATION,
             pack_rename(new, replace),
         )
+
+    async def _replace_open_file(self, old: str, new: str, refused: NtStatusError) -> None:
+        """SMB (Windows) refuses to replace a file someone holds open; POSIX replaces
+        it, and the holders keep the old file. So: move the target aside under a
+        hidden name, rename, and mark the old file delete-on-close, which the server
+        carries out when its last holder closes it (any client's). Where the target
+        is a directory or cannot be moved either, the first refusal stands."""
+        try:
+            target = await self._run(self.tree.stat, new)
+        except NtStatusError:
+            raise refused from None
+        if target.is_dir:
+            raise refused
+        parent, _, _ = new.rpartition("\\")
+        aside = f"{parent}\\" if parent else ""
+        aside += name_to_server(REPLACED_PREFIX + secrets.token_hex(8))
+        try:
+            await self._rename_once(new, aside, False)
+        except NtStatusError:
+            raise refused from None
+        self._aside.add(aside)
+        try:
+            await self._rename_once(old, new, False)
+        except NtStatusError:
+            await self._rename_once(aside, new, False)  # put it back
+            self._aside.discard(aside)
+            raise
+        await self._delete(aside)
 
     async def _delete(self, path: str) -> None:
         """Delete-on-close set on a handle of our own, closed at once: the name goes
@@ -607,11 +649,12 @@ class SmbMiniRdr(MiniRdrDispatch):
         assert rx_context.fcb is not None
         directory = self._remote(rx_context.fcb.path)
         buffers = await self._run(self.tree.list_directory, directory)
+        prefix = f"{directory}\\" if directory else ""
         listed = [
             (name, info)
             for buffer in buffers
             for name, info in parse_directory_entries(buffer)
-            if name not in (".", "..")
+            if name not in (".", "..") and prefix + name not in self._aside
         ]
         entries: list[DirEntry | None] = [None] * len(listed)
 

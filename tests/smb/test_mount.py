@@ -157,3 +157,27 @@ def test_two_mounts_see_each_others_closed_files(
     second = mount(_url(smbd, share), smbd.mount_options())
     (first.path / "shared").write_bytes(b"from the first mount")
     assert (second.path / "shared").read_bytes() == b"from the first mount"
+
+
+def test_rename_over_a_file_held_open_replaces_it(
+    smbd: LoopbackSmbd, share: Path, mount: MountFactory
+) -> None:
+    """SMB refuses to replace an open file; POSIX replaces it, and the holder keeps the
+    old one until it closes it (then the server drops it)."""
+    mounted = mount(_url(smbd, share), smbd.mount_options())
+    fd = os.open(mounted.path / "target", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"old content")
+        (mounted.path / "new").write_bytes(b"new content")
+        os.rename(mounted.path / "new", mounted.path / "target")
+        assert (mounted.path / "target").read_bytes() == b"new content"
+        assert os.listdir(mounted.path) == ["target"]
+        assert os.pread(fd, 100, 0) == b"old content"
+    finally:
+        os.close(fd)
+    mounted_names = os.listdir(mounted.path)
+    # Unmounted, every handle is closed: the old file is gone from the share.
+    subprocess.run(["fusermount3", "-u", str(mounted.path)], timeout=30, check=True)
+    assert mounted_names == ["target"]
+    assert [p.name for p in share.iterdir()] == ["target"]
+    assert (share / "target").read_bytes() == b"new content"
