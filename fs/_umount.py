@@ -116,8 +116,11 @@ class Umount:
         return self._died(pid)
 
     def _died(self, pid: int) -> int:
-        """The mount process ended without a clean exit (which removes its pid file)."""
+        """The mount process ended without a clean exit (which removes its pid file and
+        its status socket)."""
         self.forget_pid()
+        if self.status_socket is not None:
+            self.status_socket.unlink(missing_ok=True)
         self.print_unflushed()
         self.say(
             f"the mount process {pid} had died before it finished unmounting; bytes it "

@@ -306,3 +306,19 @@ def test_bad_metrics_option_is_one_line(rxfs: Rxfs, tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "metrics" in done.stderr and "port" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_status_of_a_dead_mount_process_is_one_line_and_umount_cleans_up(
+    mount: MountFactory, rxfs: Rxfs
+) -> None:
+    memory = mount("memory://")
+    sock = socket_path(memory.path)
+    memory.kill()  # kill -9: nothing removes the socket file
+    assert sock.exists()
+    done = rxfs("status", str(memory.path))
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"rxfs: {memory.path}: cannot reach the mount process")
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+    umount = rxfs("umount", str(memory.path), timeout=30)
+    assert umount.returncode == 1 and "had died" in umount.stderr
+    assert not sock.exists(), "rxfs umount removes what the dead process left"
