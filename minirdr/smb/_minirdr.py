@@ -14,7 +14,14 @@ Errors: the server's NTSTATUS is the answer (the mapping is the identity, in
 Plain SMB2 has no POSIX mode, owner or symlinks: a file shows 0644 and a directory 0755
 (read-only files without their write bits), owned by the user who mounted, as mount.cifs
 shows them by default. chmod changes only the read-only attribute (the owner's write
-bit); chown to anyone but that user is EOPNOTSUPP.
+bit); chown to anyone but that user is EOPNOTSUPP. Symlinks are Minshall-French symlink
+files (``-o mfsymlinks``, on by default).
+
+Where Windows semantics differ from POSIX, the entries bridge what they can: a rename
+over a file held open moves it aside first (``_replace_open_file``), an unlink of a
+read-only file clears the attribute first (``_delete``), and requests that a handle
+the core closes in the background would undo or refuse (times set by name, renames)
+wait for those closes (``_closes_done``).
 """
 
 from __future__ import annotations
@@ -86,9 +93,9 @@ _READ_ATTRIBUTES = 0x80
 _WRITE_ATTRIBUTES = 0x100
 _DELETE = 0x10000
 _SYNCHRONIZE = 0x100000
+_NON_DIRECTORY = 0x40  # FILE_NON_DIRECTORY_FILE
 # The hidden name of a file replaced by a rename while open (_replace_open_file).
 REPLACED_PREFIX = ".rxfs-replaced-"
-_NON_DIRECTORY = 0x40  # FILE_NON_DIRECTORY_FILE
 # FILE_INFORMATION_CLASS values sent in SET_INFO.
 _BASIC_INFORMATION = 4
 _RENAME_INFORMATION = 10
@@ -234,15 +241,15 @@ class SmbMiniRdr(MiniRdrDispatch):
             options = self._device.options if self._device is not None else {}
             self._settings = SmbSettings.parse(srv_call.url, options)
         old, self._tree = self._tree, None
+        for handle in self._handles:
+            handle.gone.set()  # gone with the old connection
+        self._handles.clear()
         if old is not None:
             await self._run(old.disconnect)
         tree = SmbTree(self._settings)
         await self._run(tree.connect)
         if not tree.encrypted:
             log.info("%s: messages are signed, not encrypted", self._settings.unc)
-        for handle in self._handles:
-            handle.gone.set()  # gone with the old connection
-        self._handles.clear()
         self._tree = tree
         srv_call.context = tree
         return NtStatus.STATUS_SUCCESS
