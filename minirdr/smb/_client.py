@@ -40,7 +40,12 @@ from typing import Any
 
 from rxfs.minirdr import NtStatus, NtStatusError
 from smbprotocol.connection import Connection
-from smbprotocol.exceptions import SMBConnectionClosed, SMBException, SMBResponseException
+from smbprotocol.exceptions import (
+    SMBAuthenticationError,
+    SMBConnectionClosed,
+    SMBException,
+    SMBResponseException,
+)
 from smbprotocol.open import (
     SMB2CloseRequest,
     SMB2CreateRequest,
@@ -166,18 +171,54 @@ class SmbTree:
 
     def connect(self) -> None:
         """Negotiate, log in and connect the share; raises NtStatusError with a reason
-        a user can act on."""
+        a user can act on. smbprotocol waits without a deadline in its login and tree
+        connect, so a server that stops answering would hold this thread for good: a
+        timer closes the socket at the deadline, which wakes every waiter."""
+        where = f"{self.settings.host}:{self.settings.port}"
+        gave_up = threading.Event()
+
+        def give_up() -> None:
+            gave_up.set()
+            self.disconnect()
+
+        timer = threading.Timer(self.settings.timeout, give_up)
+        timer.daemon = True
+        timer.start()
+        try:
+            self._connect(where)
+        except NtStatusError:
+            self.disconnect()
+            if gave_up.is_set():
+                raise self._no_answer(where) from None
+            raise
+        except (OSError, SMBException, ValueError) as exc:
+            self.disconnect()
+            if gave_up.is_set():
+                raise self._no_answer(where) from None
+            raise NtStatusError(
+                NtStatus.STATUS_CONNECTION_DISCONNECTED, f"connecting to {where}: {exc}"
+            ) from None
+        finally:
+            timer.cancel()
+
+    def _no_answer(self, where: str) -> NtStatusError:
+        return NtStatusError(
+            NtStatus.STATUS_IO_TIMEOUT,
+            f"{where} did not answer within {self.settings.timeout:g} s (-o timeout)",
+        )
+
+    def _connect(self, where: str) -> None:
         settings = self.settings
-        where = f"{settings.host}:{settings.port}"
         try:
             self._connection.connect(timeout=settings.timeout)
         except (OSError, SMBException, ValueError) as exc:
+            if "timeout" in str(exc).lower():
+                raise self._no_answer(where) from None
             raise NtStatusError(
                 NtStatus.STATUS_CONNECTION_REFUSED, f"cannot connect to {where}: {exc}"
             ) from None
         offered = bool(self._connection.supports_encryption)
         if settings.encryption is Encryption.REQUIRED and not offered:
-            self.disconnect()
             raise NtStatusError(
                 NtStatus.STATUS_ACCESS_DENIED,
                 f"{where} offers no SMB3 encryption and -o encrypt=yes requires it",
@@ -194,13 +235,11 @@ class SmbTree:
         try:
             self._session.connect()
         except SMBResponseException as exc:
-            self.disconnect()
             raise NtStatusError(
                 nt_status_of(exc.status),
                 f"{where} refused the login of {settings.user!r}: {_describe(exc.status)}",
             ) from None
-        except (OSError, SMBException) as exc:
-            self.disconnect()
+        except SMBAuthenticationError as exc:
             raise NtStatusError(
                 NtStatus.STATUS_LOGON_FAILURE, f"logging in to {where}: {exc}"
             ) from None
@@ -209,7 +248,6 @@ class SmbTree:
         try:
             self._tree.connect()
         except SMBResponseException as exc:
-            self.disconnect()
             raise NtStatusError(
                 nt_status_of(exc.status),
                 f"{settings.unc}: the server refused the share: {_describe(exc.status)}",

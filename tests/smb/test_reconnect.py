@@ -7,13 +7,21 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import pytest
+from rxfs.minirdr import NtStatus, NtStatusError
+from rxfs.minirdr.smb._client import SmbTree
+from rxfs.minirdr.smb._settings import SmbSettings
+from smbprotocol.session import Session
 
+from tests.conftest import rxfs_argv
 from tests.reliability.scenarios import concurrent_writers, copy_with_cuts
 from tests.support.checklogs import RECONNECTS
 from tests.support.faultproxy import FaultProxy
@@ -91,3 +99,50 @@ def test_a_copy_survives_a_server_restart(
     assert outcome.exit_codes == [0], outcome
     assert "cut 2 times" in outcome.notes[0], outcome
     assert outcome.exact, outcome
+
+
+def test_a_server_that_stops_answering_fails_the_mount_in_time(
+    smbd: LoopbackSmbd, proxy: FaultProxy, share: Path, tmp_path: Path
+) -> None:
+    """smbprotocol's login waits for ever; the backend's own deadline ends it."""
+    where = tmp_path / "mnt"
+    where.mkdir()
+    proxy.stall()
+    url = f"smb://127.0.0.1:{proxy.port}/share/{share.name}"
+    started = time.monotonic()
+    done = subprocess.run(
+        rxfs_argv("mount", url, str(where), "-o", f"{smbd.options()},timeout=3"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "did not answer within 3 s" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert time.monotonic() - started < 20
+
+
+def test_a_login_that_gets_no_answer_ends_at_the_deadline(
+    smbd: LoopbackSmbd, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """smbprotocol waits for ever for the answer to a login; the backend's own
+    deadline closes the socket. The server stops answering right after negotiating."""
+    settings = SmbSettings.parse(
+        urlsplit(f"smb://127.0.0.1:{proxy.port}/share"),
+        {**smbd.mount_options(), "timeout": "2"},
+    )
+    login = Session.connect
+
+    def stalled_login(session: Session) -> None:
+        proxy.stall()
+        login(session)
+
+    monkeypatch.setattr(Session, "connect", stalled_login)
+    started = time.monotonic()
+    with pytest.raises(NtStatusError) as caught:
+        SmbTree(settings).connect()
+    assert caught.value.status == NtStatus.STATUS_IO_TIMEOUT
+    assert "did not answer within 2 s" in caught.value.message
+    assert time.monotonic() - started < 10
