@@ -149,9 +149,11 @@ def test_backends_lists_each_installed_mini_redirector(rxfs: Rxfs) -> None:
     _require("localdir", "localdir")
     done = rxfs("backends")
     assert done.returncode == 0, done.stderr
-    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()[1:]}
+    table = done.stdout.split("\n\n")[0]  # the option help follows a blank line
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
     assert rows["memory://"][1:3] == ["rxfs", "0.1.0"]
     assert rows["sftp://"][1:3] == ["rxfs", "0.1.0"]
+    assert rows["smb://"][1:3] == ["rxfs", "0.1.0"]
     assert rows["localdir://"][1:3] == ["rxfs-localdir", "0.1.0"]
     assert "persistent" in rows["localdir://"][3].split(",")
     assert "persistent" not in rows["memory://"][3].split(",")
