@@ -2,7 +2,9 @@
 
 The test functions are the integration suite's own, imported: here ``target`` is an
 smb:// mount of a fresh directory of the share (tests/smb/conftest.py); symlinks are
-Minshall-French symlink files there (-o mfsymlinks, the default). Not here: the tar test
+Minshall-French symlink files there (-o mfsymlinks, the default). Some carry the id
+``[sftp]``: tests/integration marks them for its real-server target only
+(``indirect``), and here that target is smb://. Not here: the tar test
 (it compares the share's directory on disk, where a symlink is such a file) and the
 hypothesis model test (a local root ignores chmod 0444, SMB's read-only attribute does
 not).
