@@ -1,5 +1,5 @@
 """smb:// URLs, -o options and credentials files: parsed, or refused in one line that
-never carries the password."""
+never carries the password; names, symlink files and statuses as they travel."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from rxfs.minirdr import NtStatus, NtStatusError
+from rxfs.minirdr.smb._client import nt_status_of
 from rxfs.minirdr.smb._settings import Encryption, SmbSettings
 from rxfs.minirdr.smb._wire import (
     MF_SYMLINK_SIZE,
@@ -108,3 +109,20 @@ def test_minshall_french_symlink_files() -> None:
     assert parse_mf_symlink(data[:-1]) is None
     with pytest.raises(ValueError):
         pack_mf_symlink("x" * 1025)
+
+
+def test_the_servers_ntstatus_is_the_answer() -> None:
+    """The identity for every code the core knows; a lost session is a lost connection
+    (the core reconnects); anything else is EIO."""
+    for status in (
+        NtStatus.STATUS_ACCESS_DENIED,
+        NtStatus.STATUS_OBJECT_NAME_COLLISION,
+        NtStatus.STATUS_DIRECTORY_NOT_EMPTY,
+        NtStatus.STATUS_DISK_FULL,
+        NtStatus.STATUS_SHARING_VIOLATION,
+        NtStatus.STATUS_OBJECT_PATH_NOT_FOUND,
+    ):
+        assert nt_status_of(int(status)) is status
+    for session_gone in (0xC0000203, 0xC000035C):
+        assert nt_status_of(session_gone) == NtStatus.STATUS_CONNECTION_DISCONNECTED
+    assert nt_status_of(0xC0000121) == NtStatus.STATUS_IO_DEVICE_ERROR  # CANNOT_DELETE
