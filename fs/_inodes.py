@@ -6,6 +6,13 @@ table maps between the two and keeps an inode alive while the kernel holds looku
 ``forget`` gives them back). An unlinked inode keeps its last attributes so that fstat
 on an open, deleted file still answers.
 
+Under the kernel's writeback cache the kernel keeps a regular file's size and mtime
+itself and never takes them from the server again (Linux's fuse_get_cache_mask), nor
+does ``invalidate_inode`` refresh them. So a file changed elsewhere is given a new inode
+number (``renumber``): the kernel drops its dentry on the next lookup and builds a fresh
+inode from the server's attributes, as the close-to-open rules want (DESIGN §9). Each
+regular file inode therefore records what the kernel believes (``_Synced``).
+
 An inode may have several names: a hard link made through this mount is entered under
 the inode of its source, so tar, cp -a and the kernel's own caches see one file. (SFTP v3
 carries no inode numbers, so links made elsewhere look like separate files, as with sshfs.)
@@ -32,6 +39,27 @@ _NS = 1_000_000_000
 
 
 @dataclass(slots=True)
+class _Synced:
+    """What the kernel's inode holds of a regular file: the size and mtime (whole
+    seconds) it was built from, and whether this mount changed the contents since (the
+    kernel then keeps its own mtime, and the size it knows is ``size``)."""
+
+    size: int
+    mtime_s: int
+    written: bool = False
+    # Writes that went around the page cache (O_APPEND): the server placed them, so the
+    # kernel's size and mtime are guesses until the inode is renewed.
+    placed_by_server: bool = False
+
+    def differs(self, attributes: FileAttributes) -> bool:
+        if self.placed_by_server:
+            return True
+        if self.written:
+            return attributes.size != self.size
+        return (attributes.size, attributes.mtime_ns // _NS) != (self.size, self.mtime_s)
+
+
+@dataclass(slots=True)
 class _Inode:
     paths: list[str]
     lookups: int = 0
@@ -42,10 +70,16 @@ class _Inode:
     listed_links: int = 0
     # Its key in InodeTable._by_signature, as filed (the attributes may change since).
     signature: tuple[int, int] | None = None
+    # Regular files only; set when the kernel first hears of the inode.
+    synced: _Synced | None = None
+    # Descriptors open on the inode through this mount.
+    opens: int = 0
 
 
 class InodeTable:
-    def __init__(self) -> None:
+    def __init__(self, *, renew_changed: bool = True) -> None:
+        # Whether files changed elsewhere get new inodes (under the writeback cache).
+        self._renew_changed = renew_changed
         self._by_inode: dict[InodeT, _Inode] = {ROOT_INODE: _Inode(["/"], lookups=1)}
         self._by_path: dict[str, InodeT] = {"/": ROOT_INODE}
         # The paths in _by_path by directory, so that a rename moves a subtree without
@@ -86,6 +120,9 @@ class InodeTable:
                 atime if atime_ns is None else atime_ns,
                 mtime if mtime_ns is None else mtime_ns,
             )
+            if entry.synced is not None and mtime_ns is not None:
+                # The kernel took this mtime; the server stores it too.
+                entry.synced.mtime_s = mtime_ns // _NS
 
     def precise_times(self, inode: int, attributes: FileAttributes) -> FileAttributes:
         """``attributes`` with the times set through the mount where the server's are
@@ -116,12 +153,86 @@ class InodeTable:
         return inode
 
     def add_lookup(self, path: str, attributes: FileAttributes) -> InodeT:
-        """Count one kernel lookup of ``path`` and remember its attributes."""
-        inode = self.inode_of(path)
+        """Count one kernel lookup of ``path`` and remember its attributes. A regular
+        file that changed elsewhere since the kernel built its inode, and that no
+        descriptor here holds open, gets a new inode number (see the module doc)."""
+        inode = self.current(path, attributes)
         entry = self._by_inode[inode]
+        if entry.synced is None and stat.S_ISREG(attributes.mode):
+            entry.synced = _Synced(attributes.size, attributes.mtime_ns // _NS)
         entry.lookups += 1
         self._file(inode, entry, attributes)
         return inode
+
+    def current(self, path: str, attributes: FileAttributes) -> InodeT:
+        """The inode to give the kernel for ``path`` whose server attributes are
+        ``attributes``: a new one if the file changed elsewhere and nothing here holds
+        it open (see the module doc)."""
+        inode = self.inode_of(path)
+        if self.changed_elsewhere(inode, attributes):
+            inode = self.renumber(path)
+        return inode
+
+    def changed_elsewhere(self, inode: int, attributes: FileAttributes) -> bool:
+        """Whether the server's ``attributes`` of a regular file disagree with what
+        the kernel's inode holds, in a way this mount's own changes do not explain, and
+        nothing here holds it open (an open file keeps its inode: whoever has it open
+        sees its own writes, as close-to-open promises nothing more between opens)."""
+        entry = self._by_inode.get(InodeT(inode))
+        return (
+            self._renew_changed
+            and entry is not None
+            and entry.synced is not None
+            and not entry.opens
+            and entry.synced.differs(attributes)
+        )
+
+    def renumber(self, path: str) -> InodeT:
+        """Give ``path`` a new inode: the file behind it changed elsewhere. The old
+        inode keeps its other names, or lives on nameless until the kernel forgets it."""
+        self.unlink(path)
+        return self.inode_of(path)
+
+    def resynced(self, inode: int, attributes: FileAttributes) -> None:
+        """The server's ``attributes`` were checked against the kernel's inode and
+        agree: later comparisons start from them."""
+        entry = self._by_inode.get(InodeT(inode))
+        if entry is not None and entry.synced is not None and not entry.opens:
+            entry.synced = _Synced(attributes.size, attributes.mtime_ns // _NS)
+
+    def opened(self, inode: int) -> None:
+        entry = self._by_inode.get(InodeT(inode))
+        if entry is not None:
+            entry.opens += 1
+
+    def released(self, inode: int) -> bool:
+        """One descriptor fewer. True when it was the last and the kernel's size or
+        mtime cannot be trusted any more (writes the server placed)."""
+        entry = self._by_inode.get(InodeT(inode))
+        if entry is None:
+            return False
+        entry.opens -= 1
+        synced = entry.synced
+        return self._renew_changed and not entry.opens and bool(synced and synced.placed_by_server)
+
+    def wrote(self, inode: int, end: int, *, placed_by_server: bool = False) -> None:
+        """The kernel sent bytes up to ``end`` (its size grows to cover them)."""
+        synced = self._synced(inode)
+        if synced is not None:
+            synced.written = True
+            synced.size = max(synced.size, end)
+            synced.placed_by_server |= placed_by_server
+
+    def resized(self, inode: int, size: int) -> None:
+        """truncate/ftruncate or O_TRUNC through the mount: the kernel's size is ``size``."""
+        synced = self._synced(inode)
+        if synced is not None:
+            synced.written = True
+            synced.size = size
+
+    def _synced(self, inode: int) -> _Synced | None:
+        entry = self._by_inode.get(InodeT(inode))
+        return entry.synced if entry is not None else None
 
     def add_link(self, inode: int, path: str, attributes: FileAttributes) -> InodeT:
         """``path`` is a new hard link to ``inode``: one more name, one more lookup."""

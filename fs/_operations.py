@@ -107,7 +107,7 @@ class FsOptions:
     entry_timeout: float = 1.0
     allow_other: bool = False
     default_permissions: bool = False
-    writeback_cache: bool = False
+    writeback_cache: bool = True
     # Shown instead of what the server says (libfuse's uid=, gid=, umask=).
     uid: int | None = None
     gid: int | None = None
@@ -118,7 +118,7 @@ class FsOptions:
     NAMES = {
         "entry_timeout": "seconds the kernel may cache names (default 1)",
         "writeback_cache": "the kernel gathers writes in its page cache and sends them "
-        "in large requests, under close-to-open consistency (default no)",
+        "in large requests, under close-to-open consistency (default yes)",
         "allow_other": "let users other than the mounting one use the mount (implies "
         "default_permissions)",
         "default_permissions": "the kernel checks the mode bits against local user ids "
@@ -229,11 +229,13 @@ def _close_flush(fobx: Fobx) -> Irp:
     return Irp(IrpMj.IRP_MJ_FLUSH_BUFFERS, minor_function=IRP_MN_FLUSH_NO_SYNC, file_object=fobx)
 
 
-def _access_for(flags: int) -> tuple[AccessMask, CreateOptions]:
-    """open(2) flags -> DesiredAccess and CreateOptions."""
+def _access_for(flags: int, *, kernel_reads: bool = False) -> tuple[AccessMask, CreateOptions]:
+    """open(2) flags -> DesiredAccess and CreateOptions. ``kernel_reads``: the page
+    cache may read through this open (a write of part of a page reads the rest first),
+    so a write-only open asks for reading too."""
     mode = flags & os.O_ACCMODE
     access = AccessMask.FILE_READ_ATTRIBUTES
-    if mode in (os.O_RDONLY, os.O_RDWR):
+    if mode in (os.O_RDONLY, os.O_RDWR) or kernel_reads:
         access |= AccessMask.FILE_READ_DATA
     if mode in (os.O_WRONLY, os.O_RDWR):
         # O_APPEND asks for append-only data access: the backend then lets the server
@@ -262,7 +264,7 @@ class RxOperations(pyfuse3.Operations):
         # Read by pyfuse3 at INIT. Close-to-open rules keep the kernel's cache coherent
         # with the server (DESIGN §9): see open() and _revalidate().
         self.enable_writeback_cache = self.options.writeback_cache
-        self.inodes = InodeTable()
+        self.inodes = InodeTable(renew_changed=self.options.writeback_cache)
         self._files: dict[FileHandleT, Fobx] = {}
         # The inode each open file handle is on.
         self._file_inodes: dict[FileHandleT, InodeT] = {}
@@ -270,6 +272,10 @@ class RxOperations(pyfuse3.Operations):
         self._next_dir_handle = 1
         # Inodes a change made through this mount left with stale cached attributes.
         self._changed_here: set[InodeT] = set()
+        # O_APPEND handles: the server places their writes (see _file_info).
+        self._appending: set[FileHandleT] = set()
+        # Paths whose open was answered ESTALE by _revalidate: the kernel's retry.
+        self._reopening: set[str] = set()
         # Set once the kernel has sent FUSE INIT (see init()).
         self.initialized = trio.Event()
 
@@ -353,6 +359,23 @@ class RxOperations(pyfuse3.Operations):
         told to drop it too, or it would go on showing the file for entry_timeout. Told
         from pyfuse3's own thread: this handler may hold the directory's lock."""
         self.inodes.name_gone(inode, path)
+        self._forget_name(path)
+
+    def _renew_if_changed(self, inode: InodeT, attrs: FileAttributes) -> bool:
+        """Under the writeback cache the kernel never takes a regular file's size or
+        mtime from the server again: a file changed elsewhere (and not open here) gets
+        new inode numbers for its names, and the kernel is told to drop those names, so
+        that the next lookup builds a fresh inode (fs/_inodes.py)."""
+        if not self.inodes.changed_elsewhere(inode, attrs):
+            return False
+        for path in self.inodes.paths_of(inode):
+            self.inodes.renumber(path)
+            self._forget_name(path)
+        return True
+
+    def _forget_name(self, path: str) -> None:
+        """Tell the kernel to drop its dentry for ``path`` (from pyfuse3's thread: the
+        handler may hold the directory's lock)."""
         parent = self.inodes.find(posixpath.dirname(path))
         if parent is not None and path != "/":
             name = os.fsencode(posixpath.basename(path))
@@ -409,8 +432,25 @@ class RxOperations(pyfuse3.Operations):
         # A name the kernel holds and asks for again: its entry timed out, or it wants
         # the server's word before O_EXCL, mkdir, a rename target or after ESTALE. A
         # cached answer would defeat that (EEXIST for a file deleted meanwhile).
-        attrs = await self._stat(path, from_server=self.inodes.held(path))
+        try:
+            attrs = await self._stat(path, from_server=self.inodes.held(path))
+        except FUSEError as exc:
+            if exc.errno == errno.ENOENT:
+                return self._negative_entry(path)
+            raise
         return await self._lookup_entry(path, attrs)
+
+    def _negative_entry(self, path: str) -> pyfuse3.EntryAttributes:
+        """ "No such name", for the kernel to keep while the directory cache vouches for
+        it (at most entry_timeout): a build or a PATH search asks for the same missing
+        names again and again, and each answer kept saves a request."""
+        keep = min(self.options.entry_timeout, self.device.absent_for(path))
+        if keep <= 0:
+            raise FUSEError(errno.ENOENT)
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = InodeT(0)
+        entry.entry_timeout = keep
+        return entry
 
     async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
         # Never raises: pyfuse3 cannot report an error for forget.
@@ -430,6 +470,7 @@ class RxOperations(pyfuse3.Operations):
             irp = await self._by_inode(inode, lambda path: _query(path, from_server=fresh))
             if irp is not None:
                 assert irp.attributes is not None
+                self._renew_if_changed(inode, irp.attributes)
                 self.inodes.remember(inode, irp.attributes)
                 return self._entry(inode, irp.attributes)
         fobx = self._open_fobx(inode)
@@ -461,6 +502,7 @@ class RxOperations(pyfuse3.Operations):
         fobx = self._files.get(fh) if fh is not None else None
         if fields.update_size:
             await self._set_inode_info(inode, fobx, FileEndOfFileInformation(attr.st_size))
+            self.inodes.resized(inode, attr.st_size)
         basic = FileBasicInformation(
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
@@ -525,23 +567,68 @@ class RxOperations(pyfuse3.Operations):
     async def open(
         self, inode: InodeT, flags: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
-        access, options = _access_for(flags)
         disposition = (
             CreateDisposition.FILE_OVERWRITE if flags & os.O_TRUNC else CreateDisposition.FILE_OPEN
         )
+        kernel_reads = self._through_page_cache(flags)
+        try:
+            irp = await self._open_inode(inode, flags, disposition, kernel_reads=kernel_reads)
+        except FUSEError as exc:
+            write_only = flags & os.O_ACCMODE == os.O_WRONLY
+            if not (kernel_reads and write_only and exc.errno == errno.EACCES):
+                raise
+            # The server lets us write the file but not read it: this open goes
+            # around the page cache, which would have to read partial pages.
+            kernel_reads = False
+            irp = await self._open_inode(inode, flags, disposition, kernel_reads=False)
+        fobx = irp.file_object
+        assert fobx is not None and irp.file_name is not None
+        if flags & os.O_TRUNC:
+            self.inodes.resized(inode, 0)
+        elif fobx.fcb is not None and fobx.fcb.attributes is not None:
+            await self._revalidate(inode, irp.file_name, fobx, fobx.fcb.attributes)
+        return self._file_info(fobx, inode, flags, direct=not kernel_reads)
+
+    async def _open_inode(
+        self, inode: InodeT, flags: int, disposition: CreateDisposition, *, kernel_reads: bool
+    ) -> Irp:
+        access, options = _access_for(flags, kernel_reads=kernel_reads)
         params = CreateParameters(access, disposition, options)
-        irp = await self._on_inode(
+        return await self._on_inode(
             inode, lambda path: Irp(IrpMj.IRP_MJ_CREATE, params, file_name=path)
         )
-        assert irp.file_object is not None
-        return self._file_info(irp.file_object, inode, flags)
+
+    def _through_page_cache(self, flags: int) -> bool:
+        """Whether an open's reads and writes go through the kernel's page cache:
+        under the writeback cache, all but O_APPEND (see _file_info) and O_DIRECT."""
+        return self.enable_writeback_cache and not flags & (os.O_APPEND | os.O_DIRECT)
+
+    async def _revalidate(
+        self, inode: InodeT, path: str, fobx: Fobx, attrs: FileAttributes
+    ) -> None:
+        """Close-to-open: the open just read the file's size and mtime from the server.
+        If the file changed elsewhere since the kernel built its inode, this open is
+        undone and answered ESTALE; Linux then walks the path again with real lookups,
+        which find the file under a new inode, and retries the open once."""
+        if path in self._reopening:
+            # The retry: it looked the file up a moment ago. A file another client is
+            # still writing may have changed again since; taking it as it is now is
+            # all close-to-open can promise (and a second ESTALE would reach the
+            # program).
+            self._reopening.discard(path)
+        elif self._renew_if_changed(inode, attrs):
+            await self._close(fobx)
+            self._reopening.add(path)
+            raise _stale()
+        self.inodes.resynced(inode, attrs)
 
     @_handler
     async def create(
         self, parent_inode: InodeT, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         path = self._child(parent_inode, name)
-        access, options = _access_for(flags)
+        kernel_reads = self._through_page_cache(flags)
+        access, options = _access_for(flags, kernel_reads=kernel_reads)
         if flags & os.O_EXCL:
             disposition = CreateDisposition.FILE_CREATE
         elif flags & os.O_TRUNC:
@@ -559,20 +646,27 @@ class RxOperations(pyfuse3.Operations):
             ),
         )
         entry = await self._lookup_entry(path, attrs)
-        return self._file_info(fobx, entry.st_ino, flags), entry
+        return self._file_info(fobx, entry.st_ino, flags, direct=not kernel_reads), entry
 
-    def _file_info(self, fobx: Fobx, inode: InodeT, flags: int) -> pyfuse3.FileInfo:
+    def _file_info(
+        self, fobx: Fobx, inode: InodeT, flags: int, *, direct: bool
+    ) -> pyfuse3.FileInfo:
         self._files[fobx.key] = fobx
         self._file_inodes[fobx.key] = inode
+        self.inodes.opened(inode)
         info = pyfuse3.FileInfo(fh=fobx.key)
-        # Another client may change the file between opens: do not keep the page cache.
+        # Another client may have changed the bytes between opens without changing
+        # the size or the mtime's second (SFTP v3 times are whole seconds): drop the
+        # page cache at every open, as close-to-open wants.
         info.keep_cache = False
         # O_APPEND goes around the page cache: through it the kernel ends a write at
         # the first page it did not hold whole, so a 100-byte record across a 4 KiB
         # boundary left as two appends, and another client's record could land
         # between them. Direct I/O sends each write(2) as one request (up to 1 MiB),
         # which the server places at the end whole (SSH_FXF_APPEND).
-        info.direct_io = bool(flags & os.O_APPEND)
+        info.direct_io = direct or bool(flags & os.O_APPEND)
+        if info.direct_io and flags & os.O_APPEND:
+            self._appending.add(fobx.key)
         return info
 
     @_handler
@@ -593,6 +687,9 @@ class RxOperations(pyfuse3.Operations):
                 buffer=buf,
             )
         )
+        self.inodes.wrote(
+            self._file_inodes[fh], off + len(buf), placed_by_server=fh in self._appending
+        )
         return irp.io_status.information
 
     @_handler
@@ -608,10 +705,17 @@ class RxOperations(pyfuse3.Operations):
 
     @_handler
     async def release(self, fh: FileHandleT) -> None:
-        self._file_inodes.pop(fh, None)
+        inode = self._file_inodes.pop(fh, None)
+        self._appending.discard(fh)
         fobx = self._files.pop(fh, None)
         if fobx is not None:
             await self._close(fobx)
+        if inode is not None and self.inodes.released(inode):
+            # The server placed this inode's last writes (O_APPEND): the kernel's
+            # size and mtime are its own guesses, and only a new inode corrects them.
+            for path in self.inodes.paths_of(inode):
+                self.inodes.renumber(path)
+                self._forget_name(path)
 
     # -- directories --------------------------------------------------------------------
 
@@ -645,7 +749,7 @@ class RxOperations(pyfuse3.Operations):
         for index in range(start_id, len(handle.entries)):
             item = handle.entries[index]
             path = posixpath.join(handle.path, item.name)
-            inode = self.inodes.inode_of(path)
+            inode = self.inodes.current(path, item.attributes)
             entry = self._entry(inode, item.attributes)
             if not pyfuse3.readdir_reply(token, os.fsencode(item.name), entry, index + 1):
                 self.inodes.drop_unlooked(inode)
