@@ -151,6 +151,15 @@ class RxDevice:
             raise RuntimeError("the device is not started")
         return self._net_root
 
+    def absent_for(self, path: str) -> float:
+        """Seconds for which the directory cache (-o dir_timeout) vouches that ``path``
+        does not exist: a front end may cache the "not found" that long (0.0: not at
+        all). Our own creates keep the listing true; another client's new name stays
+        unseen that long, as it does here."""
+        return self.net_root.directories.absent_for(
+            path, self.core.dir_timeout, self.reconnector.generation
+        )
+
     @property
     def v_net_root(self) -> VNetRoot:
         if self._v_net_root is None:

@@ -88,6 +88,17 @@ class DirectoryCache:
         listing.hits += 1
         return listing
 
+    def absent_for(self, path: str, max_age: float, generation: int) -> float:
+        """For how many more seconds a fresh listing vouches that ``path`` does not
+        exist (0.0 when none does)."""
+        directory, name = posixpath.split(path)
+        listing = self._listings.get(directory)
+        if listing is None or not name or name in listing.names:
+            return 0.0
+        if listing.generation != generation:
+            return 0.0
+        return max(0.0, max_age - (time.monotonic() - listing.learned))
+
     def worth_renewing(self, directory: str, listing: Listing, max_age: float) -> bool:
         """Past half its life, nobody listing it already, and it has saved the server
         more requests than listing it again will cost: ask again before it expires."""

@@ -111,6 +111,18 @@ async def test_lookup_of_a_missing_name_is_enoent() -> None:
 
 
 @trio_test
+async def test_a_name_a_held_listing_lacks_is_a_negative_entry_the_kernel_keeps() -> None:
+    async with operations() as ops:
+        directory = (await ops.mkdir(ROOT, b"d", 0o40755, CTX)).st_ino  # known empty
+        entry = await ops.lookup(directory, b"missing", CTX)
+        assert entry.st_ino == 0
+        assert 0 < entry.entry_timeout <= ops.options.entry_timeout
+        info, created = await ops.create(directory, b"missing", 0o100644, os.O_RDWR, CTX)
+        await ops.release(info.fh)
+        assert (await ops.lookup(directory, b"missing", CTX)).st_ino == created.st_ino
+
+
+@trio_test
 async def test_a_name_too_long_is_enametoolong() -> None:
     async with operations() as ops:
         name = b"n" * 256
@@ -162,7 +174,8 @@ async def test_rename_moves_the_name_and_keeps_the_inode(monkeypatch: pytest.Mon
         await ops.rename(ROOT, b"old", ROOT, b"new", 0, CTX)
         assert await _list(ops, ROOT, monkeypatch) == ["new"]
         assert (await ops.lookup(ROOT, b"new", CTX)).st_ino == inode
-        assert await _errno_of(ops.lookup(ROOT, b"old", CTX)) == errno.ENOENT
+        # Not found, from the listing just taken: an entry the kernel keeps as negative.
+        assert (await ops.lookup(ROOT, b"old", CTX)).st_ino == 0
         assert await _errno_of(ops.rename(ROOT, b"old", ROOT, b"x", 0, CTX)) == errno.ENOENT
 
 
