@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -170,3 +171,77 @@ def make_file(path: Path, pattern: Pattern, size: int) -> None:
     with open(path, "wb") as file:
         for piece in pattern.chunks(size, MIB):
             file.write(piece)
+
+
+# -- a source tree: extract, walk, rsync, remove ------------------------------------------
+
+
+def make_tree(root: Path, seed: int, directories: int = 100, files_per_dir: int = 14) -> int:
+    """A tree like a small source checkout (``directories`` directories in two levels,
+    ``files_per_dir`` files of 0-8 KiB in each); returns how many entries it has."""
+    rng = random.Random(seed)
+    per_top = max(1, int(directories**0.5))
+    entries = 0
+    for index in range(directories):
+        directory = root / f"d{index // per_top:02}" / f"s{index % per_top:02}"
+        directory.mkdir(parents=True, exist_ok=True)
+        entries += 1 + (index % per_top == 0)
+        for number in range(files_per_dir):
+            (directory / f"file{number:02}.c").write_bytes(rng.randbytes(rng.randint(0, 8 * KIB)))
+            entries += 1
+    return entries
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 (or "dir") of every entry below ``root``."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        found[relative] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def timed_command(argv: list[str], entries: int, *, cwd: Path | None = None) -> Sample:
+    """Run ``argv`` (output discarded); a failure stops the run."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        error = done.stderr.decode(errors="replace").strip()[-500:]
+        raise BenchmarkError(f"{' '.join(argv)} exited {done.returncode}: {error}")
+    return Sample(seconds, 0, entries)
+
+
+# -- coherence between two clients (checked, not timed) -----------------------------------
+
+RECORD = 100
+
+
+def append_record(writer: int, number: int) -> bytes:
+    head = f"w{writer} {number:06d} ".encode()
+    return head + b"." * (RECORD - len(head) - 1) + b"\n"
+
+
+def append_from(path: Path, writer: int, records: int, failures: list[BaseException]) -> None:
+    """One kept-open O_APPEND descriptor, one write(2) per record."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            for number in range(records):
+                os.write(fd, append_record(writer, number))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        failures.append(exc)
+
+
+def broken_records(data: bytes, writers: int, records: int) -> tuple[int, int]:
+    """(records not found whole and in their writer's order, records expected)."""
+    lines = data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n")
+    whole = {line + b"\n" for line in lines if len(line) == RECORD - 1}
+    expected = [append_record(w, n) for w in range(writers) for n in range(records)]
+    missing = sum(record not in whole for record in expected)
+    extra = max(0, len(lines) - len(expected))
+    return missing + extra, len(expected)

@@ -15,12 +15,14 @@ import datetime
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -50,11 +52,16 @@ from ._workloads import (
     MIB,
     Pattern,
     Sample,
+    append_from,
+    broken_records,
     check_file,
     check_small_files,
     make_file,
+    make_tree,
     read_sequential,
     small_files,
+    timed_command,
+    tree_digest,
     write_sequential,
     write_small_files,
 )
@@ -122,6 +129,8 @@ class Bench:
     files: list[bytes]
     latency_files: list[bytes]
     log: Callable[[str], None]
+    tree: Path  # a local source tree, and tree.tar of it
+    tree_entries: int
     samples: dict[str, dict[str, list[Sample]]] = field(default_factory=dict)
 
     # -- workloads: each returns the timed sample after checking the bytes ------------
@@ -150,17 +159,70 @@ class Bench:
         (home / name).unlink()
         return sample
 
-    def _check(self, target: Target, name: str, check: Callable[[Path], None]) -> None:
+    # A source tree through the mount: tar x, then walks (find, du, ls -laR, twice each:
+    # the second run is what the kernel's caches can answer), rsync -a, rm -rf. Each
+    # step makes what it needs when run alone (--only).
+
+    def tree_extract(self, target: Target, tag: str) -> Sample:
+        name = _tree_name(tag)
+        (target.path / name).mkdir()
+        sample = timed_command(
+            ["tar", "-xf", str(self.tree.with_suffix(".tar")), "-C", str(target.path / name)],
+            self.tree_entries,
+        )
+        self._check(target, name, self._check_tree, remove=False)
+        return sample
+
+    def tree_walk(self, target: Target, tag: str) -> Sample:
+        root = self._extracted(target, tag)
+        walks = [["find", str(root)], ["du", "-s", str(root)], ["ls", "-laR", str(root)]]
+        seconds = sum(timed_command(argv, 0).seconds for argv in walks * 2)
+        return Sample(seconds, 0, self.tree_entries * len(walks) * 2)
+
+    def tree_rsync(self, target: Target, tag: str) -> Sample:
+        name = f"rsync-{tag}"
+        sample = timed_command(
+            ["rsync", "-a", f"{self.tree}/", str(target.path / name)], self.tree_entries
+        )
+        self._check(target, name, self._check_tree)
+        return sample
+
+    def tree_remove(self, target: Target, tag: str) -> Sample:
+        return timed_command(["rm", "-rf", str(self._extracted(target, tag))], self.tree_entries)
+
+    def _extracted(self, target: Target, tag: str) -> Path:
+        """The tree tree_extract left for this system and round (extracted untimed if
+        that workload did not run)."""
+        root = target.path / _tree_name(tag)
+        if not root.exists():
+            root.mkdir()
+            timed_command(["tar", "-xf", str(self.tree.with_suffix(".tar")), "-C", str(root)], 0)
+        return root
+
+    def _check_tree(self, path: Path) -> None:
+        if tree_digest(path) != tree_digest(self.tree):
+            raise BenchmarkError(f"{path}: the tree differs from the one written")
+
+    def _check(
+        self, target: Target, name: str, check: Callable[[Path], None], *, remove: bool = True
+    ) -> None:
         """Check the bytes on the server (through the mount for memory://, which has no
         server side), then remove them and flush the server's page cache so the next run
         does not pay for this one's writeback."""
         home = target.server_dir or target.path
         check(home / name)
+        if not remove:
+            return
         if (home / name).is_dir():
             shutil.rmtree(home / name)
         else:
             (home / name).unlink()
         os.sync()
+
+
+def _tree_name(tag: str) -> str:
+    """One extracted tree per system and round, whichever tree workload ``tag`` is of."""
+    return f"tree-{tag.split('-', 1)[1]}"
 
 
 def workloads(sizes: Sizes) -> list[Workload]:
@@ -202,6 +264,38 @@ def workloads(sizes: Sizes) -> list[Workload]:
             False,
             lambda b, t, tag: b.sequential_read(t, tag),
             timeout(sizes.read),
+        ),
+        Workload(
+            "tree_extract",
+            "tar x of a source tree (entries/s)",
+            "files/s",
+            False,
+            lambda b, t, tag: b.tree_extract(t, tag),
+            timeout(0, 2000),
+        ),
+        Workload(
+            "tree_walk",
+            "find, du -s, ls -laR of it, twice each (entries/s)",
+            "files/s",
+            False,
+            lambda b, t, tag: b.tree_walk(t, tag),
+            timeout(0, 2000),
+        ),
+        Workload(
+            "tree_rsync",
+            "rsync -a of the tree into the mount (entries/s)",
+            "files/s",
+            False,
+            lambda b, t, tag: b.tree_rsync(t, tag),
+            timeout(0, 2000),
+        ),
+        Workload(
+            "tree_remove",
+            "rm -rf of the extracted tree (entries/s)",
+            "files/s",
+            False,
+            lambda b, t, tag: b.tree_remove(t, tag),
+            timeout(0, 2000),
         ),
         Workload(
             "latency_seq_write_1m",
@@ -266,8 +360,9 @@ class Mounts:
         self._rxfs_options = rxfs_options
         self._mounted: list[MountedFs] = []
 
-    def start(self, system: str, proxied: bool, label: str) -> Target:
-        remote = self._servers.sshd.root / label
+    def start(self, system: str, proxied: bool, label: str, remote_label: str = "") -> Target:
+        """Mount ``remote_label`` (default: ``label``) of the server at MNT-``label``."""
+        remote = self._servers.sshd.root / (remote_label or label)
         remote.mkdir(exist_ok=True)
         mountpoint = self._work / f"mnt-{label}"
         log = self._work / f"{label}.log"
@@ -372,6 +467,97 @@ def measure_rss_while_writing(
     return results
 
 
+APPEND_RECORDS = 1000
+EDIT_ROUNDS = 30
+
+
+def coherence_checks(bench: Bench, mounts: Mounts, systems: list[str]) -> dict[str, object]:
+    """Two things a user of a shared directory relies on, checked on each client (not
+    timed): appends from two mounts at once land whole, and a file edited on the server
+    reads back fresh through the mount at the next open."""
+    results: dict[str, object] = {}
+    for system in systems:
+        first = mounts.start(system, False, f"coherence-{system}")
+        second = mounts.start(system, False, f"coherence-{system}-2", f"coherence-{system}")
+        try:
+            results[system] = {
+                "append_two_mounts": _append_two_mounts(first, second),
+                "edit_on_server": _edit_on_server(first),
+            }
+        finally:
+            mounts.stop(second)
+            mounts.stop(first)
+        bench.log(f"coherence {system:5} {results[system]}")
+    return results
+
+
+def _append_two_mounts(first: Target, second: Target) -> dict[str, int | str]:
+    (first.path / "log").write_bytes(b"")
+    failures: list[BaseException] = []
+    writers = [
+        threading.Thread(target=append_from, args=(t.path / "log", i, APPEND_RECORDS, failures))
+        for i, t in enumerate((first, second))
+    ]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join(BASE_TIMEOUT)
+    assert first.server_dir is not None
+    broken, total = broken_records((first.server_dir / "log").read_bytes(), 2, APPEND_RECORDS)
+    return {"broken_records": broken, "records": total, "errors": "; ".join(map(str, failures))}
+
+
+def _edit_on_server(target: Target) -> dict[str, int]:
+    """Each round reads the file through the mount (so the client caches it), changes
+    it on the server (grows, shrinks, same size with new bytes: in turn) and reads it
+    through the mount again at once."""
+    assert target.server_dir is not None
+    rng = random.Random(SEED)
+    server, mounted = target.server_dir / "edited", target.path / "edited"
+    server.write_bytes(rng.randbytes(3000))
+    stale = 0
+    for round_no in range(EDIT_ROUNDS):
+        mounted.read_bytes()
+        old = server.read_bytes()
+        if round_no % 3 == 0:
+            new = old + rng.randbytes(rng.randint(1, 5000))
+        elif round_no % 3 == 1:
+            new = old[: rng.randint(1, len(old) - 1)]
+        else:
+            new = rng.randbytes(len(old))
+        server.write_bytes(new)
+        stale += mounted.read_bytes() != new
+    return {"stale_reads": stale, "rounds": EDIT_ROUNDS}
+
+
+def measure_memory(
+    args: argparse.Namespace,
+    bench: Bench,
+    mounts: Mounts,
+    monitor: RssMonitor,
+    targets: dict[tuple[str, bool], Target],
+) -> dict[str, object]:
+    """Peak RSS and CPU of each mount over the rounds, then the 2 GiB write run."""
+    memory: dict[str, object] = {}
+    for (_, proxied), target in targets.items():
+        name = process_name(target) + (", through the proxy" if proxied else ", direct")
+        memory[name] = {
+            "peak_rss_bytes": sum(monitor.peak(pid) for pid in target.fs.pids),
+            "cpu_seconds": sum(cpu_seconds(pid) for pid in target.fs.pids),
+        }
+    size = _size(bench.sizes.rss_write)
+    if args.no_rss:
+        pass
+    elif args.backend == "memory":
+        memory[f"writing {size}"] = "n/a: memory:// keeps files in RAM"
+    else:
+        for name, usage in measure_rss_while_writing(
+            bench, mounts, monitor, list(SYSTEMS)
+        ).items():
+            memory[f"{name}, fresh mount writing {size}"] = usage
+    return memory
+
+
 def process_name(target: Target) -> str:
     """sshfs (and rxfs with transport=openssh) leave the cipher to an ssh process; its
     memory and CPU count with the mount's."""
@@ -434,6 +620,39 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
+def coherence_markdown(coherence: dict[str, object]) -> str:
+    if not coherence:
+        return ""
+    lines = [
+        "",
+        "| coherence check | " + " | ".join(coherence) + " |",
+        "|---|" + "---:|" * len(coherence),
+    ]
+    checks = [
+        (
+            "append from two mounts: records broken or lost",
+            "append_two_mounts",
+            "broken_records",
+            "records",
+        ),
+        (
+            "edit on server, read through mount: stale reads",
+            "edit_on_server",
+            "stale_reads",
+            "rounds",
+        ),
+    ]
+    for title, key, bad, total in checks:
+        cells = []
+        for result in coherence.values():
+            assert isinstance(result, dict)
+            check = result[key]
+            errors = f" ({check['errors']})" if check.get("errors") else ""
+            cells.append(f"{check[bad]} of {check[total]}{errors}")
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _cell(stats: object) -> str:
     if not isinstance(stats, dict):
         return "n/a"
@@ -487,6 +706,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-rss", action="store_true", help="skip the 2 GiB memory run")
     parser.add_argument(
+        "--no-coherence", action="store_true", help="skip the two-client coherence checks"
+    )
+    parser.add_argument(
         "-o",
         dest="rxfs_options",
         action="append",
@@ -517,6 +739,27 @@ def scratch() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def prepare(sizes: Sizes, log: Callable[[str], None], tree_root: Path) -> Bench:
+    """Seeded data for every workload, made before anything is timed."""
+    tree_entries = make_tree(tree_root / "tree", SEED + 3)
+    subprocess.run(
+        ["tar", "-cf", str(tree_root / "tree.tar"), "-C", str(tree_root / "tree"), "."],
+        check=True,
+    )
+    bench = Bench(
+        sizes,
+        Pattern(SEED),
+        small_files(SEED + 1, sizes.small_count, sizes.small_max),
+        small_files(SEED + 2, sizes.latency_small_count, sizes.small_max),
+        log,
+        tree_root / "tree",
+        tree_entries,
+    )
+    for size in {sizes.seq_1m, sizes.seq_4k, sizes.latency_seq_1m, sizes.rss_write}:
+        bench.pattern.sha256(size)
+    return bench
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if os.getuid() != 0:
@@ -531,17 +774,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.monotonic() - started:7.1f}s] {message}", file=sys.stderr, flush=True)
 
     log("preparing data")
-    bench = Bench(
-        sizes,
-        Pattern(SEED),
-        small_files(SEED + 1, sizes.small_count, sizes.small_max),
-        small_files(SEED + 2, sizes.latency_small_count, sizes.small_max),
-        log,
-    )
-    for size in {sizes.seq_1m, sizes.seq_4k, sizes.latency_seq_1m, sizes.rss_write}:
-        bench.pattern.sha256(size)
+    tree_root = Path(tempfile.mkdtemp(prefix="rxfs-bench-tree-"))
+    bench = prepare(sizes, log, tree_root)
     problems: list[str] = []
     with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, tree_root, True)
         work = stack.enter_context(scratch())
         sshd = stack.enter_context(LoopbackSshd())
         proxy = stack.enter_context(FaultProxy((sshd.host, sshd.port), latency=LATENCY))
@@ -566,29 +803,22 @@ def main(argv: list[str] | None = None) -> int:
         deadline = started + args.timeout
         run_rounds(bench, targets, args.rounds, chosen, deadline)
 
-        memory: dict[str, object] = {}
-        for (_, proxied), target in targets.items():
-            name = process_name(target) + (", through the proxy" if proxied else ", direct")
-            memory[name] = {
-                "peak_rss_bytes": sum(monitor.peak(pid) for pid in target.fs.pids),
-                "cpu_seconds": sum(cpu_seconds(pid) for pid in target.fs.pids),
-            }
-        if args.no_rss:
-            pass
-        elif args.backend == "memory":
-            memory[f"writing {_size(sizes.rss_write)}"] = "n/a: memory:// keeps files in RAM"
-        else:
-            for name, usage in measure_rss_while_writing(
-                bench, mounts, monitor, list(SYSTEMS)
-            ).items():
-                memory[f"{name}, fresh mount writing {_size(sizes.rss_write)}"] = usage
+        memory = measure_memory(args, bench, mounts, monitor, targets)
+
+        coherence: dict[str, object] = {}
+        if not args.no_coherence and args.backend == "sftp":
+            coherence = coherence_checks(bench, mounts, list(SYSTEMS))
 
         rows = summarize(chosen, bench)
-        report = markdown(meta, rows, memory)
+        report = markdown(meta, rows, memory) + coherence_markdown(coherence)
         meta["elapsed_s"] = time.monotonic() - started
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
-            json.dumps({"meta": meta, "workloads": rows, "memory": memory}, indent=2) + "\n"
+            json.dumps(
+                {"meta": meta, "workloads": rows, "memory": memory, "coherence": coherence},
+                indent=2,
+            )
+            + "\n"
         )
         print(report)
         log(f"done in {meta['elapsed_s']:.0f} s; JSON in {args.json}")
