@@ -223,6 +223,12 @@ class InodeTable:
             synced.size = max(synced.size, end)
             synced.placed_by_server |= placed_by_server
 
+    def written(self, inode: int) -> bool:
+        """Whether this mount changed the file's contents since the kernel built or
+        last checked its inode."""
+        synced = self._synced(inode)
+        return synced is not None and synced.written
+
     def resized(self, inode: int, size: int) -> None:
         """truncate/ftruncate or O_TRUNC through the mount: the kernel's size is ``size``."""
         synced = self._synced(inode)

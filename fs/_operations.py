@@ -253,6 +253,22 @@ def _access_for(flags: int, *, kernel_reads: bool = False) -> tuple[AccessMask, 
     return access, options
 
 
+def _own_times_written_back(fields: pyfuse3.SetattrFields) -> bool:
+    """What the kernel sends to write back a file's times after buffered writes: mtime
+    and ctime, nothing else (Linux's fuse_flush_times)."""
+    return (
+        fields.update_mtime
+        and fields.update_ctime
+        and not (
+            fields.update_atime
+            or fields.update_mode
+            or fields.update_uid
+            or fields.update_gid
+            or fields.update_size
+        )
+    )
+
+
 class RxOperations(pyfuse3.Operations):
     """FUSE requests -> IRPs. One instance per mount, on the mount's trio loop."""
 
@@ -500,6 +516,12 @@ class RxOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         fobx = self._files.get(fh) if fh is not None else None
+        if fobx is not None and _own_times_written_back(fields) and self.inodes.written(inode):
+            # The kernel writing back the mtime of its own writes (writeback cache):
+            # the server stamps the file when those writes land, so this costs no
+            # round trip. A program's utimensat carries atime or comes by name.
+            self.inodes.times_set(inode, None, attr.st_mtime_ns)
+            return await self.getattr(inode, ctx)
         if fields.update_size:
             await self._set_inode_info(inode, fobx, FileEndOfFileInformation(attr.st_size))
             self.inodes.resized(inode, attr.st_size)
