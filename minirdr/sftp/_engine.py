@@ -38,6 +38,7 @@ by path that remain are thin wrappers of ``call`` and ``expect``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -75,12 +76,16 @@ __all__ = [
     "SftpError",
     "SftpSession",
     "Waiter",
+    "attrs_after",
     "packet_length",
     "read_packet",
     "status_of",
 ]
 
 log = logging.getLogger(__name__)
+
+# One request: its packet type and fields (see request_both).
+Request = tuple[PacketType, tuple[bytes, ...]]
 
 # A dict lookup per reply instead of a call of the enum (several times slower).
 _PACKET_TYPES = {int(kind): kind for kind in PacketType}
@@ -256,6 +261,24 @@ def status_of(reply: Reply) -> SftpError | None:
     except ValueError:
         status = SftpStatusCode.SSH_FX_FAILURE
     return None if status == SftpStatusCode.SSH_FX_OK else SftpError(status, message)
+
+
+def _build(request: Request, request_id: int) -> bytes | Packet:
+    kind, fields = request
+    return packet(kind, request_id, *fields)
+
+
+def attrs_after(change: Reply, stat: Reply) -> Attrs:
+    """The attributes a STAT answered after a change answered STATUS OK; raises the
+    change's failure first (the stat then says nothing of interest)."""
+    error = status_of(change)
+    if error is not None:
+        raise error
+    if stat.kind != PacketType.ATTRS:
+        raise status_of(stat) or SftpError(
+            SftpStatusCode.SSH_FX_BAD_MESSAGE, "a stat answered SSH_FX_OK"
+        )
+    return stat.body.attrs()
 
 
 class SftpSession:
@@ -592,6 +615,30 @@ class SftpSession:
             raise result[0]
         return result[0]
 
+    async def request_both(self, first: Request, second: Request) -> tuple[Reply, Reply]:
+        """Two requests in one write, both replies awaited: a change and the stat that
+        reads its outcome cost one round trip, not two (the server answers in order)."""
+        done = trio.Event()
+        replies: dict[int, Reply | SftpError] = {}
+
+        def collect(index: int) -> Callable[[Reply | SftpError], None]:
+            def on_reply(reply: Reply | SftpError) -> None:
+                replies[index] = reply
+                if len(replies) == 2:
+                    done.set()
+
+            return on_reply
+
+        for index, request in enumerate((first, second)):
+            await self.submit(functools.partial(_build, request), collect(index), hold=index == 0)
+        await done.wait()
+        first_reply, second_reply = replies[0], replies[1]
+        if isinstance(first_reply, SftpError):
+            raise first_reply
+        if isinstance(second_reply, SftpError):
+            raise second_reply
+        return first_reply, second_reply
+
     async def call(self, kind: PacketType, *fields: bytes) -> None:
         """A request whose answer is a STATUS: raise SftpError unless it is OK."""
         error = status_of(await self.request(kind, *fields))
@@ -638,6 +685,17 @@ class SftpSession:
             await self.setstat(path, attrs)
             return
         await self.extended(EXT_LSETSTAT, pack_string(path), pack_attrs(attrs))
+
+    async def lsetstat_and_lstat(self, path: str, attrs: Attrs) -> Attrs:
+        """:meth:`lsetstat`, and the attributes it leaves, in one round trip."""
+        target = (pack_string(path), pack_attrs(attrs))
+        change: Request = (
+            (PacketType.EXTENDED, (pack_string(EXT_LSETSTAT), *target))
+            if self.has(EXT_LSETSTAT)
+            else (PacketType.SETSTAT, target)
+        )
+        replies = await self.request_both(change, (PacketType.LSTAT, (pack_string(path),)))
+        return attrs_after(*replies)
 
     async def mkdir(self, path: str, mode: int) -> None:
         await self.call(PacketType.MKDIR, pack_string(path), pack_attrs(Attrs(permissions=mode)))

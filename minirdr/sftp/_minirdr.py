@@ -17,6 +17,7 @@ pick from are :mod:`._pool`'s, the NT <-> SFTP conversions :mod:`._convert`'s.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import posixpath
@@ -614,7 +615,8 @@ class SftpMiniRdr(MiniRdrDispatch):
         elif isinstance(info, FileLinkInformation):
             await self._link(rx_context, path, self._remote(info.new_name))
         elif isinstance(info, FileDispositionInformation) and info.delete_file:
-            await self._delete(path)
+            known = rx_context.fcb.attributes
+            await self._delete(path, None if known is None else known.is_dir)
         return NtStatus.STATUS_SUCCESS
 
     async def _set_basic(
@@ -637,10 +639,9 @@ class SftpMiniRdr(MiniRdrDispatch):
             current = await self._stat_via(session, path, remote) if half_given else Attrs()
             attrs = basic_attrs(self._owners.to_server(info), current)
             if remote is not None:
-                await remote.fsetstat(attrs)
+                fresh = await remote.fsetstat_and_fstat(attrs)
             else:
-                await session.lsetstat(path, attrs)
-            fresh = await self._stat_via(session, path, remote)
+                fresh = await session.lsetstat_and_lstat(path, attrs)
         except SftpError as exc:
             raise await status_error(exc, session, Probe.NONE, path) from None
         rx_context.irp.attributes = await self._owners.one(session, fresh)
@@ -707,11 +708,18 @@ class SftpMiniRdr(MiniRdrDispatch):
             raise await status_error(exc, session, Probe.CREATE_NEW, new) from None
         rx_context.irp.attributes = await self._owners.one(session, attrs)
 
-    async def _delete(self, path: str) -> None:
-        """REMOVE or RMDIR by the file's type (POSIX unlink: at once, not on close)."""
+    async def _delete(self, path: str, known_dir: bool | None) -> None:
+        """REMOVE or RMDIR by the file's type (POSIX unlink: at once, not on close).
+        The type the core last saw (``known_dir``) saves the LSTAT, one round trip of
+        two (rm -rf); if that try fails, the type is asked for and the error that
+        then comes is the one reported."""
         if path == self._root:
             raise NtStatusError(NtStatus.STATUS_ACCESS_DENIED, "the share root")
         session = self.pool.pick()
+        if known_dir is not None:
+            with contextlib.suppress(SftpError):
+                await (session.rmdir(path) if known_dir else session.remove(path))
+                return
         try:
             directory = is_dir(await session.lstat(path))
         except SftpError as exc:

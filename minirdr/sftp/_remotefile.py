@@ -29,6 +29,7 @@ from ._engine import (
     Reply,
     SftpError,
     SftpSession,
+    attrs_after,
     status_of,
 )
 from ._wire import (
@@ -447,6 +448,15 @@ class RemoteFile:
     async def fsetstat(self, attrs: Attrs) -> None:
         self.invalidate_read_ahead()
         await self.session.call(PacketType.FSETSTAT, self._handle_field, pack_attrs(attrs))
+
+    async def fsetstat_and_fstat(self, attrs: Attrs) -> Attrs:
+        """:meth:`fsetstat`, and the attributes it leaves, in one round trip."""
+        self.invalidate_read_ahead()
+        replies = await self.session.request_both(
+            (PacketType.FSETSTAT, (self._handle_field, pack_attrs(attrs))),
+            (PacketType.FSTAT, (self._handle_field,)),
+        )
+        return attrs_after(*replies)
 
     async def fsync(self) -> None:
         await self.session.extended(EXT_FSYNC, self._handle_field)
