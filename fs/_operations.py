@@ -116,7 +116,7 @@ class FsOptions:
     metrics: MetricsAddress | None = None
 
     NAMES = {
-        "entry_timeout": "seconds the kernel may cache names (default 1)",
+        "entry_timeout": "seconds the kernel may cache names (default: attr_timeout)",
         "writeback_cache": "the kernel gathers writes in its page cache and sends them "
         "in large requests, under close-to-open consistency (default yes)",
         "allow_other": "let users other than the mounting one use the mount (implies "

@@ -116,6 +116,10 @@ def split_options(
         raise UsageError(str(exc)) from None
     # One attribute timeout for the core's cache and the kernel's.
     fs_options.attr_timeout = core_options.attr_timeout
+    if "entry_timeout" not in options:
+        # One knob for what the kernel may answer from its caches: a name and its
+        # attributes are cached alike unless told apart.
+        fs_options.entry_timeout = core_options.attr_timeout
     if core_options.read_only:
         kernel_flags = (kernel_flags - {"rw"}) | {"ro"}
     return fs_options, core_options, backend, kernel_flags
