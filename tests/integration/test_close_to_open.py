@@ -13,6 +13,8 @@ from __future__ import annotations
 import mmap
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -155,3 +157,38 @@ def test_mmap_writes_and_truncate_under_cached_pages(target: Target) -> None:
     assert path.read_bytes() == expected
     assert target.landed("mapped").read_bytes() == expected
     assert path.stat().st_size == len(expected)
+
+
+def test_close_returns_once_the_page_cache_is_on_the_server(target: Target) -> None:
+    """Under the writeback cache write(2) only dirties pages; close(2) must still not
+    return before every byte is on the server (the kernel writes the pages back
+    before FLUSH, and FLUSH waits for them to land)."""
+    data = random.Random(8).randbytes(4096 * 300 + 123)
+    fd = os.open(target.mnt / "paged", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for start in range(0, len(data), 4096):
+            os.write(fd, data[start : start + 4096])
+    finally:
+        os.close(fd)
+    assert target.landed("paged").read_bytes() == data  # at once, no sync, no wait
+
+
+def test_the_writer_killed_right_after_close_loses_nothing(sftp_target: Target) -> None:
+    script = (
+        "import os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)\n"
+        "for i in range(256):\n"
+        "    os.write(fd, bytes([i]) * 4096)\n"
+        "os.close(fd)\n"
+        "print('closed', flush=True)\n"
+        "import time; time.sleep(60)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script, str(sftp_target.mnt / "k")], stdout=subprocess.PIPE
+    ) as writer:
+        try:
+            assert writer.stdout is not None and writer.stdout.readline() == b"closed\n"
+        finally:
+            writer.kill()
+    expected = b"".join(bytes([i]) * 4096 for i in range(256))
+    assert sftp_target.server_path("k").read_bytes() == expected
