@@ -72,8 +72,12 @@ class _Inode:
     signature: tuple[int, int] | None = None
     # Regular files only; set when the kernel first hears of the inode.
     synced: _Synced | None = None
-    # Descriptors open on the inode through this mount.
-    opens: int = 0
+    # Descriptors open on the inode through this mount that may leave dirty pages in
+    # the kernel (writable, through the page cache): while there are any, the inode is
+    # kept, or a new open would miss bytes not yet written back.
+    writers: int = 0
+    # The name it had before ``renumber`` gave the name a new inode.
+    former: str | None = None
 
 
 class InodeTable:
@@ -176,44 +180,48 @@ class InodeTable:
     def changed_elsewhere(self, inode: int, attributes: FileAttributes) -> bool:
         """Whether the server's ``attributes`` of a regular file disagree with what
         the kernel's inode holds, in a way this mount's own changes do not explain, and
-        nothing here holds it open (an open file keeps its inode: whoever has it open
-        sees its own writes, as close-to-open promises nothing more between opens)."""
+        nothing here may hold dirty pages of it (see _Inode.writers)."""
         entry = self._by_inode.get(InodeT(inode))
         return (
             self._renew_changed
             and entry is not None
             and entry.synced is not None
-            and not entry.opens
+            and not entry.writers
             and entry.synced.differs(attributes)
         )
 
     def renumber(self, path: str) -> InodeT:
         """Give ``path`` a new inode: the file behind it changed elsewhere. The old
-        inode keeps its other names, or lives on nameless until the kernel forgets it."""
+        inode keeps its other names, or lives on nameless until the kernel forgets it;
+        the kernel may still open it by its dentry meanwhile (see ``former_path``)."""
+        old = self._by_path.get(path)
         self.unlink(path)
+        if old is not None:
+            self._by_inode[old].former = path
         return self.inode_of(path)
+
+    def former_path(self, inode: int) -> str | None:
+        """The name a renumbered inode had: the file is still there under it, only the
+        kernel's view of it (size, mtime) is out of date."""
+        entry = self._by_inode.get(InodeT(inode))
+        return entry.former if entry is not None and not entry.paths else None
 
     def resynced(self, inode: int, attributes: FileAttributes) -> None:
         """The server's ``attributes`` were checked against the kernel's inode and
         agree: later comparisons start from them."""
         entry = self._by_inode.get(InodeT(inode))
-        if entry is not None and entry.synced is not None and not entry.opens:
+        if entry is not None and entry.synced is not None and not entry.writers:
             entry.synced = _Synced(attributes.size, attributes.mtime_ns // _NS)
 
-    def opened(self, inode: int) -> None:
+    def writer_opened(self, inode: int) -> None:
         entry = self._by_inode.get(InodeT(inode))
         if entry is not None:
-            entry.opens += 1
+            entry.writers += 1
 
-    def released(self, inode: int) -> bool:
-        """One descriptor fewer. True when it was the last and the kernel's size or
-        mtime cannot be trusted any more (writes the server placed)."""
+    def writer_released(self, inode: int) -> None:
         entry = self._by_inode.get(InodeT(inode))
-        if entry is None:
-            return False
-        entry.opens -= 1
-        synced = entry.synced
-        return self._renew_changed and not entry.opens and bool(synced and synced.placed_by_server)
+        if entry is not None:
+            entry.writers -= 1
 
     def wrote(self, inode: int, end: int, *, placed_by_server: bool = False) -> None:
         """The kernel sent bytes up to ``end`` (its size grows to cover them)."""
@@ -222,6 +230,15 @@ class InodeTable:
             synced.written = True
             synced.size = max(synced.size, end)
             synced.placed_by_server |= placed_by_server
+
+    def renumber_unless_dirty(self, path: str) -> bool:
+        """:meth:`renumber` ``path`` unless its inode may hold dirty pages (see
+        _Inode.writers); whether it did."""
+        inode = self._by_path.get(path)
+        if inode is None or self._by_inode[inode].writers:
+            return False
+        self.renumber(path)
+        return True
 
     def written(self, inode: int) -> bool:
         """Whether this mount changed the file's contents since the kernel built or

@@ -289,9 +289,13 @@ class RxOperations(pyfuse3.Operations):
         # Inodes a change made through this mount left with stale cached attributes.
         self._changed_here: set[InodeT] = set()
         # O_APPEND handles: the server places their writes (see _file_info).
-        self._appending: set[FileHandleT] = set()
-        # Paths whose open was answered ESTALE by _revalidate: the kernel's retry.
-        self._reopening: set[str] = set()
+        # O_APPEND handles and the path each was opened by.
+        self._appending: dict[FileHandleT, str] = {}
+        # (path, pid) of opens _revalidate answered ESTALE: the kernel retries at once,
+        # in the same task.
+        self._reopening: set[tuple[str, int]] = set()
+        # Handles through the page cache that may write (see InodeTable.writer_opened).
+        self._page_writers: set[FileHandleT] = set()
         # Set once the kernel has sent FUSE INIT (see init()).
         self.initialized = trio.Event()
 
@@ -608,7 +612,7 @@ class RxOperations(pyfuse3.Operations):
         if flags & os.O_TRUNC:
             self.inodes.resized(inode, 0)
         elif fobx.fcb is not None and fobx.fcb.attributes is not None:
-            await self._revalidate(inode, irp.file_name, fobx, fobx.fcb.attributes)
+            await self._revalidate(inode, (irp.file_name, ctx.pid), fobx, fobx.fcb.attributes)
         return self._file_info(fobx, inode, flags, direct=not kernel_reads)
 
     async def _open_inode(
@@ -616,6 +620,11 @@ class RxOperations(pyfuse3.Operations):
     ) -> Irp:
         access, options = _access_for(flags, kernel_reads=kernel_reads)
         params = CreateParameters(access, disposition, options)
+        former = self.inodes.former_path(inode)
+        if former is not None:
+            # Renumbered a moment ago (changed elsewhere, or appended to): the kernel
+            # still opens it by its old dentry. The file is there; _revalidate decides.
+            return await self._call(Irp(IrpMj.IRP_MJ_CREATE, params, file_name=former))
         return await self._on_inode(
             inode, lambda path: Irp(IrpMj.IRP_MJ_CREATE, params, file_name=path)
         )
@@ -626,21 +635,21 @@ class RxOperations(pyfuse3.Operations):
         return self.enable_writeback_cache and not flags & (os.O_APPEND | os.O_DIRECT)
 
     async def _revalidate(
-        self, inode: InodeT, path: str, fobx: Fobx, attrs: FileAttributes
+        self, inode: InodeT, opener: tuple[str, int], fobx: Fobx, attrs: FileAttributes
     ) -> None:
         """Close-to-open: the open just read the file's size and mtime from the server.
         If the file changed elsewhere since the kernel built its inode, this open is
         undone and answered ESTALE; Linux then walks the path again with real lookups,
         which find the file under a new inode, and retries the open once."""
-        if path in self._reopening:
+        if opener in self._reopening:
             # The retry: it looked the file up a moment ago. A file another client is
             # still writing may have changed again since; taking it as it is now is
             # all close-to-open can promise (and a second ESTALE would reach the
             # program).
-            self._reopening.discard(path)
+            self._reopening.discard(opener)
         elif self._renew_if_changed(inode, attrs):
             await self._close(fobx)
-            self._reopening.add(path)
+            self._reopening.add(opener)
             raise _stale()
         self.inodes.resynced(inode, attrs)
 
@@ -675,7 +684,9 @@ class RxOperations(pyfuse3.Operations):
     ) -> pyfuse3.FileInfo:
         self._files[fobx.key] = fobx
         self._file_inodes[fobx.key] = inode
-        self.inodes.opened(inode)
+        if not direct and flags & os.O_ACCMODE != os.O_RDONLY:
+            self._page_writers.add(fobx.key)
+            self.inodes.writer_opened(inode)
         info = pyfuse3.FileInfo(fh=fobx.key)
         # Another client may have changed the bytes between opens without changing
         # the size or the mtime's second (SFTP v3 times are whole seconds): drop the
@@ -688,7 +699,8 @@ class RxOperations(pyfuse3.Operations):
         # which the server places at the end whole (SSH_FXF_APPEND).
         info.direct_io = direct or bool(flags & os.O_APPEND)
         if info.direct_io and flags & os.O_APPEND:
-            self._appending.add(fobx.key)
+            assert fobx.fcb is not None
+            self._appending[fobx.key] = fobx.fcb.path
         return info
 
     @_handler
@@ -720,6 +732,26 @@ class RxOperations(pyfuse3.Operations):
         server, and any failure to get them there is returned here (pyfuse3 drops errors
         raised in release). May run several times for one fh (dup'd descriptors)."""
         await self._call(_close_flush(self._fobx(fh)))
+        path = self._appending.get(fh)
+        if path is not None:
+            await self._renew_after_appends(path)
+
+    async def _renew_after_appends(self, path: str) -> None:
+        """The server placed this descriptor's writes (O_APPEND), so the size and mtime
+        the kernel keeps for whatever inode now has the name are guesses (another
+        process's lookup may have built one meanwhile): the name gets a new inode, and
+        the kernel drops it before close(2) returns, so that a stat or an open right
+        after sees the file as the server has it."""
+        inode = self.inodes.find(path)
+        parent = self.inodes.find(posixpath.dirname(path))
+        if inode is None or parent is None or not self.inodes.renumber_unless_dirty(path):
+            return
+        # Waited for in a thread: this handler holds no lock the kernel needs for it
+        # (close(2) takes none of the directory's).
+        with contextlib.suppress(OSError):
+            await trio.to_thread.run_sync(
+                pyfuse3.invalidate_entry, parent, os.fsencode(posixpath.basename(path))
+            )
 
     @_handler
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
@@ -728,16 +760,13 @@ class RxOperations(pyfuse3.Operations):
     @_handler
     async def release(self, fh: FileHandleT) -> None:
         inode = self._file_inodes.pop(fh, None)
-        self._appending.discard(fh)
+        self._appending.pop(fh, None)
+        if fh in self._page_writers and inode is not None:
+            self._page_writers.discard(fh)
+            self.inodes.writer_released(inode)
         fobx = self._files.pop(fh, None)
         if fobx is not None:
             await self._close(fobx)
-        if inode is not None and self.inodes.released(inode):
-            # The server placed this inode's last writes (O_APPEND): the kernel's
-            # size and mtime are its own guesses, and only a new inode corrects them.
-            for path in self.inodes.paths_of(inode):
-                self.inodes.renumber(path)
-                self._forget_name(path)
 
     # -- directories --------------------------------------------------------------------
 
