@@ -34,12 +34,18 @@ PATIENT = {"timeout": "60", "reconnect_timeout": "60"}
 @contextlib.contextmanager
 def held_open(path: Path, data: bytes) -> Iterator[subprocess.Popen[str]]:
     """A child that writes ``data`` to ``path`` and keeps it open until its stdin
-    closes; yields once the write returned (cached writes return at once)."""
+    closes; yields once rxfs has the bytes (its write-behind returns at once)."""
     code = (
         "import os, sys\n"
         f"fd = os.open({str(path)!r}, os.O_WRONLY | os.O_CREAT, 0o644)\n"
         "data = sys.stdin.buffer.read(int(sys.argv[1]))\n"
         "assert os.write(fd, data) == len(data)\n"
+        # Under the writeback cache the bytes sit in the kernel's pages: hand them to
+        # rxfs, as the kernel's writeback does, without waiting for them to land.
+        # sync_file_range(SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER)
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "assert libc.sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), 2 | 4) == 0\n"
         "print('written', flush=True)\n"
         "sys.stdin.read()\n"
         "try:\n"
