@@ -55,8 +55,9 @@ CORE_OPTIONS = {
     "attr_timeout": "seconds attributes may be answered from the cache, here and in the "
     "kernel (default 1)",
     "dir_timeout": "seconds a directory's listing may answer 'no such file' for names it "
-    "lacks, so that creating a file needs no lookup on the server; a file another client "
-    "creates may stay unseen that long (default: attr_timeout; 0: off)",
+    "lacks, so that creating a file needs no lookup on the server, and answer a listing "
+    "again (find, ls -R); a file another client creates may stay unseen that long "
+    "(default: attr_timeout; 0: off)",
     "ro": "read-only: every write, create, rename, unlink and attribute change fails with "
     "EROFS (the kernel refuses them first; the core refuses them too)",
 }

@@ -2,17 +2,19 @@
 lookup of a name a fresh, complete listing lacks is answered "not found" here.
 
 A leaf: each NetRoot holds one (:mod:`._objects`), and the dispatch routines fill and
-ask it; it imports nothing of the core but :class:`._pathmap.PathMap`.
+ask it; it imports nothing of the core but :class:`._pathmap.PathMap` and the IRP's
+DirEntry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ._pathmap import PathMap, paths_under
+from .irp import DirEntry
 
 __all__ = ["DirectoryCache", "Listing", "ListingInFlight"]
 
@@ -36,6 +38,10 @@ class Listing:
     generation: int
     # "No such name" answers given from it since it was learned.
     hits: int = 0
+    # The entries, attributes and all, as the server listed them, while nothing we did
+    # since can have changed them (any change of ours in the directory drops them; the
+    # names stay): a listing asked for again within dir_timeout is answered from them.
+    entries: list[DirEntry] | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -99,6 +105,25 @@ class DirectoryCache:
             return 0.0
         return max(0.0, max_age - (time.monotonic() - listing.learned))
 
+    def entries(self, directory: str, max_age: float, generation: int) -> list[DirEntry] | None:
+        """A copy of the entries a fresh listing of ``directory`` holds, or None."""
+        listing = self._listings.get(directory)
+        if (
+            listing is None
+            or listing.entries is None
+            or listing.generation != generation
+            or time.monotonic() - listing.learned >= max_age
+        ):
+            return None
+        return _copies(listing.entries)
+
+    def entries_changed(self, path: str) -> None:
+        """Our own change to the file at ``path`` (its size, times, mode, owner): the
+        entries its directory's listing holds no longer say the truth about it."""
+        listing = self._listings.get(posixpath.dirname(path))
+        if listing is not None:
+            listing.entries = None
+
     def worth_renewing(self, directory: str, listing: Listing, max_age: float) -> bool:
         """Past half its life, nobody listing it already, and it has saved the server
         more requests than listing it again will cost: ask again before it expires."""
@@ -117,27 +142,30 @@ class DirectoryCache:
         return pending
 
     def end_listing(
-        self, directory: str, pending: ListingInFlight, names: Iterable[str] | None
+        self, directory: str, pending: ListingInFlight, entries: list[DirEntry] | None
     ) -> None:
-        """The listing begun as ``pending`` arrived with ``names``, or failed (None)."""
+        """The listing begun as ``pending`` arrived with ``entries``, or failed (None)."""
         waiting = self._in_flight.get(directory, [])
         if pending in waiting:
             waiting.remove(pending)
             if not waiting:
                 del self._in_flight[directory]
-        if names is None:
+        if entries is None:
             self.forget(directory)
             return
         current = self._listings.get(directory)
         if not pending.valid or (current is not None and current.learned > pending.asked):
             return
-        held = set(names)
+        held = {entry.name for entry in entries}
         for name, present in pending.changes:
             if present:
                 held.add(name)
             else:
                 held.discard(name)
-        self._store(directory, Listing(held, pending.asked, pending.generation))
+        listing = Listing(held, pending.asked, pending.generation)
+        if not pending.changes:
+            listing.entries = _copies(entries)
+        self._store(directory, listing)
 
     def made_directory(self, directory: str, since: float, generation: int) -> None:
         """We created ``directory`` with a request sent at ``since``: it was empty."""
@@ -185,6 +213,7 @@ class DirectoryCache:
             return
         listing = self._listings.get(directory)
         if listing is not None:
+            listing.entries = None
             if present and name not in listing.names:
                 listing.names.add(name)
                 self._names += 1
@@ -222,3 +251,8 @@ class DirectoryCache:
         for key in paths_under(self._in_flight, path):
             for pending in self._in_flight[key]:
                 pending.valid = False
+
+
+def _copies(entries: list[DirEntry]) -> list[DirEntry]:
+    """Entries whose attributes the caller may change (held sizes are laid over them)."""
+    return [DirEntry(e.name, dataclasses.replace(e.attributes)) for e in entries]

@@ -24,6 +24,7 @@ from .irp import (
     CreateDisposition,
     CreateOptions,
     CreateParameters,
+    DirEntry,
     FileAttributes,
     FileBasicInformation,
     FileDispositionInformation,
@@ -328,6 +329,8 @@ async def common_set_information(rx_context: RxContext) -> NtStatus:
     fcb = rx_context.fcb
     if not isinstance(params, SetInformationParameters) or fcb is None:
         return NtStatus.STATUS_INVALID_PARAMETER
+    # Whatever it sets, the file's entry in a cached listing is not true now.
+    rx_context.device.net_root.directories.entries_changed(fcb.path)
     if (
         isinstance(params.buffer, FileDispositionInformation)
         and params.buffer.delete_file
@@ -424,25 +427,33 @@ async def common_directory_control(rx_context: RxContext) -> NtStatus:
     device = rx_context.device
     directories = device.net_root.directories
     path = fcb.path
-    pending = (
-        directories.begin_listing(path, device.reconnector.generation)
-        if device.core.dir_timeout > 0
-        else None
-    )
-    names: list[str] | None = None
+    generation = device.reconnector.generation
+    cached = directories.entries(path, device.core.dir_timeout, generation)
+    if cached is not None:
+        # Listed again within dir_timeout (find, du, ls -R, a build): as the server
+        # answered then, with our own changes since having dropped the entries.
+        rx_context.irp.entries = cached
+        _directory_sizes(rx_context)
+        return NtStatus.STATUS_SUCCESS
+    pending = directories.begin_listing(path, generation) if device.core.dir_timeout > 0 else None
+    listed: list[DirEntry] | None = None
     try:
         status = await device.minirdr.query_directory(rx_context)
         if nt_success(status):
-            rx_context.irp.entries = [
+            listed = [
                 entry
                 for entry in rx_context.irp.entries or []
                 if not hidden_by_us(device, posixpath.join(path, entry.name))
             ]
-            names = [entry.name for entry in rx_context.irp.entries]
+            rx_context.irp.entries = listed
+            if pending is not None:
+                # Stored before the held sizes are laid over the entries.
+                directories.end_listing(path, pending, listed)
+                pending = None
             _directory_sizes(rx_context)
     finally:
         if pending is not None:
-            directories.end_listing(path, pending, names)
+            directories.end_listing(path, pending, None)
     if not nt_success(status):
         _after_by_name(rx_context, path, status)
     return status

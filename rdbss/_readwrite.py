@@ -80,6 +80,8 @@ async def common_write(rx_context: RxContext) -> NtStatus:
     if length == 0:
         irp.io_status.information = 0
         return _STATUS_SUCCESS
+    # The file's size and mtime in its directory's cached listing are not true now.
+    rx_context.device.net_root.directories.entries_changed(fcb.path)
     cached = _may_cache(rx_context)
     lazy_writer = rx_context.device.lazy_writer
     if not cached:

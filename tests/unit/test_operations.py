@@ -241,3 +241,44 @@ async def test_an_unexpected_exception_becomes_eio_not_a_crash(
 
         monkeypatch.setattr(ops.device, "dispatch", broken)
         assert await _errno_of(ops.lookup(ROOT, b"f", CTX)) == errno.EIO
+
+
+@trio_test
+async def test_a_listing_again_comes_from_the_cache_and_shows_our_own_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with operations() as ops:
+        asked: list[str] = []
+        query_directory = ops.device.minirdr.query_directory
+
+        async def counting(rx_context: Any) -> Any:
+            asked.append(rx_context.fcb.path)
+            return await query_directory(rx_context)
+
+        monkeypatch.setattr(ops.device.minirdr, "query_directory", counting)
+        sizes: dict[str, int] = {}
+
+        def reply(token: object, name: bytes, entry: Any, next_id: int) -> bool:
+            sizes[os.fsdecode(name)] = entry.st_size
+            return True
+
+        monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+
+        async def listing() -> dict[str, int]:
+            sizes.clear()
+            fh = await ops.opendir(ROOT, CTX)
+            await ops.readdir(fh, 0, None)
+            await ops.releasedir(fh)
+            return dict(sizes)
+
+        fh, _ = await _create(ops, b"f")
+        await ops.write(fh, 0, b"12")
+        await ops.flush(fh)
+        assert await listing() == {"f": 2}
+        assert await listing() == {"f": 2}
+        assert asked == ["/"]  # the second from the cache
+        await ops.write(fh, 2, b"345")  # our change: the cached entries go
+        await ops.flush(fh)
+        await ops.release(fh)
+        assert await listing() == {"f": 5}
+        assert asked == ["/", "/"]
