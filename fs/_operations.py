@@ -24,6 +24,7 @@ import trio
 from pyfuse3 import FileHandleT, FUSEError, InodeT
 from rxfs.rdbss import (
     IRP_MN_FLUSH_NO_SYNC,
+    IRP_MN_PAGING_IO,
     IRP_MN_QUERY_FROM_SERVER,
     Fobx,
     NtStatus,
@@ -717,6 +718,8 @@ class RxOperations(pyfuse3.Operations):
             Irp(
                 IrpMj.IRP_MJ_WRITE,
                 WriteParameters(len(buf), off, key=fobx.key),
+                # Through the page cache, a write is the kernel writing back.
+                minor_function=IRP_MN_PAGING_IO if fh in self._page_writers else 0,
                 file_object=fobx,
                 buffer=buf,
             )

@@ -27,7 +27,7 @@ from ._options import (
     parse_seconds,
     parse_size,
 )
-from ._readwrite import MAX_FILE_SIZE
+from ._readwrite import IRP_MN_PAGING_IO, MAX_FILE_SIZE
 from ._reconnect import RETRYABLE, Reconnector, SrvCallState
 from ._resource import FcbResource
 from ._rxcontext import (
@@ -54,6 +54,7 @@ from .ntstatus import NtStatus, NtStatusError, nt_success
 __all__ = [
     "CORE_OPTIONS",
     "IRP_MN_FLUSH_NO_SYNC",
+    "IRP_MN_PAGING_IO",
     "IRP_MN_QUERY_FROM_SERVER",
     "LATENCY_BUCKETS",
     "MAX_FILE_SIZE",

@@ -18,7 +18,7 @@ from .ntstatus import NtStatus, nt_success
 if TYPE_CHECKING:
     from ._objects import Fcb, Fobx
 
-__all__ = ["MAX_FILE_SIZE", "common_read", "common_write"]
+__all__ = ["IRP_MN_PAGING_IO", "MAX_FILE_SIZE", "common_read", "common_write"]
 
 # The largest offset + length a write may reach (off_t's limit).
 MAX_FILE_SIZE = (1 << 63) - 1
@@ -46,6 +46,14 @@ def _may_cache(rx_context: RxContext) -> bool:
     O_SYNC/O_DIRECT, not append-only: the server places appends)."""
     srv_open = rx_context.srv_open
     return srv_open is not None and srv_open.may_cache_writes and srv_open.may_write
+
+
+# Write minor function (ours: Windows marks such writes IRP_PAGING_IO): the kernel's page
+# cache writing back what it gathered (FUSE writeback cache). Nothing more will be added
+# to these bytes before they must land, so the lazy writer sends them at once instead
+# of waiting for more or for the close: their round trip overlaps the requests that
+# come before the close (the kernel's SETATTR of the mtime, the FLUSH itself).
+IRP_MN_PAGING_IO = 1
 
 
 async def common_write(rx_context: RxContext) -> NtStatus:
@@ -106,6 +114,8 @@ async def common_write(rx_context: RxContext) -> NtStatus:
             if not lazy_writer.can_i_write(length):
                 await lazy_writer.wait_until_i_can_write(length)
             lazy_writer.copy_write(fcb, offset, buffer)
+            if irp.minor_function == IRP_MN_PAGING_IO:
+                lazy_writer.send_soon(fcb)
             fcb.file_size = max(fcb.file_size, offset + length)
             irp.io_status.information = length
             return _STATUS_SUCCESS

@@ -112,6 +112,14 @@ class LazyWriter:
         if filled and self.in_flight_bytes < self.in_flight_limit:
             self._wake.set()
 
+    def send_soon(self, fcb: Fcb) -> None:
+        """Send the Fcb's dirty ranges now, short ones too, without waiting for them
+        (see IRP_MN_PAGING_IO)."""
+        fcb.write_behind.forced = True
+        self._fcbs[fcb] = None
+        if self.in_flight_bytes < self.in_flight_limit:
+            self._wake.set()
+
     async def flush(self, fcb: Fcb) -> None:
         """Send every byte written to the Fcb before this call and wait until the
         server answered for all of it (success or not: the caller reads the latched
