@@ -299,6 +299,8 @@ class RxOperations(pyfuse3.Operations):
         self._page_writers: set[FileHandleT] = set()
         # Set once the kernel has sent FUSE INIT (see init()).
         self.initialized = trio.Event()
+        # A lease break: the kernel's cache of a file must go (RxChangeBufferingState).
+        device.invalidate_file = self._invalidate_file
 
     def init(self) -> None:
         """pyfuse3 calls this from the INIT request's handler, before the reply goes;
@@ -393,6 +395,22 @@ class RxOperations(pyfuse3.Operations):
             self.inodes.renumber(path)
             self._forget_name(path)
         return True
+
+    async def _invalidate_file(self, path: str) -> None:
+        """RxDevice.invalidate_file, for a lease break: the kernel writes back its dirty
+        pages of ``path`` (they arrive as writes, which this loop must go on serving:
+        hence a worker thread, DESIGN §10) and drops its pages and attributes. The size
+        and mtime of a regular file it keeps under the writeback cache, so unless it
+        may hold dirty pages still, its names get new inodes (_renew_if_changed)."""
+        inode = self.inodes.find(path)
+        if inode is None:
+            return
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, False)
+        except OSError as exc:  # the kernel forgot the inode meanwhile
+            log.debug("invalidating %s: %s", path, exc)
+        if self.enable_writeback_cache and self.inodes.renumber_unless_dirty(path):
+            self._forget_name(path)
 
     def _forget_name(self, path: str) -> None:
         """Tell the kernel to drop its dentry for ``path`` (from pyfuse3's thread: the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from time import perf_counter_ns
@@ -13,7 +14,16 @@ from urllib.parse import SplitResult, urlsplit
 import trio
 
 from ._dispatch import DISPATCH_TABLE, Routine
-from ._objects import NetRoot, SrvCall, SrvOpen, VNetRoot, normalize_path
+from ._objects import (
+    Fcb,
+    FcbState,
+    NetRoot,
+    SrvCall,
+    SrvOpen,
+    SrvOpenFlags,
+    VNetRoot,
+    normalize_path,
+)
 from ._options import option_what, parse_flag, parse_seconds, parse_size
 from ._reconnect import Reconnector
 from ._rxcontext import RxContext, RxContextFlags
@@ -134,6 +144,11 @@ class RxDevice:
         self._srv_call: SrvCall | None = None
         self._net_root: NetRoot | None = None
         self._v_net_root: VNetRoot | None = None
+        # Set by the front end: have the kernel write back its dirty pages of the file
+        # at a path (through this device) and drop its pages and attributes of it. The
+        # core never imports the front end's FUSE binding; a device without one
+        # (tests, the conformance kit) has no kernel cache to drop.
+        self.invalidate_file: Callable[[str], Awaitable[None]] | None = None
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -199,6 +214,33 @@ class RxDevice:
             self.minirdr.create_srv_call(srv_call)
         )
         return srv_call.status
+
+    async def change_buffering_state(
+        self, fcb: Fcb, *, read_caching: bool, write_caching: bool
+    ) -> None:
+        """RxChangeBufferingState: the backend's lease (or oplock) on ``fcb`` was broken
+        down to what the arguments say this mount may still cache. The backend calls
+        this before it acknowledges the break, and acknowledges once it returns: the
+        server holds the other client's open until then, so that open must find every
+        byte written here on the server.
+
+        Losing write caching: the file's SrvOpens stop buffering writes, the bytes the
+        core holds are sent, the kernel writes back its dirty pages (they come through
+        this device) and drops its pages and attributes, and what those writes left is
+        sent too. Losing read caching alone: the kernel's pages and attributes go."""
+        if read_caching and write_caching:
+            return
+        if not write_caching:
+            for srv_open in fcb.srv_opens:
+                srv_open.flags |= SrvOpenFlags.SRVOPEN_FLAG_DONTUSE_WRITE_CACHING
+            fcb.state &= ~FcbState.FCB_STATE_WRITECACHING_ENABLED
+        if not read_caching:
+            fcb.state &= ~FcbState.FCB_STATE_READCACHING_ENABLED
+        fcb.attributes_time = 0.0  # the other client may change it from now on
+        await self.lazy_writer.flush(fcb)
+        if self.invalidate_file is not None:
+            await self.invalidate_file(fcb.path)
+            await self.lazy_writer.flush(fcb)
 
     async def stop(self, *, flush: bool = True) -> None:
         """Land what is held (unless told not to wait), finalize the VNetRoot and SrvCall
