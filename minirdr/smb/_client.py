@@ -12,18 +12,20 @@ the socket and the credit window). :class:`SmbTree` adds what a redirector needs
 - by-path operations (stat, set information, delete) go as one compound request
   CREATE + op + CLOSE: one round trip, the way Windows' own redirector does them.
 
-No oplocks or leases are requested yet. smbprotocol 1.17 has no path for the server's
-break notifications: its reader looks every reply up in ``outstanding_requests`` by
-message id, and a break (message id 0xFFFFFFFFFFFFFFFF) would be a KeyError that kills
-the reader thread. Seen working here against Samba 4.17 (a spike, not yet wired to the
-core): a lease V2 asked for RWH is granted RWH; a dict subclass whose ``__missing__``
-answers for that id with a stand-in request receives the LEASE_BREAK notification
-(RWH -> RH, ACK_REQUIRED); a LEASE_BREAK_ACK (a 36-byte Structure of our own with
-COMMAND SMB2_OPLOCK_BREAK, sent with the session *and tree* id) releases the other
-client's open at once (10 ms; unacknowledged, Samba waits 35 s). With the lease, a
-DURABLE_HANDLE_REQUEST_V2 context is granted too (timeout 60 s, Samba's defaults), the
-ground for replaying opens after a reconnect (DURABLE_HANDLE_RECONNECT_V2, which
-smbprotocol has a structure for). Every open shares
+Leases (SMB 3): an open asks for a lease V2 on the key its caller names (one per
+file, so that a file's handles share one lease) and ``CreateResult.lease_state`` says
+what the server granted. smbprotocol 1.x has no path for the server's break
+notifications: its reader thread looks every reply up in ``outstanding_requests`` by
+message id, and a notification (message id 0xFFFFFFFFFFFFFFFF) would be a KeyError that
+kills the reader. ``_install_break_hook`` replaces that table with a dict whose
+``__missing__`` answers for that one id with a stand-in request (``_Notification``);
+where it cannot (another smbprotocol, a table that is not a plain dict) no leases are
+asked for, and that is logged once. A LEASE_BREAK goes to the ``on_lease_break``
+callback from the reader thread; ``ack_lease_break`` answers it (Samba holds the other
+client's open until then, 35 s at most). With the lease, a DURABLE_HANDLE_REQUEST_V2
+would be granted too (the ground for replaying opens after a reconnect; not asked for
+yet). Every open shares
+Every open shares
 read, write and delete, which is what POSIX programs expect of a file system.
 
 Every method blocks: call them from worker threads (see ``_minirdr``), never the trio loop.
@@ -31,21 +33,31 @@ Every method blocks: call them from worker threads (see ``_minirdr``), never the
 
 from __future__ import annotations
 
+import importlib.metadata
+import inspect
 import logging
+import struct
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from rxfs.minirdr import NtStatus, NtStatusError
-from smbprotocol.connection import Connection
+from smbprotocol.connection import Connection, Dialects
+from smbprotocol.create_contexts import (
+    CreateContextName,
+    SMB2CreateContextRequest,
+    SMB2CreateRequestLeaseV2,
+)
 from smbprotocol.exceptions import (
     SMBAuthenticationError,
     SMBConnectionClosed,
     SMBException,
     SMBResponseException,
 )
+from smbprotocol.header import Commands
 from smbprotocol.open import (
     SMB2CloseRequest,
     SMB2CreateRequest,
@@ -62,12 +74,23 @@ from smbprotocol.open import (
     SMB2WriteResponse,
 )
 from smbprotocol.session import Session, SMB2Logoff
+from smbprotocol.structure import BytesField, IntField, Structure
 from smbprotocol.tree import TreeConnect
 
 from ._settings import Encryption, SmbSettings
 from ._wire import FileInfo, FsSize, parse_all_information, parse_fs_full_size
 
-__all__ = ["STATUS_CANNOT_DELETE", "CreateResult", "ServerStatusError", "SmbTree", "nt_status_of"]
+__all__ = [
+    "LEASE_HANDLE",
+    "LEASE_READ",
+    "LEASE_WRITE",
+    "STATUS_CANNOT_DELETE",
+    "CreateResult",
+    "LeaseBreak",
+    "ServerStatusError",
+    "SmbTree",
+    "nt_status_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +121,16 @@ _QUERY_OUTPUT = 4096
 # How many credits the client keeps in its window: room for this many 64 KiB units in
 # flight (a 1 MiB write costs 16). The server grants up to its "smb2 max credits".
 _CREDIT_WINDOW = 512
+# Lease states ([MS-SMB2] 2.2.13.2.8) and what a break notification looks like.
+LEASE_READ = 0x1
+LEASE_HANDLE = 0x2
+LEASE_WRITE = 0x4
+_OPLOCK_LEVEL_LEASE = 0xFF
+_NOTIFICATION_ID = 0xFFFFFFFFFFFFFFFF
+_LEASE_BREAK_SIZE = 44  # StructureSize of a LEASE_BREAK notification (an oplock's: 24)
+_ACK_REQUIRED = 0x1  # SMB2_NOTIFY_BREAK_LEASE_FLAG_ACK_REQUIRED
+# The smbprotocol whose reader thread _install_break_hook knows.
+_HOOKED_MAJOR = "1."
 
 
 # The session is gone (a server restarted, a session expired or was closed by the
@@ -134,10 +167,122 @@ def _describe(code: int) -> str:
 class CreateResult:
     file_id: bytes
     info: FileInfo
+    # What the server granted of the lease asked for (LEASE_*); None: none was asked.
+    lease_state: int | None = None
+
+
+@dataclass(frozen=True)
+class LeaseBreak:
+    """A LEASE_BREAK notification: the lease ``key`` now holds ``new_state`` only."""
+
+    key: bytes
+    current_state: int
+    new_state: int
+    ack_required: bool
+
+
+def _parse_lease_break(data: bytes) -> LeaseBreak | None:
+    """[MS-SMB2] 2.2.23.2; None for anything else (an oplock break: none are asked for)."""
+    if len(data) < _LEASE_BREAK_SIZE or struct.unpack_from("<H", data)[0] != _LEASE_BREAK_SIZE:
+        return None
+    flags, key, current, new = struct.unpack_from("<4x I 16s I I", data)
+    return LeaseBreak(bytes(key), current, new, bool(flags & _ACK_REQUIRED))
+
+
+class _LeaseBreakAck(Structure):  # type: ignore[misc]
+    """[MS-SMB2] 2.2.24.2 LEASE_BREAK_ACK (smbprotocol has no structure for it)."""
+
+    COMMAND = Commands.SMB2_OPLOCK_BREAK
+
+    def __init__(self) -> None:
+        self.fields = {
+            "structure_size": IntField(size=2, default=36),
+            "reserved": IntField(size=2),
+            "flags": IntField(size=4),
+            "lease_key": BytesField(size=16),
+            "lease_state": IntField(size=4),
+            "lease_duration": IntField(size=8),
+        }
+        super().__init__()
+
+
+class _Zero:
+    @staticmethod
+    def get_value() -> int:
+        return 0
+
+
+class _Notification:
+    """Stands in for the request a server notification would answer: smbprotocol's
+    reader thread stores the header in ``response`` and sets ``response_event``, which
+    hands the header on (from the reader thread: it must not block)."""
+
+    def __init__(self, received: Callable[[Any], None]) -> None:
+        self.session_id = None
+        self.async_id: bytes | None = None
+        self.response: Any = None
+        self.response_event_lock = threading.Lock()
+        self.response_event = self
+        self.message = {"reserved": _Zero}
+        self._received = received
+
+    def set(self) -> None:
+        self._received(self.response)
+
+
+class _Replies(dict[int, Any]):
+    """smbprotocol's ``outstanding_requests``, answering for the notification id."""
+
+    def __init__(self, received: Callable[[Any], None]) -> None:
+        super().__init__()
+        self._received = received
+
+    def __missing__(self, message_id: int) -> Any:
+        if message_id != _NOTIFICATION_ID:
+            raise KeyError(message_id)
+        return _Notification(self._received)
+
+
+_hook_refused: list[str] = []
+
+
+def _install_break_hook(connection: Connection, received: Callable[[Any], None]) -> bool:
+    """Let ``connection``'s reader thread take server notifications; False (logged
+    once per process) where this smbprotocol is not the one the hook was made for."""
+    reason = _hook_unsupported(connection)
+    if reason is None:
+        connection.outstanding_requests = _Replies(received)
+        return True
+    if not _hook_refused:
+        _hook_refused.append(reason)
+        log.warning("SMB leases are off (no write caching across clients): %s", reason)
+    return False
+
+
+def _hook_unsupported(connection: Connection) -> str | None:
+    version = importlib.metadata.version("smbprotocol")
+    if not version.startswith(_HOOKED_MAJOR):
+        return f"smbprotocol {version} is not a version rxfs knows how to take breaks from"
+    table = getattr(connection, "outstanding_requests", None)
+    if type(table) is not dict or table:
+        return "smbprotocol's table of outstanding requests is not the plain dict expected"
+    try:
+        source = inspect.getsource(Connection._process_message_thread)
+    except (OSError, TypeError):
+        return "smbprotocol's reader thread cannot be checked (no source)"
+    if "self.outstanding_requests[message_id]" not in source:
+        return "smbprotocol's reader thread does not look replies up as expected"
+    return None
 
 
 def _create_request(
-    path: str, access: int, disposition: int, options: int, attributes: int = 0
+    path: str,
+    access: int,
+    disposition: int,
+    options: int,
+    attributes: int = 0,
+    *,
+    lease_key: bytes | None = None,
 ) -> SMB2CreateRequest:
     create = SMB2CreateRequest()
     create["impersonation_level"] = _IMPERSONATION
@@ -147,25 +292,69 @@ def _create_request(
     create["create_disposition"] = disposition
     create["create_options"] = options
     create["buffer_path"] = path.encode("utf-16-le") if path else b"\x00\x00"
+    if lease_key is not None:
+        lease = SMB2CreateRequestLeaseV2()
+        lease["lease_key"] = lease_key
+        lease["lease_state"] = LEASE_READ | LEASE_HANDLE | LEASE_WRITE
+        lease["parent_lease_key"] = b"\x00" * 16
+        lease["epoch"] = b"\x00\x00"
+        create["requested_oplock_level"] = _OPLOCK_LEVEL_LEASE
+        create["buffer_contexts"] = SMB2CreateContextRequest.pack_multiple([lease])
     return create
 
 
-def _file_id_of(header: Any) -> bytes:
+def _lease_state_of(reply: SMB2CreateResponse) -> int:
+    """The granted state of the reply's lease context; 0 without one."""
+    if reply["oplock_level"].get_value() != _OPLOCK_LEVEL_LEASE:
+        return 0
+    for context in reply["buffer"].get_value():
+        if context["buffer_name"].get_value() == CreateContextName.SMB2_CREATE_REQUEST_LEASE_V2:
+            return int(struct.unpack_from("<I", context["buffer_data"].get_value(), 16)[0])
+    return 0
+
+
+def _create_reply(header: Any) -> SMB2CreateResponse:
     reply = SMB2CreateResponse()
     reply.unpack(header["data"].get_value())
-    return bytes(reply["file_id"].get_value())
+    return reply
 
 
 class SmbTree:
     """A logged-in session on one share. ``connect`` before use, ``disconnect`` after."""
 
-    def __init__(self, settings: SmbSettings) -> None:
+    def __init__(
+        self, settings: SmbSettings, on_lease_break: Callable[[LeaseBreak], None] | None = None
+    ) -> None:
         self.settings = settings
         self._connection = Connection(uuid.uuid4(), settings.host, settings.port)
         self._session: Session | None = None
         self._tree: TreeConnect | None = None
         self._credits = threading.Condition()
         self.encrypted = False
+        self._on_lease_break = on_lease_break
+        # Whether opens ask for leases: known once connected (SMB 3 and a hook in place).
+        self.leases = False
+        self._hooked = on_lease_break is not None and _install_break_hook(
+            self._connection, self._notified
+        )
+
+    def _notified(self, header: Any) -> None:
+        """A server notification, on smbprotocol's reader thread: never raise here."""
+        try:
+            if header["command"].get_value() != Commands.SMB2_OPLOCK_BREAK:
+                return
+            brk = _parse_lease_break(header["data"].get_value())
+            if brk is not None and self._on_lease_break is not None:
+                self._on_lease_break(brk)
+        except Exception:
+            log.exception("a lease break from %s could not be handled", self.settings.host)
+
+    def ack_lease_break(self, brk: LeaseBreak) -> None:
+        """LEASE_BREAK_ACK: we hold ``brk.new_state`` only now."""
+        ack = _LeaseBreakAck()
+        ack["lease_key"] = brk.key
+        ack["lease_state"] = brk.new_state
+        self._transact([ack])
 
     # -- connecting ------------------------------------------------------------------------
 
@@ -253,6 +442,7 @@ class SmbTree:
                 f"{settings.unc}: the server refused the share: {_describe(exc.status)}",
             ) from None
         self._grow_credits()
+        self.leases = self._hooked and self._connection.dialect >= Dialects.SMB_3_0_0
 
     def _grow_credits(self) -> None:
         """Ask for a window of credits up front, so that parallel requests (a 1 MiB write
@@ -340,24 +530,38 @@ class SmbTree:
     # -- handles -----------------------------------------------------------------------------
 
     def create(
-        self, path: str, access: int, disposition: int, options: int, attributes: int = 0
+        self,
+        path: str,
+        access: int,
+        disposition: int,
+        options: int,
+        attributes: int = 0,
+        *,
+        lease_key: bytes | None = None,
     ) -> CreateResult:
         """CREATE and QUERY_INFO (FileAllInformation) of the new handle in one round
-        trip: the link count and file id come with the open."""
+        trip: the link count and file id come with the open. With ``lease_key`` (and
+        ``leases``), a lease on that key is asked for."""
+        if not self.leases:
+            lease_key = None
         created, queried = self._exchange(
             [
-                _create_request(path, access, disposition, options, attributes),
+                _create_request(
+                    path, access, disposition, options, attributes, lease_key=lease_key
+                ),
                 self._query_all(_RELATED_FILE_ID),
             ],
             related=True,
         )
         if isinstance(created, NtStatusError):
             raise created
-        file_id = _file_id_of(created)
+        reply = _create_reply(created)
+        file_id = bytes(reply["file_id"].get_value())
         if isinstance(queried, NtStatusError):
             self._close_quietly(file_id)  # opened, but of no use without its attributes
             raise queried
-        return CreateResult(file_id, self._parse_query(queried))
+        lease_state = _lease_state_of(reply) if lease_key is not None else None
+        return CreateResult(file_id, self._parse_query(queried), lease_state)
 
     def close(self, file_id: bytes) -> None:
         close = SMB2CloseRequest()
