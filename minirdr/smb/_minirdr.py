@@ -22,15 +22,25 @@ over a file held open moves it aside first (``_replace_open_file``), an unlink o
 read-only file clears the attribute first (``_delete``), and requests that a handle
 the core closes in the background would undo or refuse (times set by name, renames)
 wait for those closes (``_closes_done``).
+
+Leases (``-o leases``, on by default where smbprotocol lets us take breaks; see
+``_client``): every open of a file asks for a read-write-handle lease on the file's one
+lease key (``Fcb.context``), and an open whose lease lacks write caching does not buffer
+writes (SRVOPEN_FLAG_DONTUSE_WRITE_CACHING). A break goes to the core's
+``RxDevice.change_buffering_state`` (which sends what this mount holds of the file and
+has the kernel write back and drop its pages), and is acknowledged after it: the other
+client's open returns when this mount's bytes are on the server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import secrets
 import stat
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -60,7 +70,14 @@ from rxfs.minirdr import (
     VolumeInfo,
 )
 
-from ._client import STATUS_CANNOT_DELETE, ServerStatusError, SmbTree
+from ._client import (
+    LEASE_READ,
+    LEASE_WRITE,
+    STATUS_CANNOT_DELETE,
+    LeaseBreak,
+    ServerStatusError,
+    SmbTree,
+)
 from ._settings import SMB_OPTIONS, SmbSettings
 from ._wire import (
     ATTRIBUTE_NORMAL,
@@ -119,6 +136,8 @@ class _Handle:
     writable: bool
     append: bool
     write_through: bool
+    # The lease key it was opened with (its Fcb's), if a lease was asked for.
+    lease_key: bytes | None = None
     # Set once the server has closed the file id (or its connection is gone).
     gone: trio.Event = field(default_factory=trio.Event)
 
@@ -168,6 +187,8 @@ class SmbMiniRdr(MiniRdrDispatch):
         self._aside: set[str] = set()
         self._uid = os.getuid()
         self._gid = os.getgid()
+        # Lease breaks arrive on smbprotocol's reader thread and are handed to the loop.
+        self._token: trio.lowlevel.TrioToken | None = None
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -232,7 +253,55 @@ class SmbMiniRdr(MiniRdrDispatch):
 
     async def start(self, device: RxDevice) -> NtStatus:
         self._device = device
+        self._token = trio.lowlevel.current_trio_token()
         return NtStatus.STATUS_SUCCESS
+
+    # -- leases --------------------------------------------------------------------------
+
+    def _lease_break_received(self, brk: LeaseBreak) -> None:
+        """On smbprotocol's reader thread: hand the break to the loop, never block."""
+        if self._token is None:
+            return
+        # A mount that is gone has closed its handles, and the leases with them.
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._start_lease_break, brk)
+
+    def _start_lease_break(self, brk: LeaseBreak) -> None:
+        assert self._device is not None
+        self._device.nursery.start_soon(self._lease_broken, brk)
+
+    async def _lease_broken(self, brk: LeaseBreak) -> None:
+        """RxChangeBufferingState for every Fcb open on the lease key, then the
+        acknowledgement (in that order: the other client's open waits for it)."""
+        assert self._device is not None
+        handles = [h for h in self._handles if h.lease_key == brk.key]
+        log.debug(
+            "lease break 0x%x -> 0x%x on %d handle(s)",
+            brk.current_state,
+            brk.new_state,
+            len(handles),
+        )
+        try:
+            for fcb in {h.srv_open.fcb: None for h in handles}:
+                await self._device.change_buffering_state(
+                    fcb,
+                    read_caching=bool(brk.new_state & LEASE_READ),
+                    write_caching=bool(brk.new_state & LEASE_WRITE),
+                )
+        except Exception:
+            # This runs in the mount's nursery: never let it take the mount down.
+            log.exception("a lease break could not be carried out")
+        finally:
+            if brk.ack_required:
+                await self._acknowledge(handles[0].tree if handles else self._tree, brk)
+
+    async def _acknowledge(self, tree: SmbTree | None, brk: LeaseBreak) -> None:
+        if tree is None or tree is not self._tree:
+            return  # the connection went, and the lease with it
+        try:
+            await self._run(tree.ack_lease_break, brk)
+        except NtStatusError as exc:
+            log.info("acknowledging a lease break: %s", exc.message)
 
     async def create_srv_call(self, srv_call: SrvCall) -> NtStatus:
         """Negotiate (SMB 3.1.1 where the server has it), log in, connect the share. On
@@ -246,7 +315,8 @@ class SmbMiniRdr(MiniRdrDispatch):
         self._handles.clear()
         if old is not None:
             await self._run(old.disconnect)
-        tree = SmbTree(self._settings)
+        on_break = self._lease_break_received if self._settings.leases else None
+        tree = SmbTree(self._settings, on_break)
         await self._run(tree.connect)
         if not tree.encrypted:
             log.info("%s: messages are signed, not encrypted", self._settings.unc)
@@ -293,17 +363,35 @@ class SmbMiniRdr(MiniRdrDispatch):
             access |= _WRITE_ATTRIBUTES
         if params.options & CreateOptions.FILE_DIRECTORY_FILE:
             access |= _FILE_LIST_DIRECTORY
+        lease_key = None
+        if tree.leases and not params.options & CreateOptions.FILE_DIRECTORY_FILE:
+            if not isinstance(fcb.context, bytes):
+                fcb.context = uuid.uuid4().bytes  # the file's lease key, for all its opens
+            lease_key = fcb.context
         created = await self._run(
-            tree.create,
-            self._remote(fcb.path),
-            access,
-            int(params.disposition),
-            int(params.options),
+            functools.partial(
+                tree.create,
+                self._remote(fcb.path),
+                access,
+                int(params.disposition),
+                int(params.options),
+                lease_key=lease_key,
+            )
         )
+        if created.lease_state is not None and not created.lease_state & LEASE_WRITE:
+            # Another client has the file open: writes go to the server as they come.
+            srv_open.flags |= SrvOpenFlags.SRVOPEN_FLAG_DONTUSE_WRITE_CACHING
         append = bool(srv_open.flags & SrvOpenFlags.SRVOPEN_FLAG_APPEND)
         write_through = bool(params.options & CreateOptions.FILE_WRITE_THROUGH)
         handle = _Handle(
-            tree, created.file_id, srv_open, created.info.is_dir, writable, append, write_through
+            tree,
+            created.file_id,
+            srv_open,
+            created.info.is_dir,
+            writable,
+            append,
+            write_through,
+            lease_key if created.lease_state is not None else None,
         )
         self._handles.add(handle)
         srv_open.context = handle

@@ -52,6 +52,9 @@ SMB_OPTIONS = {
     "encryption, else sign; yes: refuse a server without encryption; no: sign only",
     "timeout": f"seconds a request may go unanswered before the connection counts as dead "
     f"(default {DEFAULT_TIMEOUT:g})",
+    "leases": "yes (default): ask for SMB3 leases, and cache a file's writes only while "
+    "its write lease is held (a break sends them before the other client's open goes on); "
+    "no: none (writes are cached until close or fsync, as on sftp://)",
     "mfsymlinks": "yes (default): symlinks as Minshall-French symlink files, as mount.cifs's "
     "mfsymlinks and macOS make them; no: symlinks are EOPNOTSUPP",
 }
@@ -72,6 +75,7 @@ class SmbSettings:
     encryption: Encryption
     timeout: float
     mf_symlinks: bool = True
+    leases: bool = True
     password: str = field(repr=False, default="")
 
     @property
@@ -108,6 +112,9 @@ class SmbSettings:
             mf_symlinks = "mfsymlinks" not in options or parse_flag(
                 options["mfsymlinks"], option_what("mfsymlinks", options["mfsymlinks"])
             )
+            leases = "leases" not in options or parse_flag(
+                options["leases"], option_what("leases", options["leases"])
+            )
             from_stdin = parse_flag(
                 options.get("password_stdin"),
                 option_what("password_stdin", options.get("password_stdin")),
@@ -130,6 +137,7 @@ class SmbSettings:
             encryption=encryption,
             timeout=timeout,
             mf_symlinks=mf_symlinks,
+            leases=leases,
             password=file_values.get("password", ""),
         )
         if from_stdin:
