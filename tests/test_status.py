@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from rxfs.fs._status import SCHEMA_VERSION
 
 from tests.conftest import rxfs_argv
@@ -268,6 +269,13 @@ def _absent(event: dict[str, Any]) -> bool:
     )
 
 
+def _sample_key(name: str, labels: dict[str, str]) -> str:
+    """A sample as the exposition text writes it: name{label="value",...}."""
+    if not labels:
+        return name
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -283,9 +291,9 @@ def test_metrics_endpoint_serves_the_counters_on_loopback(mount: MountFactory, r
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
         text = answer.read().decode()
     samples = {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
+        _sample_key(sample.name, sample.labels): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
     }
     assert samples['rxfs_irp_requests_total{major="IRP_MJ_CREATE"}'] >= 1
     assert samples['rxfs_lowio_requests_total{op="LOWIO_OP_WRITE"}'] >= 1

@@ -412,6 +412,13 @@ class SftpSession:
     def in_flight_bytes(self) -> int:
         return self._budget.bytes
 
+    def waiting(self) -> tuple[int, float]:
+        """(requests unanswered, seconds the oldest has waited for its turn's reply):
+        what shows a stalled connection in ``rxfs status``."""
+        with self._lock:
+            head_since, count = self._head_since, len(self._waiters)
+        return count, (time.monotonic() - head_since) if head_since is not None else 0.0
+
     @property
     def max_write(self) -> int:
         """Bytes per WRITE request: the server's limit, in whole 4 KiB pages."""

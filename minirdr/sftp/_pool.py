@@ -168,6 +168,8 @@ class SessionPool:
         return [
             {
                 "state": "up" if session.alive else "down",
+                "requests_waiting": session.waiting()[0],
+                "oldest_request_s": round(session.waiting()[1], 3),
                 "in_flight_bytes": session.in_flight_bytes,
                 "open_files": session.open_files,
                 "write_requests": session.stats.write_requests,

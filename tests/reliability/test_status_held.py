@@ -110,6 +110,9 @@ def test_status_shows_a_files_held_bytes_and_the_connections(
     assert carrier["state"] == "active" and carrier["connections"]
     assert all(c["state"] == "up" for c in carrier["connections"])
     assert sum(c["in_flight_bytes"] for c in carrier["connections"]) <= HELD
+    # The stalled connection: requests sent and unanswered, the oldest for a while.
+    stalled = [c for c in carrier["connections"] if c["requests_waiting"]]
+    assert stalled and max(c["oldest_request_s"] for c in stalled) > 0
     # Once closed (close() returns when every byte is on the server), nothing is held.
     assert _held(_status(str(rig.mnt))) == 0
     assert (rig.server / "held.bin").read_bytes() == data
