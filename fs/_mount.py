@@ -36,6 +36,13 @@ ReadyCallback = Callable[[str | None], None]
 # (memory:// here: 420 -> 900 MB/s). Random reads are not affected: the kernel's window
 # starts small and grows only while reads stay sequential.
 READ_AHEAD_KB = 1024
+# The background requests (writeback WRITEs, read-ahead READs) the kernel keeps
+# outstanding at once: 12 unless lowered. Once the dirty limit is reached every one of
+# them is a WRITE waiting for room, and each pins 2 MiB (pyfuse3's request buffer and
+# the bytes of the write): 24 MiB of a 2 GiB copy's ~50 MiB above idle. Two keep one
+# WRITE waiting while the next is copied (the same throughput); the kernel's page cache
+# holds the rest. Read-ahead is one 1 MiB READ at a time anyway (READ_AHEAD_KB).
+MAX_BACKGROUND = 2
 
 
 @dataclass(slots=True)
@@ -88,7 +95,7 @@ async def serve(request: MountRequest, minirdr: MiniRdrDispatch, ready: ReadyCal
             ready(None)
             shutdown = _Shutdown(operations, device, request.report_path)
             nursery.start_soon(_watch_signals, shutdown, nursery)
-            nursery.start_soon(_raise_read_ahead, request.mountpoint, operations.initialized)
+            nursery.start_soon(_tune_connection, request.mountpoint, operations.initialized)
             try:
                 with shutdown.fuse_scope:
                     await pyfuse3.main()
@@ -144,31 +151,42 @@ async def _attach(
     return None
 
 
-async def _raise_read_ahead(mountpoint: str, initialized: trio.Event) -> None:
-    """Raise the mount's read-ahead to READ_AHEAD_KB where we may (root owns sysfs).
+async def _tune_connection(mountpoint: str, initialized: trio.Event) -> None:
+    """Raise the mount's read-ahead to READ_AHEAD_KB and lower its background requests to
+    MAX_BACKGROUND where we may (root owns sysfs).
 
-    Not before the kernel has handled FUSE INIT: its reply sets the read-ahead back to
-    what the INIT request proposed. ``initialized`` is set by the INIT handler, and the
-    kernel has applied the reply by the time another task runs (libfuse writes it
-    before pyfuse3 reads the next request). The device number comes from mountinfo, not
-    from a stat of the mount point: this process never makes a request to its own mount
-    (a kill -9 during one wedges it, DESIGN §11)."""
+    Not before the kernel has handled FUSE INIT: its reply sets both back to what the
+    INIT request proposed. ``initialized`` is set by the INIT handler, and the kernel has
+    applied the reply by the time another task runs (libfuse writes it before pyfuse3
+    reads the next request). The device number comes from mountinfo, not from a stat of
+    the mount point: this process never makes a request to its own mount (a kill -9
+    during one wedges it, DESIGN §11)."""
     await initialized.wait()
 
-    def raise_it() -> None:
-        try:
-            device = mount_device(mountpoint)
-            if device is None:
-                return
-            path = f"/sys/class/bdi/{device}/read_ahead_kb"
-            with open(path, "r+", encoding="ascii") as setting:
-                if int(setting.read()) < READ_AHEAD_KB:
-                    setting.seek(0)
-                    setting.write(str(READ_AHEAD_KB))
-        except (OSError, ValueError) as exc:  # not root, or no sysfs: the kernel's default
-            log.debug("read-ahead left as the kernel set it: %s", exc)
+    def tune() -> None:
+        device = mount_device(mountpoint)
+        if device is None:
+            return
+        major, minor = (int(part) for part in device.split(":"))
+        # The connection's directory is named by the kernel's own dev_t encoding.
+        connection = f"/sys/fs/fuse/connections/{major << 20 | minor}"
+        _set_limit(f"/sys/class/bdi/{device}/read_ahead_kb", READ_AHEAD_KB, raise_it=True)
+        _set_limit(f"{connection}/max_background", MAX_BACKGROUND, raise_it=False)
 
-    await trio.to_thread.run_sync(raise_it, abandon_on_cancel=True)
+    await trio.to_thread.run_sync(tune, abandon_on_cancel=True)
+
+
+def _set_limit(path: str, value: int, *, raise_it: bool) -> None:
+    """Write ``value`` to a sysfs setting if that raises (or lowers) it."""
+    try:
+        with open(path, encoding="ascii") as setting:
+            now = int(setting.read())
+        if now < value if raise_it else now > value:
+            # Opened again: the fusectl files do not seek.
+            with open(path, "w", encoding="ascii") as setting:
+                setting.write(str(value))
+    except (OSError, ValueError) as exc:  # not root, or no sysfs: the kernel's default
+        log.debug("%s left as the kernel set it: %s", path, exc)
 
 
 class _Shutdown:
