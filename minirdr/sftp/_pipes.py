@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
+import mmap
 import os
 import signal
 import subprocess
@@ -171,8 +172,10 @@ class PipeCarrier:
         fd = self.link.stdout_fd
         pending = bytearray()
         # Read into one buffer kept for the session: os.read(fd, 1 MiB) would allocate
-        # (mmap) and give back a MiB for every reply of a few dozen bytes.
-        buffer = bytearray(_READ_SIZE)
+        # (mmap) and give back a MiB for every reply of a few dozen bytes. An anonymous
+        # mapping, not a bytearray (zero-filled, so resident at once): only the pages
+        # a burst of replies reaches are, and a writer's short replies reach one.
+        buffer = mmap.mmap(-1, _READ_SIZE)
         into = [buffer]
         try:
             while session.alive:
@@ -191,6 +194,7 @@ class PipeCarrier:
         except Exception as exc:  # a broken pipe, or a stream out of step
             session.lose(str(exc))
         finally:
+            buffer.close()
             self._task_ended()
 
     def _complete_replies(self, buffer: bytearray) -> int:
