@@ -392,8 +392,16 @@ class RxOperations(pyfuse3.Operations):
         if not self.inodes.changed_elsewhere(inode, attrs):
             return False
         for path in self.inodes.paths_of(inode):
-            self.inodes.renumber(path)
-            self._forget_name(path)
+            self._renew_name(path)
+        return True
+
+    def _renew_name(self, path: str) -> bool:
+        """Give ``path`` a new inode unless its inode may hold dirty pages here, and have
+        the kernel drop its dentry (told from pyfuse3's thread, not waited for); whether
+        it did."""
+        if not self.inodes.renumber_unless_dirty(path):
+            return False
+        self._forget_name(path)
         return True
 
     async def _invalidate_file(self, path: str) -> None:
@@ -409,16 +417,23 @@ class RxOperations(pyfuse3.Operations):
             await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, False)
         except OSError as exc:  # the kernel forgot the inode meanwhile
             log.debug("invalidating %s: %s", path, exc)
-        if self.enable_writeback_cache and self.inodes.renumber_unless_dirty(path):
-            self._forget_name(path)
+        if self.enable_writeback_cache:
+            self._renew_name(path)
 
     def _forget_name(self, path: str) -> None:
         """Tell the kernel to drop its dentry for ``path`` (from pyfuse3's thread: the
         handler may hold the directory's lock)."""
+        entry = self._dentry(path)
+        if entry is not None:
+            pyfuse3.invalidate_entry_async(*entry, ignore_enoent=True)
+
+    def _dentry(self, path: str) -> tuple[InodeT, bytes] | None:
+        """(parent inode, name) of ``path`` as the kernel knows it; None for the root or
+        a parent the kernel does not hold."""
         parent = self.inodes.find(posixpath.dirname(path))
-        if parent is not None and path != "/":
-            name = os.fsencode(posixpath.basename(path))
-            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+        if parent is None or path == "/":
+            return None
+        return parent, os.fsencode(posixpath.basename(path))
 
     def _open_fobx(self, inode: InodeT) -> Fobx | None:
         """A descriptor still open on ``inode``: it reaches the file when no name does."""
@@ -763,16 +778,13 @@ class RxOperations(pyfuse3.Operations):
         process's lookup may have built one meanwhile): the name gets a new inode, and
         the kernel drops it before close(2) returns, so that a stat or an open right
         after sees the file as the server has it."""
-        inode = self.inodes.find(path)
-        parent = self.inodes.find(posixpath.dirname(path))
-        if inode is None or parent is None or not self.inodes.renumber_unless_dirty(path):
+        entry = self._dentry(path)
+        if entry is None or not self.inodes.renumber_unless_dirty(path):
             return
         # Waited for in a thread: this handler holds no lock the kernel needs for it
         # (close(2) takes none of the directory's).
         with contextlib.suppress(OSError):
-            await trio.to_thread.run_sync(
-                pyfuse3.invalidate_entry, parent, os.fsencode(posixpath.basename(path))
-            )
+            await trio.to_thread.run_sync(pyfuse3.invalidate_entry, *entry)
 
     @_handler
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:

@@ -688,19 +688,19 @@ class SftpSession:
     async def lsetstat(self, path: str, attrs: Attrs) -> None:
         """SETSTAT of the name itself, not what a symlink points at (lutimes,
         lchown); plain SETSTAT where the server lacks lsetstat@openssh.com."""
-        if not self.has(EXT_LSETSTAT):
-            await self.setstat(path, attrs)
-            return
-        await self.extended(EXT_LSETSTAT, pack_string(path), pack_attrs(attrs))
+        kind, fields = self._lsetstat_request(path, attrs)
+        await self.call(kind, *fields)
+
+    def _lsetstat_request(self, path: str, attrs: Attrs) -> Request:
+        """lsetstat@openssh.com where the server has it, else plain SETSTAT."""
+        target = (pack_string(path), pack_attrs(attrs))
+        if self.has(EXT_LSETSTAT):
+            return PacketType.EXTENDED, (pack_string(EXT_LSETSTAT), *target)
+        return PacketType.SETSTAT, target
 
     async def lsetstat_and_lstat(self, path: str, attrs: Attrs) -> Attrs:
         """:meth:`lsetstat`, and the attributes it leaves, in one round trip."""
-        target = (pack_string(path), pack_attrs(attrs))
-        change: Request = (
-            (PacketType.EXTENDED, (pack_string(EXT_LSETSTAT), *target))
-            if self.has(EXT_LSETSTAT)
-            else (PacketType.SETSTAT, target)
-        )
+        change = self._lsetstat_request(path, attrs)
         replies = await self.request_both(change, (PacketType.LSTAT, (pack_string(path),)))
         return attrs_after(*replies)
 
