@@ -192,3 +192,18 @@ def test_the_writer_killed_right_after_close_loses_nothing(sftp_target: Target) 
             writer.kill()
     expected = b"".join(bytes([i]) * 4096 for i in range(256))
     assert sftp_target.server_path("k").read_bytes() == expected
+
+
+def test_cp_sparse_into_the_mount_keeps_holes_and_bytes(target: Target, tmp_path: Path) -> None:
+    """cp --sparse=always seeks over zero runs: the page cache must write back only the
+    data and the size, and the server file must read back the same, holes as zeros."""
+    source = tmp_path / "sparse"
+    with source.open("wb") as file:
+        file.write(b"head")
+        file.seek(8 << 20)
+        file.write(b"middle")
+        file.truncate(16 << 20)
+    subprocess.run(["cp", "--sparse=always", str(source), str(target.mnt / "copy")], check=True)
+    assert target.landed("copy").stat().st_size == 16 << 20
+    assert target.landed("copy").read_bytes() == source.read_bytes()
+    assert (target.mnt / "copy").read_bytes() == source.read_bytes()
