@@ -1,4 +1,5 @@
-"""Mount rxfs and sshfs as subprocesses, watch their memory, and take them down again.
+"""Mount rxfs and sshfs as subprocesses (and the kernel's CIFS client with mount(8)),
+watch their memory, and take them down again.
 
 Everything here acts on processes this harness started, by PID, and on its own mount
 points; nothing looks a process up by name.
@@ -7,7 +8,9 @@ points; nothing looks a process up by name.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,24 +44,35 @@ class SshEndpoint:
 
 @dataclass
 class MountedFs:
-    """One mount process; ``server_dir`` is where its files land on the server, if any."""
+    """One mount; ``server_dir`` is where its files land on the server, if any.
+    ``process`` is the mount process, None for a kernel client (cifs)."""
 
-    system: str  # "rxfs" or "sshfs"
+    system: str  # "rxfs", "sshfs" or "cifs"
     path: Path
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | None
     log: Path
     server_dir: Path | None
     helpers: list[int] = field(default_factory=list)  # ssh processes, counted with it
 
     @property
     def pids(self) -> list[int]:
-        return [self.process.pid, *self.helpers]
+        return [self.process.pid, *self.helpers] if self.process else []
 
     def kill(self) -> None:
         """SIGKILL our processes: every system call blocked on the mount fails at once."""
         for pid in self.pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+    def abort(self) -> None:
+        """Make every system call blocked on the mount fail: kill a FUSE mount's
+        processes; force a kernel mount off (umount -f aborts its pending requests)."""
+        if self.process is not None:
+            self.kill()
+            return
+        for argv in (["umount", "-f", str(self.path)], ["umount", "-l", str(self.path)]):
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(argv, capture_output=True, timeout=30, check=False)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -134,6 +148,8 @@ def mount(
 
 def unmount(mounted: MountedFs) -> list[str]:
     """Unmount, wait for the process, kill it by PID if it lingers; return the problems."""
+    if mounted.process is None:
+        return _unmount_kernel(mounted)
     problems = []
     if is_mounted(mounted.path):
         done = subprocess.run(
@@ -163,6 +179,100 @@ def unmount(mounted: MountedFs) -> list[str]:
     if "Traceback" in mounted.log_text():
         problems.append(f"{mounted.system} printed a traceback:\n{mounted.log_text()}")
     return problems
+
+
+def _unmount_kernel(mounted: MountedFs) -> list[str]:
+    """umount(8) flushes what the kernel client holds; lazily detached if it fails."""
+    problems = []
+    if is_mounted(mounted.path):
+        done = subprocess.run(
+            ["umount", str(mounted.path)],
+            capture_output=True,
+            text=True,
+            timeout=UNMOUNT_TIMEOUT,
+            check=False,
+        )
+        if done.returncode != 0:
+            problems.append(f"umount {mounted.path}: {done.stderr.strip()}")
+            subprocess.run(["umount", "-l", str(mounted.path)], timeout=30, check=False)
+    return problems
+
+
+# -- the kernel's CIFS client ----------------------------------------------------------
+
+MOUNT_CIFS = ("/sbin/mount.cifs", "/usr/sbin/mount.cifs")
+# smbstatus's names for the dialects, as mount.cifs's vers= spells them.
+CIFS_VERS = {"SMB2_10": "2.1", "SMB3_00": "3.0", "SMB3_02": "3.02", "SMB3_11": "3.1.1"}
+
+
+def cifs_unavailable() -> str | None:
+    """Why ``mount -t cifs`` cannot work on this machine, or None if it may: the kernel
+    needs its cifs file system (built in, or a module modprobe loads) and mount(8) needs
+    mount.cifs to read a credentials file."""
+    if not _kernel_has("cifs") and shutil.which("modprobe"):
+        subprocess.run(["modprobe", "cifs"], capture_output=True, timeout=60, check=False)
+    if not _kernel_has("cifs"):
+        how = "modprobe cifs failed" if shutil.which("modprobe") else "no modprobe"
+        return (
+            f"Linux {os.uname().release} has no cifs file system (not in /proc/filesystems; {how})"
+        )
+    if not any(os.path.exists(path) for path in MOUNT_CIFS):
+        return "mount.cifs is missing (apt-get install cifs-utils)"
+    return None
+
+
+def _kernel_has(filesystem: str) -> bool:
+    with open("/proc/filesystems", encoding="ascii") as known:
+        return any(line.split()[-1] == filesystem for line in known if line.strip())
+
+
+def cifs_mount(
+    unc: str, mountpoint: Path, options: Mapping[str, str | None], log: Path, server_dir: Path
+) -> MountedFs:
+    """``mount -t cifs``: the kernel mounts in the call, no process stays behind.
+    Raises BenchmarkError with mount's own message if the kernel refuses."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    argv = ["mount", "-t", "cifs", unc, str(mountpoint), "-o", option_string(options)]
+    done = subprocess.run(argv, capture_output=True, timeout=MOUNT_TIMEOUT, check=False)
+    log.write_bytes(done.stdout + done.stderr)
+    mounted = MountedFs("cifs", mountpoint, None, log, server_dir)
+    if done.returncode != 0 or not is_mounted(mountpoint):
+        _unmount_kernel(mounted)
+        # One line: mount(8) adds a hint about dmesg on a line of its own.
+        message = " ".join((done.stderr or done.stdout).decode(errors="replace").split())
+        raise BenchmarkError(f"mount -t cifs {unc} exited {done.returncode}: {message}")
+    return mounted
+
+
+def option_string(options: Mapping[str, str | None]) -> str:
+    """mount(8)'s -o value: NAME=VALUE, or NAME alone for a flag (None)."""
+    return ",".join(
+        name if value is None else f"{name}={value}" for name, value in options.items()
+    )
+
+
+def smb_sessions(config: Path) -> list[dict[str, str]]:
+    """The smbd's sessions as smbstatus sees them: dialect (smbstatus's name, e.g.
+    SMB3_11), encryption and signing cipher ("-" for none), the client's address."""
+    done = subprocess.run(
+        ["smbstatus", f"--configfile={config}", "--brief", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise BenchmarkError(f"smbstatus exited {done.returncode}: {done.stderr.strip()}")
+    sessions = json.loads(done.stdout).get("sessions", {}).values()
+    return [
+        {
+            "client": session["hostname"],
+            "dialect": session["session_dialect"],
+            "encryption": session["encryption"]["cipher"] or "-",
+            "signing": session["signing"]["cipher"] or "-",
+        }
+        for session in sessions
+    ]
 
 
 def is_mounted(path: Path) -> bool:

@@ -1,8 +1,9 @@
-"""rxfs against sshfs on one loopback sshd: throughput, small files, latency, memory.
+"""rxfs against sshfs on one loopback sshd, and rxfs smb:// against the kernel's CIFS
+client on one loopback smbd: throughput, small files, latency, memory.
 
-    python -m benchmarks.run [--rounds N] [--quick] [--backend sftp|memory]
+    python -m benchmarks.run [--rounds N] [--quick] [--backend sftp|memory] [--only smb]
 
-Run from the repository root, as root (FUSE and sshd). See benchmarks/README.md for what
+Run from the repository root, as root (FUSE, sshd and smbd). See benchmarks/README.md for what
 is measured and how to read the output. The Markdown report goes to stdout, progress to
 stderr, and everything also to benchmarks/results/latest.json.
 """
@@ -28,19 +29,27 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
 
 from tests.support.faultproxy import FaultProxy
+from tests.support.smbd import SHARE as SMB_SHARE
+from tests.support.smbd import SMBD_PATH, LoopbackSmbd
 
 from ._mounts import (
+    CIFS_VERS,
     BenchmarkError,
     MountedFs,
     RssMonitor,
     SshEndpoint,
+    cifs_mount,
+    cifs_unavailable,
     cpu_seconds,
     mount,
+    option_string,
     rxfs_command,
+    smb_sessions,
     ssh_helper_marker,
     sshfs_command,
     unmount,
@@ -68,6 +77,8 @@ from ._workloads import (
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 SYSTEMS = ("rxfs", "sshfs")
+SMB_SYSTEMS = ("rxfs", "cifs")  # rxfs smb:// and the kernel's client, on one smbd
+PROTOCOLS = ("sftp", "smb")
 LATENCY = 0.005  # seconds each way through the fault proxy
 SEED = 20240601
 # A workload gets this long plus an allowance for its size before its mount is killed: a
@@ -100,6 +111,8 @@ class Target:
 
     system: str
     fs: MountedFs
+    proxied: bool = False
+    protocol: str = "sftp"
 
     @property
     def path(self) -> Path:
@@ -118,6 +131,20 @@ class Workload:
     proxied: bool
     run: Callable[[Bench, Target, str], Sample]
     timeout: float
+    protocol: str = "sftp"  # "smb": on the smbd, rxfs smb:// against cifs
+
+    @property
+    def systems(self) -> tuple[str, str]:
+        """The two clients compared; the first is rxfs."""
+        return SMB_SYSTEMS if self.protocol == "smb" else SYSTEMS
+
+    def label(self, system: str) -> str:
+        """The mount this workload runs on for ``system``."""
+        return target_label(system, self.proxied, self.protocol)
+
+
+def target_label(system: str, proxied: bool, protocol: str = "sftp") -> str:
+    return f"{'smb-' if protocol == 'smb' else ''}{system}{'-proxied' if proxied else ''}"
 
 
 @dataclass
@@ -313,6 +340,34 @@ def workloads(sizes: Sizes) -> list[Workload]:
             lambda b, t, tag: b.small_write(t, tag, b.latency_files),
             timeout(latency_small_bytes, sizes.latency_small_count),
         ),
+        # On the loopback smbd, the same three as above with the same sizes and bytes.
+        Workload(
+            "smb_seq_write_1m",
+            f"write {_size(sizes.seq_1m)} in 1 MiB blocks, fsync, close",
+            "MiB/s",
+            False,
+            lambda b, t, tag: b.sequential_write(t, tag, b.sizes.seq_1m, MIB),
+            timeout(sizes.seq_1m),
+            "smb",
+        ),
+        Workload(
+            "smb_small_files",
+            f"create {sizes.small_count} files of 0-64 KiB",
+            "files/s",
+            False,
+            lambda b, t, tag: b.small_write(t, tag, b.files),
+            timeout(small_bytes, sizes.small_count),
+            "smb",
+        ),
+        Workload(
+            "smb_seq_read",
+            f"read {_size(sizes.read)} in 1 MiB blocks (uncached)",
+            "MiB/s",
+            False,
+            lambda b, t, tag: b.sequential_read(t, tag),
+            timeout(sizes.read),
+            "smb",
+        ),
     ]
 
 
@@ -327,11 +382,13 @@ def _size(nbytes: int) -> str:
 
 @dataclass
 class Servers:
-    """The sshd, the proxy in front of it, and how each client reaches either."""
+    """The sshd, the proxy in front of it, and how each client reaches either; the
+    smbd when smb:// workloads run."""
 
     sshd: LoopbackSshd
     proxy: FaultProxy
     known_hosts: Path  # trusts the host key at the sshd's and at the proxy's port
+    smbd: LoopbackSmbd | None = None
 
     def endpoint(self, proxied: bool) -> SshEndpoint:
         port = self.proxy.port if proxied else self.sshd.port
@@ -353,11 +410,19 @@ def trust_proxy_port(sshd: LoopbackSshd, proxy: FaultProxy, path: Path) -> Path:
 class Mounts:
     """Every mount of the run; all are taken down by :meth:`close`, whatever happened."""
 
-    def __init__(self, servers: Servers, work: Path, backend: str, rxfs_options: list[str]):
+    def __init__(
+        self,
+        servers: Servers,
+        work: Path,
+        backend: str,
+        rxfs_options: list[str],
+        smb_options: list[str] | None = None,
+    ):
         self._servers = servers
         self._work = work
         self._backend = backend
         self._rxfs_options = rxfs_options
+        self._smb_options = smb_options or []
         self._mounted: list[MountedFs] = []
 
     def start(self, system: str, proxied: bool, label: str, remote_label: str = "") -> Target:
@@ -386,7 +451,29 @@ class Mounts:
             server_dir = remote
         mounted = mount(system, argv, mountpoint, log, server_dir, helper_marker=helper_marker)
         self._mounted.append(mounted)
-        return Target(system, mounted)
+        return Target(system, mounted, proxied)
+
+    def start_smb(self, system: str, label: str, cifs_options: dict[str, str | None]) -> Target:
+        """Mount directory ``label`` of the smbd's share at MNT-``label``: rxfs smb://,
+        or the kernel's client (``system`` "cifs") with ``cifs_options`` added to the
+        login and port. Both log in as root with one credentials file."""
+        smbd = self._servers.smbd
+        assert smbd is not None
+        remote = smbd.root / label
+        remote.mkdir(exist_ok=True)
+        mountpoint = self._work / f"mnt-{label}"
+        log = self._work / f"{label}.log"
+        credentials = str(smbd.credentials_file())
+        if system == "cifs":
+            unc = f"//{urlsplit(smbd.url()).hostname}/{SMB_SHARE}/{label}"
+            login = {"port": str(smbd.port), "credentials": credentials}
+            mounted = cifs_mount(unc, mountpoint, {**login, **cifs_options}, log, remote)
+        else:
+            options = {"credentials": credentials, **_options(self._smb_options)}
+            argv = rxfs_command(smbd.url(label), mountpoint, options)
+            mounted = mount(system, argv, mountpoint, log, remote)
+        self._mounted.append(mounted)
+        return Target(system, mounted, False, "smb")
 
     def stop(self, target: Target) -> None:
         self._mounted.remove(target.fs)
@@ -402,7 +489,11 @@ class Mounts:
         return problems
 
     def _extra_options(self) -> dict[str, str]:
-        return dict(option.partition("=")[::2] for option in self._rxfs_options)
+        return _options(self._rxfs_options)
+
+
+def _options(pairs: list[str]) -> dict[str, str]:
+    return dict(option.partition("=")[::2] for option in pairs)
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -410,23 +501,24 @@ class Mounts:
 
 def run_rounds(
     bench: Bench,
-    targets: dict[tuple[str, bool], Target],
+    targets: dict[str, Target],
     rounds: int,
     chosen: list[Workload],
     deadline: float,
 ) -> None:
     for round_no in range(rounds):
-        # rxfs first in even rounds, sshfs first in odd ones: neither always goes first.
-        order = SYSTEMS if round_no % 2 == 0 else SYSTEMS[::-1]
         for workload in chosen:
+            # rxfs first in even rounds, the other client first in odd ones: neither
+            # always goes first.
+            order = workload.systems if round_no % 2 == 0 else workload.systems[::-1]
             for system in order:
                 if time.monotonic() > deadline:
                     raise BenchmarkError("the run exceeded --timeout")
-                target = targets.get((system, workload.proxied))
+                target = targets.get(workload.label(system))
                 if target is None:
                     continue
                 tag = f"{workload.key}-{system}-{round_no}"
-                with watchdog(workload.timeout, target.fs.kill, f"{tag}"):
+                with watchdog(workload.timeout, target.fs.abort, f"{tag}"):
                     sample = workload.run(bench, target, tag)
                 bench.samples.setdefault(workload.key, {}).setdefault(system, []).append(sample)
                 bench.log(f"round {round_no + 1} {system:5} {workload.key:22} {_rate(sample)}")
@@ -451,7 +543,7 @@ def measure_rss_while_writing(
         for pid in pids:
             monitor.watch(pid)
         idle = sum(monitor.peak(pid) for pid in pids)
-        with watchdog(BASE_TIMEOUT + size / MIB * SECONDS_PER_MIB, target.fs.kill, "rss"):
+        with watchdog(BASE_TIMEOUT + size / MIB * SECONDS_PER_MIB, target.fs.abort, "rss"):
             sample = bench.sequential_write(target, f"rss-{system}", size, MIB)
         peak = sum(monitor.peak(pid) for pid in pids)
         cpu = sum(cpu_seconds(pid) for pid in pids)
@@ -535,12 +627,15 @@ def measure_memory(
     bench: Bench,
     mounts: Mounts,
     monitor: RssMonitor,
-    targets: dict[tuple[str, bool], Target],
+    targets: dict[str, Target],
 ) -> dict[str, object]:
     """Peak RSS and CPU of each mount over the rounds, then the 2 GiB write run."""
     memory: dict[str, object] = {}
-    for (_, proxied), target in targets.items():
-        name = process_name(target) + (", through the proxy" if proxied else ", direct")
+    for target in targets.values():
+        if not target.fs.pids:
+            memory[process_name(target)] = "n/a: a kernel client, no process"
+            continue
+        name = process_name(target) + (", through the proxy" if target.proxied else ", direct")
         memory[name] = {
             "peak_rss_bytes": sum(monitor.peak(pid) for pid in target.fs.pids),
             "cpu_seconds": sum(cpu_seconds(pid) for pid in target.fs.pids),
@@ -561,7 +656,8 @@ def measure_memory(
 def process_name(target: Target) -> str:
     """sshfs (and rxfs with transport=openssh) leave the cipher to an ssh process; its
     memory and CPU count with the mount's."""
-    return f"{target.system}{'+ssh' if target.fs.helpers else ''}"
+    scheme = " smb://" if target.protocol == "smb" and target.system == "rxfs" else ""
+    return f"{target.system}{scheme}{'+ssh' if target.fs.helpers else ''}"
 
 
 # -- report ------------------------------------------------------------------------------
@@ -573,6 +669,7 @@ def summarize(chosen: list[Workload], bench: Bench) -> list[dict[str, object]]:
         per_system = bench.samples.get(workload.key, {})
         row: dict[str, object] = {"key": workload.key, "title": workload.title}
         row["unit"] = workload.unit
+        row["protocol"] = workload.protocol
         medians = {}
         for system, samples in per_system.items():
             rates = [s.files_per_s if workload.unit == "files/s" else s.mib_per_s for s in samples]
@@ -583,8 +680,9 @@ def summarize(chosen: list[Workload], bench: Bench) -> list[dict[str, object]]:
                 "max": max(rates),
                 "samples": [asdict(s) for s in samples],
             }
-        if medians.get("rxfs") and medians.get("sshfs"):
-            row["ratio_rxfs_over_sshfs"] = medians["rxfs"] / medians["sshfs"]
+        ours, theirs = workload.systems
+        if medians.get(ours) and medians.get(theirs):
+            row[f"ratio_{ours}_over_{theirs}"] = medians[ours] / medians[theirs]
         rows.append(row)
     return rows
 
@@ -592,17 +690,18 @@ def summarize(chosen: list[Workload], bench: Bench) -> list[dict[str, object]]:
 def markdown(
     meta: dict[str, object], rows: list[dict[str, object]], memory: dict[str, object]
 ) -> str:
+    sftp_rows = [row for row in rows if row["protocol"] == "sftp"]
+    versus = f" vs sshfs ({meta['rxfs_url']})" if sftp_rows else ""
     lines = [
-        f"## rxfs vs sshfs ({meta['rxfs_url']}), {meta['rounds']} round(s)"
-        f"{', --quick' if meta['quick'] else ''}",
+        f"## rxfs{versus}, {meta['rounds']} round(s){', --quick' if meta['quick'] else ''}",
         "",
         f"{meta['date']}, {meta['machine']}; rxfs {meta['rxfs_commit']}, {meta['sshfs']}."
         " Medians with (min-max); ratio of medians, higher = rxfs faster.",
-        "",
-        "| workload | unit | rxfs | sshfs | rxfs/sshfs |",
-        "|---|---|---:|---:|---:|",
     ]
-    for row in rows:
+    if sftp_rows:
+        lines += ["", "| workload | unit | rxfs | sshfs | rxfs/sshfs |"]
+        lines.append("|---|---|---:|---:|---:|")
+    for row in sftp_rows:
         cells = [_cell(row.get(system)) for system in SYSTEMS]
         ratio = row.get("ratio_rxfs_over_sshfs")
         ratio_text = f"{ratio:.2f}" if isinstance(ratio, float) else "n/a"
@@ -618,6 +717,54 @@ def markdown(
         else:
             lines.append(f"| {name} | {usage} | |")
     return "\n".join(lines) + "\n"
+
+
+def smb_markdown(smb: dict[str, object], rows: list[dict[str, object]]) -> str:
+    """The smb:// table: rxfs against cifs with their ratio when the kernel's client
+    ran (else one line saying why not, and no ratio), and rxfs sftp:// of the same run
+    beside it where the same workload ran on the sshd."""
+    smb_rows = [row for row in rows if row["protocol"] == "smb"]
+    if not smb_rows:
+        return ""
+    rxfs_session = smb["rxfs_session"]
+    assert isinstance(rxfs_session, dict)
+    lines = [
+        "",
+        f"## rxfs smb:// vs the kernel's CIFS client, one loopback smbd ({smb['samba']})",
+        "",
+        f"rxfs `{smb['rxfs_url']}` negotiated {_session_text(rxfs_session)}.",
+    ]
+    cifs_ran = smb.get("cifs_unavailable") is None
+    if cifs_ran:
+        cifs_session = smb.get("cifs_session")
+        negotiated = (
+            f" negotiated {_session_text(cifs_session)}" if isinstance(cifs_session, dict) else ""
+        )
+        lines.append(f"cifs `mount -t cifs -o {smb['cifs_options']}`{negotiated}.")
+    else:
+        lines.append(f"Kernel CIFS not measured: {smb['cifs_unavailable']}.")
+    sftp = {row["key"]: row.get("rxfs") for row in rows if row["protocol"] == "sftp"}
+    with_sftp = any(sftp.get(str(row["key"]).removeprefix("smb_")) for row in smb_rows)
+    header = ["workload", "unit", "rxfs smb://"]
+    header += ["cifs", "rxfs/cifs"] if cifs_ran else []
+    header += ["rxfs sftp:// (same run)"] if with_sftp else []
+    lines += ["", "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    for row in smb_rows:
+        cells = [str(row["title"]), str(row["unit"]), _cell(row.get("rxfs"))]
+        if cifs_ran:
+            ratio = row.get("ratio_rxfs_over_cifs")
+            ratio_text = f"{ratio:.2f}" if isinstance(ratio, float) else "n/a"
+            cells += [_cell(row.get("cifs")), ratio_text]
+        if with_sftp:
+            cells.append(_cell(sftp.get(str(row["key"]).removeprefix("smb_"))))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _session_text(session: dict[str, str]) -> str:
+    encryption = session["encryption"]
+    sealed = f"encrypted with {encryption}" if encryption != "-" else "not encrypted"
+    return f"{session['dialect']}, {sealed}, signed with {session['signing']}"
 
 
 def coherence_markdown(coherence: dict[str, object]) -> str:
@@ -702,7 +849,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="rxfs on sftp:// to the same sshd (default), or memory:// to test the harness",
     )
     parser.add_argument(
-        "--only", action="append", default=[], metavar="KEY", help="run only this workload"
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="run only this workload, or every workload of sftp or smb (repeatable)",
     )
     parser.add_argument("--no-rss", action="store_true", help="skip the 2 GiB memory run")
     parser.add_argument(
@@ -714,7 +865,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="extra rxfs mount option (repeatable)",
+        help="extra rxfs mount option for sftp:// (or memory://) (repeatable)",
+    )
+    parser.add_argument(
+        "--smb-option",
+        dest="smb_options",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra rxfs mount option for smb:// (repeatable)",
     )
     parser.add_argument("--timeout", type=float, default=7200.0, help="bound on the run (s)")
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"default {RESULTS}")
@@ -723,6 +882,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rounds = 1 if args.quick else 3
     if args.rounds < 1:
         parser.error("--rounds wants at least 1")
+    known = [w.key for w in workloads(QUICK)]
+    for only in args.only:
+        if only not in (*known, *PROTOCOLS):
+            parser.error(f"--only {only}: expected one of {', '.join([*PROTOCOLS, *known])}")
     return args
 
 
@@ -737,6 +900,69 @@ def scratch() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def mount_targets(
+    backend: str, chosen: list[Workload], mounts: Mounts, log: Callable[[str], None]
+) -> dict[str, Target]:
+    """The sftp:// mounts the chosen workloads run on (direct, through the proxy), by label."""
+    targets: dict[str, Target] = {}
+    for proxied in sorted({w.proxied for w in chosen if w.protocol == "sftp"}):
+        for system in SYSTEMS:
+            if proxied and system == "rxfs" and backend == "memory":
+                continue  # memory:// has no network to delay
+            label = target_label(system, proxied)
+            targets[label] = mounts.start(system, proxied, label)
+            log(f"mounted {label} at {targets[label].path}")
+    return targets
+
+
+def mount_smb(
+    mounts: Mounts, smbd: LoopbackSmbd, targets: dict[str, Target], log: Callable[[str], None]
+) -> dict[str, object]:
+    """Mount rxfs smb:// on the smbd, then, where the kernel can, its CIFS client with
+    what rxfs negotiated (dialect, encryption) and cache=strict. Returns what each
+    negotiated, and why cifs did not run if it did not: the rounds go on with rxfs."""
+    rxfs_label = target_label("rxfs", False, "smb")
+    targets[rxfs_label] = mounts.start_smb("rxfs", rxfs_label, {})
+    log(f"mounted {rxfs_label} at {targets[rxfs_label].path}")
+    config = smbd.base / "smb.conf"
+    sessions = smb_sessions(config)
+    if len(sessions) != 1:
+        raise BenchmarkError(f"smbd has {len(sessions)} sessions with rxfs alone mounted")
+    info: dict[str, object] = {
+        "samba": "Samba " + _first_line([SMBD_PATH, "--version"]).removeprefix("Version "),
+        "rxfs_url": smbd.url(rxfs_label),
+        "rxfs_session": sessions[0],
+    }
+    cifs_options: dict[str, str | None] = {"cache": "strict"}
+    if sessions[0]["dialect"] in CIFS_VERS:
+        cifs_options["vers"] = CIFS_VERS[sessions[0]["dialect"]]
+    if sessions[0]["encryption"] != "-":
+        cifs_options["seal"] = None
+    info["cifs_options"] = option_string(cifs_options)
+    reason = cifs_unavailable()
+    if reason is None:
+        cifs_label = target_label("cifs", False, "smb")
+        try:
+            targets[cifs_label] = mounts.start_smb("cifs", cifs_label, cifs_options)
+        except BenchmarkError as exc:
+            reason = str(exc)
+        else:
+            log(f"mounted {cifs_label} at {targets[cifs_label].path}")
+            others = [s for s in smb_sessions(config) if s["client"] != sessions[0]["client"]]
+            info["cifs_session"] = others[0] if others else "unknown"
+    info["cifs_unavailable"] = reason
+    if reason is not None:
+        log(f"kernel CIFS not measured: {reason}; rxfs smb:// runs alone")
+    return info
+
+
+def _first_line(argv: list[str]) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError, IndexError):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        return (done.stdout + done.stderr).strip().splitlines()[0]
+    return "unknown"
 
 
 def prepare(sizes: Sizes, log: Callable[[str], None], tree_root: Path) -> Bench:
@@ -767,7 +993,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _terminate_on_sigterm)
     sizes = QUICK if args.quick else FULL
-    chosen = [w for w in workloads(sizes) if not args.only or w.key in args.only]
+    chosen = [
+        w
+        for w in workloads(sizes)
+        if not args.only or w.key in args.only or w.protocol in args.only
+    ]
     started = time.monotonic()
 
     def log(message: str) -> None:
@@ -782,23 +1012,23 @@ def main(argv: list[str] | None = None) -> int:
         work = stack.enter_context(scratch())
         sshd = stack.enter_context(LoopbackSshd())
         proxy = stack.enter_context(FaultProxy((sshd.host, sshd.port), latency=LATENCY))
-        servers = Servers(sshd, proxy, trust_proxy_port(sshd, proxy, work / "known_hosts"))
+        smbd = None
+        if any(w.protocol == "smb" for w in chosen):
+            smbd = stack.enter_context(LoopbackSmbd(work / "smbd"))
+        known_hosts = trust_proxy_port(sshd, proxy, work / "known_hosts")
+        servers = Servers(sshd, proxy, known_hosts, smbd)
         rxfs_url = "memory://" if args.backend == "memory" else "sftp://"
         meta = describe_machine(rxfs_url, args.rounds, args.quick, sizes)
-        mounts = Mounts(servers, work, args.backend, args.rxfs_options)
+        mounts = Mounts(servers, work, args.backend, args.rxfs_options, args.smb_options)
         stack.callback(lambda: problems.extend(mounts.close()))
         monitor = stack.enter_context(RssMonitor())
 
-        targets: dict[tuple[str, bool], Target] = {}
-        for proxied in sorted({w.proxied for w in chosen}):
-            for system in SYSTEMS:
-                if proxied and system == "rxfs" and args.backend == "memory":
-                    continue  # memory:// has no network to delay
-                label = f"{system}{'-proxied' if proxied else ''}"
-                targets[system, proxied] = mounts.start(system, proxied, label)
-                for pid in targets[system, proxied].fs.pids:
-                    monitor.watch(pid)
-                log(f"mounted {label} at {targets[system, proxied].path}")
+        targets = mount_targets(args.backend, chosen, mounts, log)
+        if smbd is not None:
+            meta["smb"] = mount_smb(mounts, smbd, targets, log)
+        for target in targets.values():
+            for pid in target.fs.pids:
+                monitor.watch(pid)
 
         deadline = started + args.timeout
         run_rounds(bench, targets, args.rounds, chosen, deadline)
@@ -811,6 +1041,9 @@ def main(argv: list[str] | None = None) -> int:
 
         rows = summarize(chosen, bench)
         report = markdown(meta, rows, memory) + coherence_markdown(coherence)
+        smb = meta.get("smb")
+        if isinstance(smb, dict):
+            report += smb_markdown(smb, rows)
         meta["elapsed_s"] = time.monotonic() - started
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
