@@ -35,7 +35,7 @@ from rxfs.minirdr.sftp.loopback import LoopbackSshd
 
 from tests.support.faultproxy import FaultProxy
 from tests.support.smbd import SHARE as SMB_SHARE
-from tests.support.smbd import SMBD_PATH, LoopbackSmbd
+from tests.support.smbd import SMBD_PATH, LoopbackSmbd, SmbdError
 
 from ._mounts import (
     CIFS_VERS,
@@ -902,6 +902,19 @@ def scratch() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def start_smbd(base: Path) -> Iterator[LoopbackSmbd]:
+    try:
+        server = LoopbackSmbd(base)
+        server.start()
+    except SmbdError as exc:
+        raise BenchmarkError(f"{exc} (--only sftp runs without smbd)") from None
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def mount_targets(
     backend: str, chosen: list[Workload], mounts: Mounts, log: Callable[[str], None]
 ) -> dict[str, Target]:
@@ -1014,7 +1027,7 @@ def main(argv: list[str] | None = None) -> int:
         proxy = stack.enter_context(FaultProxy((sshd.host, sshd.port), latency=LATENCY))
         smbd = None
         if any(w.protocol == "smb" for w in chosen):
-            smbd = stack.enter_context(LoopbackSmbd(work / "smbd"))
+            smbd = stack.enter_context(start_smbd(work / "smbd"))
         known_hosts = trust_proxy_port(sshd, proxy, work / "known_hosts")
         servers = Servers(sshd, proxy, known_hosts, smbd)
         rxfs_url = "memory://" if args.backend == "memory" else "sftp://"
