@@ -719,10 +719,10 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def smb_markdown(smb: dict[str, object], rows: list[dict[str, object]]) -> str:
+def smb_markdown(smb: dict[str, object], rows: list[dict[str, object]], other_url: str) -> str:
     """The smb:// table: rxfs against cifs with their ratio when the kernel's client
-    ran (else one line saying why not, and no ratio), and rxfs sftp:// of the same run
-    beside it where the same workload ran on the sshd."""
+    ran (else one line saying why not, and no ratio), and rxfs on ``other_url`` (sftp://
+    or memory://) of the same run beside it where the same workload ran there."""
     smb_rows = [row for row in rows if row["protocol"] == "smb"]
     if not smb_rows:
         return ""
@@ -747,7 +747,7 @@ def smb_markdown(smb: dict[str, object], rows: list[dict[str, object]]) -> str:
     with_sftp = any(sftp.get(str(row["key"]).removeprefix("smb_")) for row in smb_rows)
     header = ["workload", "unit", "rxfs smb://"]
     header += ["cifs", "rxfs/cifs"] if cifs_ran else []
-    header += ["rxfs sftp:// (same run)"] if with_sftp else []
+    header += [f"rxfs {other_url} (same run)"] if with_sftp else []
     lines += ["", "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     for row in smb_rows:
         cells = [str(row["title"]), str(row["unit"]), _cell(row.get("rxfs"))]
@@ -1056,7 +1056,7 @@ def main(argv: list[str] | None = None) -> int:
         report = markdown(meta, rows, memory) + coherence_markdown(coherence)
         smb = meta.get("smb")
         if isinstance(smb, dict):
-            report += smb_markdown(smb, rows)
+            report += smb_markdown(smb, rows, rxfs_url)
         meta["elapsed_s"] = time.monotonic() - started
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
