@@ -50,6 +50,8 @@ _STATUS_OF_SSH_ERROR = (
 )
 # ssh's last words when it refused the server's host key (unknown, changed or revoked).
 _HOST_KEY_REFUSED = ("host key verification failed", "remote host identification has changed")
+# Held while a refused host key is looked at (open_openssh_session).
+_host_key_lock = threading.Lock()
 
 
 class _HostKeyRefusedError(NtStatusError):
@@ -134,7 +136,10 @@ def open_openssh_session(
     try:
         return _open_session(settings, token, ssh, budget)
     except _HostKeyRefusedError as refused:
-        _explain_host_key(settings, refused)
+        # One look at a time: the mount's logins run at once, and accept-new must add
+        # the key to known_hosts once; the next look then finds it there.
+        with _host_key_lock:
+            _explain_host_key(settings, refused)
     # Our rules trust the key now (accept-new has just added it): ssh will too.
     return _open_session(settings, token, ssh, budget)
 

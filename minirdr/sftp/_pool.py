@@ -298,12 +298,15 @@ class Connections:
             sessions.append(session)
 
         try:
-            # The first login alone, so a password or passphrase is asked for once and
-            # the rest reuse it from the credentials.
-            await self.in_thread(connect)
-            async with trio.open_nursery() as nursery:
-                for _ in range(self.tuning.max_conns - 1):
-                    nursery.start_soon(self.in_thread, connect)
+            if transport is Transport.OPENSSH:
+                # ssh runs in BatchMode and asks nobody anything: every login at once,
+                # so a mount waits for one handshake, not max_conns in a row.
+                await self._at_once(connect, self.tuning.max_conns)
+            else:
+                # The first login alone, so a password or passphrase is asked for once
+                # and the rest reuse it from the credentials.
+                await self.in_thread(connect)
+                await self._at_once(connect, self.tuning.max_conns - 1)
         except BaseException as exc:
             SessionPool(transports, sessions).close()
             if isinstance(exc, SftpError):
@@ -312,6 +315,24 @@ class Connections:
                 ) from exc
             raise
         return SessionPool(transports, sessions)
+
+    async def _at_once(self, work: Callable[[], None], count: int) -> None:
+        """``count`` runs of ``work`` in threads at once. The first failure is raised as
+        itself, once all have ended: callers turn it into one line, which an
+        ExceptionGroup would not be."""
+        failures: list[Exception] = []
+
+        async def run() -> None:
+            try:
+                await self.in_thread(work)
+            except Exception as exc:
+                failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(count):
+                nursery.start_soon(run)
+        if failures:
+            raise failures[0]
 
     async def in_thread(self, work: Callable[[], None]) -> None:
         await trio.to_thread.run_sync(work, limiter=self._limiter, abandon_on_cancel=True)
