@@ -22,17 +22,20 @@ kills the reader. ``_install_break_hook`` replaces that table with a dict whose
 where it cannot (another smbprotocol, a table that is not a plain dict) no leases are
 asked for, and that is logged once. A LEASE_BREAK goes to the ``on_lease_break``
 callback from the reader thread; ``ack_lease_break`` answers it (Samba holds the other
-client's open until then, 35 s at most). With the lease, a DURABLE_HANDLE_REQUEST_V2
-would be granted too (the ground for replaying opens after a reconnect; not asked for
-yet). Every open shares
-Every open shares
-read, write and delete, which is what POSIX programs expect of a file system.
+client's open until then, 35 s at most). Every open shares read, write and delete,
+which is what POSIX programs expect of a file system.
+
+Modes (``SmbSettings.acl_modes``): opens and stats ask for the file's security
+descriptor in the same compound (QUERY_INFO SECURITY, which needs READ_CONTROL on the
+open: a file whose DACL grants us nothing is opened again without it, and shows the
+default mode); ``FileInfo.permissions`` carries what ``_acl`` reads from it.
 
 Every method blocks: call them from worker threads (see ``_minirdr``), never the trio loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import inspect
 import logging
@@ -77,8 +80,17 @@ from smbprotocol.session import Session, SMB2Logoff
 from smbprotocol.structure import BytesField, IntField, Structure
 from smbprotocol.tree import TreeConnect
 
+from ._acl import SecurityDescriptor, pack_mode_dacl, parse_security_descriptor
 from ._settings import Encryption, SmbSettings
-from ._wire import FileInfo, FsSize, parse_all_information, parse_fs_full_size
+from ._wire import (
+    ATTRIBUTE_NORMAL,
+    ATTRIBUTE_READONLY,
+    FileInfo,
+    FsSize,
+    pack_basic,
+    parse_all_information,
+    parse_fs_full_size,
+)
 
 __all__ = [
     "LEASE_HANDLE",
@@ -107,6 +119,20 @@ _IMPERSONATION = 2  # SecurityImpersonation
 _SHARE_ALL = 0x7  # FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE
 _INFO_FILE = 1
 _INFO_FILESYSTEM = 2
+_INFO_SECURITY = 3
+_OWNER_GROUP_DACL = 0x7  # OWNER_, GROUP_, DACL_SECURITY_INFORMATION
+_DACL_SECURITY_INFORMATION = 0x4
+_READ_ATTRIBUTES = 0x80
+_WRITE_ATTRIBUTES = 0x100
+_READ_CONTROL = 0x20000
+_WRITE_DAC = 0x40000
+_FILE_BASIC_INFORMATION = 4
+_FILE_CREATED = 2  # CreateAction
+# A DACL of a few dozen ACEs fits; a bigger one answers BUFFER_TOO_SMALL (no mode read).
+_SECURITY_OUTPUT = 16384
+_STATUS_ACCESS_DENIED = 0xC0000022
+# Dispositions that may make the file: SUPERSEDE, CREATE, OPEN_IF, OVERWRITE_IF.
+_MAY_CREATE = frozenset({0, 2, 3, 5})
 _FILE_ALL_INFORMATION = 18
 _FILE_ID_FULL_DIRECTORY_INFORMATION = 38
 _FS_FULL_SIZE_INFORMATION = 7
@@ -169,6 +195,12 @@ class CreateResult:
     info: FileInfo
     # What the server granted of the lease asked for (LEASE_*); None: none was asked.
     lease_state: int | None = None
+    # The server made the file (CreateAction FILE_CREATED), rather than opened it.
+    created: bool = False
+    # Its security descriptor, when modes are read and the open could read it.
+    security: SecurityDescriptor | None = None
+    # The handle may set the DACL (chmod through it: ``set_mode``).
+    write_dac: bool = False
 
 
 @dataclass(frozen=True)
@@ -540,19 +572,54 @@ class SmbTree:
         lease_key: bytes | None = None,
     ) -> CreateResult:
         """CREATE and QUERY_INFO (FileAllInformation) of the new handle in one round
-        trip: the link count and file id come with the open. With ``lease_key`` (and
-        ``leases``), a lease on that key is asked for."""
+        trip: the link count and file id come with the open, and with ``acl_modes`` its
+        security descriptor too. With ``lease_key`` (and ``leases``), a lease on that
+        key is asked for."""
         if not self.leases:
             lease_key = None
-        created, queried = self._exchange(
-            [
-                _create_request(
-                    path, access, disposition, options, attributes, lease_key=lease_key
-                ),
-                self._query_all(_RELATED_FILE_ID),
-            ],
-            related=True,
+        if self.settings.acl_modes and not access & _READ_CONTROL:
+            # The mode of a file it makes is set through this handle: WRITE_DAC, which
+            # the owner always has (but not on another's file that it opens).
+            extra = _READ_CONTROL | (_WRITE_DAC if disposition in _MAY_CREATE else 0)
+            try:
+                return self._create(
+                    path,
+                    access | extra,
+                    disposition,
+                    options,
+                    attributes,
+                    lease_key=lease_key,
+                    security=True,
+                )
+            except ServerStatusError as exc:
+                if exc.code != _STATUS_ACCESS_DENIED:
+                    raise
+            # The DACL grants us neither: open without them, and show the default mode.
+        return self._create(path, access, disposition, options, attributes, lease_key=lease_key)
+
+    def _create(
+        self,
+        path: str,
+        access: int,
+        disposition: int,
+        options: int,
+        attributes: int = 0,
+        *,
+        lease_key: bytes | None = None,
+        security: bool = False,
+    ) -> CreateResult:
+        request = _create_request(
+            path,
+            access,
+            disposition,
+            options,
+            attributes,
+            lease_key=lease_key,
         )
+        messages = [request, self._query_all(_RELATED_FILE_ID)]
+        if security:
+            messages.append(_query_security(_RELATED_FILE_ID))
+        created, queried, *sd = self._exchange(messages, related=True)
         if isinstance(created, NtStatusError):
             raise created
         reply = _create_reply(created)
@@ -560,8 +627,15 @@ class SmbTree:
         if isinstance(queried, NtStatusError):
             self._close_quietly(file_id)  # opened, but of no use without its attributes
             raise queried
-        lease_state = _lease_state_of(reply) if lease_key is not None else None
-        return CreateResult(file_id, self._parse_query(queried), lease_state)
+        descriptor = _security_of(sd[0]) if sd else None
+        return CreateResult(
+            file_id,
+            _with_permissions(self._parse_query(queried), descriptor),
+            _lease_state_of(reply) if lease_key is not None else None,
+            reply["create_action"].get_value() == _FILE_CREATED,
+            descriptor,
+            bool(access & _WRITE_DAC),
+        )
 
     def close(self, file_id: bytes) -> None:
         close = SMB2CloseRequest()
@@ -625,8 +699,19 @@ class SmbTree:
         self._transact([flush])
 
     def query(self, file_id: bytes) -> FileInfo:
-        (reply,) = self._transact([self._query_all(file_id)])
-        return self._parse_query(reply)
+        """FileAllInformation of an open handle; with ``acl_modes``, its security
+        descriptor in the same round trip (when the handle may read it)."""
+        if not self.settings.acl_modes:
+            (reply,) = self._transact([self._query_all(file_id)])
+            return self._parse_query(reply)
+        return self._query_both(file_id)[0]
+
+    def _query_both(self, file_id: bytes) -> tuple[FileInfo, SecurityDescriptor | None]:
+        queried, sd = self._exchange([self._query_all(file_id), _query_security(file_id)])
+        if isinstance(queried, NtStatusError):
+            raise queried
+        descriptor = _security_of(sd)
+        return _with_permissions(self._parse_query(queried), descriptor), descriptor
 
     @staticmethod
     def _query_all(file_id: bytes) -> SMB2QueryInfoRequest:
@@ -653,17 +738,88 @@ class SmbTree:
         close["file_id"] = _RELATED_FILE_ID
         return close
 
-    def stat(self, path: str, access: int = 0x80, options: int = 0) -> FileInfo:
-        """FileAllInformation of ``path`` (FILE_READ_ATTRIBUTES is all it needs)."""
-        replies = self._transact(
+    def stat(self, path: str, access: int = _READ_ATTRIBUTES, options: int = 0) -> FileInfo:
+        """FileAllInformation of ``path`` (FILE_READ_ATTRIBUTES is all it needs), and
+        with ``acl_modes`` its security descriptor: one round trip either way."""
+        if self.settings.acl_modes:
+            try:
+                return self._stat(path, access | _READ_CONTROL, options, True)
+            except ServerStatusError as exc:
+                if exc.code != _STATUS_ACCESS_DENIED or access & _READ_CONTROL:
+                    raise
+        return self._stat(path, access, options, False)
+
+    def _stat(self, path: str, access: int, options: int, security: bool) -> FileInfo:
+        messages = [_create_request(path, access, 1, options), self._query_all(_RELATED_FILE_ID)]
+        if security:
+            messages.append(_query_security(_RELATED_FILE_ID))
+        replies = self._exchange([*messages, self._close_related()], related=True)
+        for reply in replies[:2]:
+            if isinstance(reply, NtStatusError):
+                raise reply
+        descriptor = _security_of(replies[2]) if security else None
+        return _with_permissions(self._parse_query(replies[1]), descriptor)
+
+    def permissions(self, path: str) -> int | None:
+        """The mode bits of ``path``'s DACL (CREATE + QUERY_INFO SECURITY + CLOSE: one
+        round trip); None where the server will not say (we may not read it, or the
+        file of a listing is gone already): it then shows the default mode."""
+        replies = self._exchange(
             [
-                _create_request(path, access, 1, options),
-                self._query_all(_RELATED_FILE_ID),
+                _create_request(path, _READ_ATTRIBUTES | _READ_CONTROL, 1, 0),
+                _query_security(_RELATED_FILE_ID),
                 self._close_related(),
             ],
             related=True,
         )
-        return self._parse_query(replies[1])
+        opened = replies[0]
+        gone = NtStatus.STATUS_CONNECTION_DISCONNECTED  # a session the server dropped
+        if isinstance(opened, ServerStatusError) and opened.status != gone:
+            log.debug("%s: no DACL read: %s", path, opened.message)
+            return None
+        if isinstance(opened, NtStatusError):
+            raise opened  # the connection, not the file
+        descriptor = _security_of(replies[1])
+        return descriptor.permissions() if descriptor is not None else None
+
+    def set_mode(self, path: str, mode: int, file_id: bytes | None = None) -> FileInfo:
+        """chmod: the DACL's owner, group and Everyone ACEs as ``mode`` says, and the
+        read-only attribute as its owner write bit (as without ``acl_modes``); through
+        ``file_id`` (an open with WRITE_DAC) when given, else by name. Two round trips:
+        read the attributes and the descriptor, then set what changed (and read back)."""
+        if file_id is not None:
+            info, descriptor = self._query_both(file_id)
+            return self._set_mode(file_id, info, descriptor, mode)
+        access = _READ_ATTRIBUTES | _WRITE_ATTRIBUTES | _READ_CONTROL | _WRITE_DAC
+        opened = self._create(path, access, 1, 0, security=True)
+        try:
+            return self._set_mode(opened.file_id, opened.info, opened.security, mode)
+        finally:
+            self._close_quietly(opened.file_id)
+
+    def _set_mode(
+        self, file_id: bytes, info: FileInfo, descriptor: SecurityDescriptor | None, mode: int
+    ) -> FileInfo:
+        if descriptor is None:
+            raise NtStatusError(
+                NtStatus.STATUS_ACCESS_DENIED, "the file's security descriptor is unreadable"
+            )
+        requests: list[Any] = [_set_security_request(file_id, pack_mode_dacl(descriptor, mode))]
+        readonly = not mode & 0o200
+        if not info.is_dir and bool(info.attributes & ATTRIBUTE_READONLY) != readonly:
+            attributes = info.attributes & ~ATTRIBUTE_READONLY
+            attributes |= ATTRIBUTE_READONLY if readonly else 0
+            basic = pack_basic(attributes=attributes or ATTRIBUTE_NORMAL)
+            requests.append(_set_info_request(file_id, _FILE_BASIC_INFORMATION, basic))
+        replies = self._exchange([*requests, self._query_all(file_id), _query_security(file_id)])
+        for reply in replies[:-1]:
+            if isinstance(reply, NtStatusError):
+                raise reply
+        return _with_permissions(self._parse_query(replies[-2]), _security_of(replies[-1]))
+
+    def set_security(self, file_id: bytes, mode: int, descriptor: SecurityDescriptor) -> FileInfo:
+        """The mode of a file just made (``descriptor`` is what it got): one round trip."""
+        return self._set_mode(file_id, FileInfo(0, 0, 0, 0, 0, 0), descriptor, mode)
 
     def set_info_by_path(
         self, path: str, access: int, info_class: int, buffer: bytes, options: int = 0
@@ -748,3 +904,42 @@ def _set_info_request(file_id: bytes, info_class: int, buffer: bytes) -> SMB2Set
     request["file_id"] = file_id
     request["buffer"] = buffer
     return request
+
+
+def _query_security(file_id: bytes) -> SMB2QueryInfoRequest:
+    query = SMB2QueryInfoRequest()
+    query["info_type"] = _INFO_SECURITY
+    query["additional_information"] = _OWNER_GROUP_DACL
+    query["output_buffer_length"] = _SECURITY_OUTPUT
+    query["file_id"] = file_id
+    return query
+
+
+def _set_security_request(file_id: bytes, descriptor: bytes) -> SMB2SetInfoRequest:
+    request = SMB2SetInfoRequest()
+    request["info_type"] = _INFO_SECURITY
+    request["additional_information"] = _DACL_SECURITY_INFORMATION
+    request["file_id"] = file_id
+    request["buffer"] = descriptor
+    return request
+
+
+def _security_of(reply: Any) -> SecurityDescriptor | None:
+    """The descriptor a QUERY_INFO SECURITY answered; None where it failed (the open
+    may not read it) or is not one we can read."""
+    if isinstance(reply, NtStatusError):
+        log.debug("no security descriptor: %s", reply.message)
+        return None
+    answer = SMB2QueryInfoResponse()
+    answer.unpack(reply["data"].get_value())
+    try:
+        return parse_security_descriptor(answer["buffer"].get_value())
+    except (ValueError, struct.error, IndexError) as exc:
+        log.info("a security descriptor rxfs cannot read (%s): default mode shown", exc)
+        return None
+
+
+def _with_permissions(info: FileInfo, descriptor: SecurityDescriptor | None) -> FileInfo:
+    if descriptor is None:
+        return info
+    return dataclasses.replace(info, permissions=descriptor.permissions())

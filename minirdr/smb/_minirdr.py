@@ -11,11 +11,15 @@ when the server has replied, honouring the cancel protocol of docs/plugins.md §
 Errors: the server's NTSTATUS is the answer (the mapping is the identity, in
 ``_client.nt_status_of``); the front end turns it into an errno with its one table.
 
-Plain SMB2 has no POSIX mode, owner or symlinks: a file shows 0644 and a directory 0755
-(read-only files without their write bits), owned by the user who mounted, as mount.cifs
-shows them by default. chmod changes only the read-only attribute (the owner's write
-bit); chown to anyone but that user is EOPNOTSUPP. Symlinks are Minshall-French symlink
-files (``-o mfsymlinks``, on by default).
+Plain SMB2 has no POSIX mode, owner or symlinks. Modes (``-o modes=acl``, the default)
+live in the file's NT ACL, which Samba maps to and from the POSIX mode (``_acl``; what
+mount.cifs's cifsacl does): a create's mode and chmod set the DACL, and every stat
+reads it in the same compound; a listing reads each entry's DACL, one compound per
+entry, in parallel. With ``-o modes=fixed`` a file shows 0644 and a directory 0755
+(read-only files without their write bits), as mount.cifs shows them by default, and
+chmod changes only the read-only attribute (the owner's write bit). Files show as the
+mounting user's; chown to anyone else is EOPNOTSUPP (no uid <-> SID mapping here).
+Symlinks are Minshall-French symlink files (``-o mfsymlinks``, on by default).
 
 Where Windows semantics differ from POSIX, the entries bridge what they can: a rename
 over a file held open moves it aside first (``_replace_open_file``), an unlink of a
@@ -35,6 +39,7 @@ client's open returns when this mount's bytes are on the server.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -138,6 +143,8 @@ class _Handle:
     write_through: bool
     # The lease key it was opened with (its Fcb's), if a lease was asked for.
     lease_key: bytes | None = None
+    # It may set the DACL (-o modes=acl): chmod goes through it.
+    write_dac: bool = False
     # Set once the server has closed the file id (or its connection is gone).
     gone: trio.Event = field(default_factory=trio.Event)
 
@@ -166,6 +173,7 @@ class SmbMiniRdr(MiniRdrDispatch):
     capabilities = (
         Capability.SYMLINKS
         | Capability.HARDLINKS
+        | Capability.CHMOD
         | Capability.POSIX_RENAME
         | Capability.REMOTE_FSYNC
         | Capability.TIMES
@@ -392,10 +400,16 @@ class SmbMiniRdr(MiniRdrDispatch):
             append,
             write_through,
             lease_key if created.lease_state is not None else None,
+            created.write_dac,
         )
         self._handles.add(handle)
         srv_open.context = handle
-        rx_context.irp.attributes = await self._attributes_of(self._remote(fcb.path), created.info)
+        info = created.info
+        mode = params.file_mode & 0o777
+        if created.created and created.security is not None and info.permissions != mode:
+            # The mode it was made with, as its DACL (Samba gave it the share's).
+            info = await self._run(tree.set_security, created.file_id, mode, created.security)
+        rx_context.irp.attributes = await self._attributes_of(self._remote(fcb.path), info)
         return NtStatus.STATUS_SUCCESS
 
     @_entry
@@ -577,7 +591,8 @@ class SmbMiniRdr(MiniRdrDispatch):
                 await self._delete(path)
             return NtStatus.STATUS_SUCCESS
         if isinstance(info, FileBasicInformation):
-            await self._set_basic(rx_context.fcb.path, handle, info)
+            handles = self._open_handles(rx_context)
+            await self._set_basic(rx_context.fcb.path, handle, info, handles)
         elif isinstance(info, FileEndOfFileInformation):
             await self._set_info(
                 path, handle, _END_OF_FILE_INFORMATION, pack_end_of_file(info.end_of_file)
@@ -601,20 +616,25 @@ class SmbMiniRdr(MiniRdrDispatch):
         rx_context.irp.attributes = await self._attributes_of(path, fresh)
         return NtStatus.STATUS_SUCCESS
 
+    def _open_handles(self, rx_context: RxContext) -> list[_Handle]:
+        """The request's own handle and every other live one of its Fcb."""
+        own = self._handle(rx_context)
+        fcb = rx_context.fcb
+        found = [own] if own is not None else []
+        if fcb is not None:
+            found += [
+                s.context for s in fcb.srv_opens if isinstance(s.context, _Handle) and not s.closed
+            ]
+        return found
+
     def _writable_handle(self, rx_context: RxContext) -> _Handle | None:
         """A live handle of ours that may write the file: the request's own, else any
         other open of the Fcb. Samba stamps the write time when a handle that wrote
         closes, unless the time was set through that very handle, so times set by name
         while a write handle is open (a delayed close) would be undone."""
         own = self._handle(rx_context)
-        fcb = rx_context.fcb
-        candidates = [own] if own is not None else []
-        if fcb is not None:
-            candidates += [
-                s.context for s in fcb.srv_opens if isinstance(s.context, _Handle) and not s.closed
-            ]
-        for handle in candidates:
-            if handle is not None and handle.writable and handle.tree is self._tree:
+        for handle in self._open_handles(rx_context):
+            if handle.writable and handle.tree is self._tree:
                 return handle
         return own if own is not None and own.tree is self._tree else None
 
@@ -638,17 +658,29 @@ class SmbMiniRdr(MiniRdrDispatch):
         await self._run(self.tree.set_info_by_path, path, access, info_class, buffer)
 
     async def _set_basic(
-        self, core_path: str, handle: _Handle | None, info: FileBasicInformation
+        self,
+        core_path: str,
+        handle: _Handle | None,
+        info: FileBasicInformation,
+        handles: list[_Handle],
     ) -> None:
-        """Times as FILETIMEs; the owner's write bit of a mode as the read-only
-        attribute; the rest of a mode cannot be stored over plain SMB2."""
+        """Times as FILETIMEs; a mode as the DACL (-o modes=acl, through one of the
+        file's ``handles`` that may set it: a chmod by name would break our own lease)
+        and the owner's write bit as the read-only attribute; with -o modes=fixed only
+        that bit, since plain SMB2 has no other place for a mode."""
         if (info.uid is not None and info.uid != self._uid) or (
             info.gid is not None and info.gid != self._gid
         ):
             raise NtStatusError(NtStatus.STATUS_NOT_SUPPORTED, "no owners over plain SMB2")
         path = self._remote(core_path)
         attributes = 0
-        if info.mode is not None:
+        assert self._settings is not None
+        if info.mode is not None and self._settings.acl_modes:
+            own = next((h for h in handles if h.write_dac and h.tree is self._tree), None)
+            await self._run(
+                self.tree.set_mode, path, info.mode & 0o777, own.file_id if own else None
+            )
+        elif info.mode is not None:
             current = await self._stat_via(path, handle)
             if not current.is_dir:
                 attributes = current.attributes & ~ATTRIBUTE_READONLY
@@ -755,10 +787,14 @@ class SmbMiniRdr(MiniRdrDispatch):
 
         async def entry(index: int, name: str, info: FileInfo) -> None:
             path = f"{directory}\\{name}" if directory else name
+            if self._settings is not None and self._settings.acl_modes:
+                permissions = await self._run(self.tree.permissions, path)
+                info = dataclasses.replace(info, permissions=permissions)
             attributes = await self._attributes_of(path, info)
             entries[index] = DirEntry(name_from_server(name), attributes)
 
-        # Files that may be symlinks are read, all at once.
+        # A listing carries no ACLs (nor says which files are symlinks): each entry's
+        # DACL (-o modes=acl) and the files that may be symlinks are read, all at once.
         async with trio.open_nursery() as nursery:
             for index, (name, info) in enumerate(listed):
                 nursery.start_soon(entry, index, name, info)

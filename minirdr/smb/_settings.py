@@ -55,6 +55,10 @@ SMB_OPTIONS = {
     "leases": "yes (default): ask for SMB3 leases, and cache a file's writes only while "
     "its write lease is held (a break sends them before the other client's open goes on); "
     "no: none (writes are cached until close or fsync, as on sftp://)",
+    "modes": "acl (default): POSIX permissions as the file's NT ACL (owner, group and "
+    "Everyone), as mount.cifs's cifsacl keeps them and Samba maps them to the mode: "
+    "create modes and chmod are kept; fixed: every file 0644 and directory 0755, chmod "
+    "sets only the read-only attribute (no ACL requests)",
     "mfsymlinks": "yes (default): symlinks as Minshall-French symlink files, as mount.cifs's "
     "mfsymlinks and macOS make them; no: symlinks are EOPNOTSUPP",
 }
@@ -76,6 +80,7 @@ class SmbSettings:
     timeout: float
     mf_symlinks: bool = True
     leases: bool = True
+    acl_modes: bool = True
     password: str = field(repr=False, default="")
 
     @property
@@ -121,6 +126,9 @@ class SmbSettings:
             )
         except OptionError as exc:
             raise _invalid(str(exc)) from None
+        modes = options.get("modes", "acl").lower()
+        if modes not in ("acl", "fixed"):
+            raise _invalid(f"{option_what('modes', options.get('modes'))}: expected acl or fixed")
         file_values = _read_credentials(options["credentials"]) if "credentials" in options else {}
         user = (
             options.get("username") or unquote(url.username or "") or file_values.get("username")
@@ -138,6 +146,7 @@ class SmbSettings:
             timeout=timeout,
             mf_symlinks=mf_symlinks,
             leases=leases,
+            acl_modes=modes == "acl",
             password=file_values.get("password", ""),
         )
         if from_stdin:

@@ -65,16 +65,20 @@ class FileInfo:
     attributes: int
     nlink: int = 1
     file_id: int = 0
+    # rwxrwxrwx as the file's NT ACL grants them (``_acl``); None: not read.
+    permissions: int | None = None
 
     @property
     def is_dir(self) -> bool:
         return bool(self.attributes & ATTRIBUTE_DIRECTORY)
 
     def mode(self) -> int:
-        """No POSIX mode over plain SMB2: what mount.cifs shows by default (0755 both),
-        without the write bits of a read-only file."""
+        """The permissions its ACL grants where they were read; else, with no POSIX
+        mode over plain SMB2, 0644 for a file and 0755 for a directory (as mount.cifs
+        shows them without cifsacl). A read-only file shows no write bits either way."""
         kind = stat.S_IFDIR if self.is_dir else stat.S_IFREG
-        perm = 0o755 if self.is_dir else 0o644
+        default = 0o755 if self.is_dir else 0o644
+        perm = default if self.permissions is None else self.permissions
         if self.attributes & ATTRIBUTE_READONLY:
             perm &= ~0o222
         return kind | perm
