@@ -26,6 +26,7 @@ from rxfs.rdbss.irp import (
     AccessMask,
     CreateDisposition,
     CreateOptions,
+    CreateParameters,
     FileBasicInformation,
     FileDispositionInformation,
     FileEndOfFileInformation,
@@ -366,3 +367,72 @@ async def test_a_read_only_file_is_unlinked_as_posix_wants(
         # deletes, as mount.cifs does.
         assert await set_info(device, FileDispositionInformation(), path="/ro") == 0
     assert not (share / "ro").exists()
+
+
+# -- modes as NT ACLs (-o modes=acl, the default) --------------------------------------
+
+
+async def _listed_modes(device: RxDevice, path: str) -> dict[str, int]:
+    irp = Irp(IrpMj.IRP_MJ_DIRECTORY_CONTROL, QueryDirectoryParameters(), file_name=path)
+    assert (await device.dispatch(irp)).status == NtStatus.STATUS_SUCCESS
+    assert irp.entries is not None
+    return {e.name: e.attributes.mode & 0o777 for e in irp.entries}
+
+
+def _effective_mode(path: Path) -> int:
+    """The permissions the server's file system enforces: Samba stores a DACL as a
+    POSIX ACL whose mask shows as the group bits of st_mode; owner and other are plain."""
+    mode = path.stat().st_mode
+    return mode & 0o707
+
+
+@trio_test
+async def test_modes_are_read_from_and_kept_in_the_files_acl(
+    smbd: LoopbackSmbd, share: Path
+) -> None:
+    (share / "server").write_bytes(b"x")
+    (share / "server").chmod(0o751)
+    # No directory cache: each listing asks the server.
+    async with mounted(smbd, share, dir_timeout="0") as (device, _):
+        status, attrs = await stat_path(device, "/server")
+        assert status == NtStatus.STATUS_SUCCESS and attrs is not None
+        assert attrs.mode & 0o777 == 0o751
+        assert (await _listed_modes(device, "/"))["server"] == 0o751
+        made = Irp(
+            IrpMj.IRP_MJ_CREATE,
+            CreateParameters(
+                AccessMask.FILE_READ_DATA | AccessMask.FILE_WRITE_DATA,
+                CreateDisposition.FILE_CREATE,
+                CreateOptions.FILE_NON_DIRECTORY_FILE,
+                file_mode=0o640,
+            ),
+            file_name="/made",
+        )
+        assert (await device.dispatch(made)).status == NtStatus.STATUS_SUCCESS
+        assert made.attributes is not None and made.attributes.mode & 0o777 == 0o640
+        assert made.file_object is not None
+        assert await close(device, made.file_object) == NtStatus.STATUS_SUCCESS
+        assert await set_info(device, FileBasicInformation(mode=0o705), path="/server") == 0
+        assert await _listed_modes(device, "/") == {"server": 0o705, "made": 0o640}
+    assert _effective_mode(share / "server") == 0o705
+    assert _effective_mode(share / "made") == 0o600
+    async with mounted(smbd, share) as (device, _):
+        assert await _listed_modes(device, "/") == {"server": 0o705, "made": 0o640}
+    async with mounted(smbd, share, modes="fixed") as (device, _):
+        assert await _listed_modes(device, "/") == {"server": 0o644, "made": 0o644}
+
+
+@trio_test
+async def test_another_users_file_it_may_not_read_shows_the_default_mode(
+    smbd: LoopbackSmbd, share: Path
+) -> None:
+    (share / "private").write_bytes(b"secret")
+    (share / "private").chmod(0o600)
+    async with mounted(smbd, share, account=smbd.user_login) as (device, _):
+        status, attrs = await stat_path(device, "/private")
+        assert status == NtStatus.STATUS_SUCCESS and attrs is not None
+        # READ_CONTROL is refused: the stat is made again without the DACL.
+        assert attrs.mode & 0o777 == 0o644
+        assert (await _listed_modes(device, "/"))["private"] == 0o644
+        irp = await create(device, "/private", CreateDisposition.FILE_OPEN)
+        assert irp.io_status.status == NtStatus.STATUS_ACCESS_DENIED
