@@ -52,6 +52,8 @@ from smbprotocol.connection import Connection, Dialects
 from smbprotocol.create_contexts import (
     CreateContextName,
     SMB2CreateContextRequest,
+    SMB2CreateDurableHandleReconnectV2,
+    SMB2CreateDurableHandleRequestV2,
     SMB2CreateRequestLeaseV2,
 )
 from smbprotocol.exceptions import (
@@ -98,6 +100,7 @@ __all__ = [
     "LEASE_WRITE",
     "STATUS_CANNOT_DELETE",
     "CreateResult",
+    "Durable",
     "LeaseBreak",
     "ServerStatusError",
     "SmbTree",
@@ -131,6 +134,9 @@ _FILE_CREATED = 2  # CreateAction
 # A DACL of a few dozen ACEs fits; a bigger one answers BUFFER_TOO_SMALL (no mode read).
 _SECURITY_OUTPUT = 16384
 _STATUS_ACCESS_DENIED = 0xC0000022
+# How long the server keeps a durable handle of a lost connection for us to reclaim:
+# 0 asks for the server's own choice (Samba: 60 s; at most "durable handle timeout").
+_DURABLE_TIMEOUT_MS = 0
 # Dispositions that may make the file: SUPERSEDE, CREATE, OPEN_IF, OVERWRITE_IF.
 _MAY_CREATE = frozenset({0, 2, 3, 5})
 _FILE_ALL_INFORMATION = 18
@@ -201,6 +207,8 @@ class CreateResult:
     security: SecurityDescriptor | None = None
     # The handle may set the DACL (chmod through it: ``set_mode``).
     write_dac: bool = False
+    # The server made it durable (or it is a durable handle reclaimed): its CreateGuid.
+    create_guid: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -315,7 +323,11 @@ def _create_request(
     attributes: int = 0,
     *,
     lease_key: bytes | None = None,
+    durable: Durable | None = None,
 ) -> SMB2CreateRequest:
+    """With ``durable``, a durable handle is asked for (DH2Q, with its CreateGuid), or,
+    when it names the server's file id of a handle of a lost connection, that handle
+    is reclaimed (DH2C: the server then ignores the disposition and the access)."""
     create = SMB2CreateRequest()
     create["impersonation_level"] = _IMPERSONATION
     create["desired_access"] = access
@@ -324,6 +336,7 @@ def _create_request(
     create["create_disposition"] = disposition
     create["create_options"] = options
     create["buffer_path"] = path.encode("utf-16-le") if path else b"\x00\x00"
+    contexts: list[Any] = []
     if lease_key is not None:
         lease = SMB2CreateRequestLeaseV2()
         lease["lease_key"] = lease_key
@@ -331,8 +344,41 @@ def _create_request(
         lease["parent_lease_key"] = b"\x00" * 16
         lease["epoch"] = b"\x00\x00"
         create["requested_oplock_level"] = _OPLOCK_LEVEL_LEASE
-        create["buffer_contexts"] = SMB2CreateContextRequest.pack_multiple([lease])
+        contexts.append(lease)
+    if durable is not None and durable.file_id is not None:
+        reclaim = SMB2CreateDurableHandleReconnectV2()
+        reclaim["file_id"] = durable.file_id
+        reclaim["create_guid"] = uuid.UUID(bytes=durable.create_guid)
+        contexts.append(reclaim)
+    elif durable is not None:
+        ask = SMB2CreateDurableHandleRequestV2()
+        ask["timeout"] = _DURABLE_TIMEOUT_MS
+        ask["create_guid"] = uuid.UUID(bytes=durable.create_guid)
+        contexts.append(ask)
+    if contexts:
+        create["buffer_contexts"] = SMB2CreateContextRequest.pack_multiple(contexts)
     return create
+
+
+def _durable_guid(reply: SMB2CreateResponse, durable: Durable | None) -> bytes | None:
+    """The CreateGuid of a durable open: one reclaimed stays durable; a new one is when
+    the reply carries DH2Q ([MS-SMB2] 2.2.14.2.12)."""
+    if durable is None:
+        return None
+    if durable.file_id is not None:
+        return durable.create_guid
+    names = {c["buffer_name"].get_value() for c in reply["buffer"].get_value()}
+    granted = CreateContextName.SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2 in names
+    return durable.create_guid if granted else None
+
+
+@dataclass(frozen=True)
+class Durable:
+    """A durable handle's CreateGuid, and the server's file id of the handle to reclaim
+    (None: a new open, asking for one)."""
+
+    create_guid: bytes
+    file_id: bytes | None = None
 
 
 def _lease_state_of(reply: SMB2CreateResponse) -> int:
@@ -355,10 +401,15 @@ class SmbTree:
     """A logged-in session on one share. ``connect`` before use, ``disconnect`` after."""
 
     def __init__(
-        self, settings: SmbSettings, on_lease_break: Callable[[LeaseBreak], None] | None = None
+        self,
+        settings: SmbSettings,
+        on_lease_break: Callable[[LeaseBreak], None] | None = None,
+        client_guid: uuid.UUID | None = None,
     ) -> None:
+        """``client_guid``: one per mount, the same on every connection: a server ties
+        leases and durable handles to the client GUID that took them."""
         self.settings = settings
-        self._connection = Connection(uuid.uuid4(), settings.host, settings.port)
+        self._connection = Connection(client_guid or uuid.uuid4(), settings.host, settings.port)
         self._session: Session | None = None
         self._tree: TreeConnect | None = None
         self._credits = threading.Condition()
@@ -574,9 +625,11 @@ class SmbTree:
         """CREATE and QUERY_INFO (FileAllInformation) of the new handle in one round
         trip: the link count and file id come with the open, and with ``acl_modes`` its
         security descriptor too. With ``lease_key`` (and ``leases``), a lease on that
-        key is asked for."""
+        key is asked for, and a durable handle with it (the server grants one only to
+        an open that holds a handle lease): ``CreateResult.create_guid`` says whether."""
         if not self.leases:
             lease_key = None
+        durable = Durable(uuid.uuid4().bytes) if lease_key is not None else None
         if self.settings.acl_modes and not access & _READ_CONTROL:
             # The mode of a file it makes is set through this handle: WRITE_DAC, which
             # the owner always has (but not on another's file that it opens).
@@ -590,12 +643,33 @@ class SmbTree:
                     attributes,
                     lease_key=lease_key,
                     security=True,
+                    durable=durable,
                 )
             except ServerStatusError as exc:
                 if exc.code != _STATUS_ACCESS_DENIED:
                     raise
             # The DACL grants us neither: open without them, and show the default mode.
-        return self._create(path, access, disposition, options, attributes, lease_key=lease_key)
+        return self._create(
+            path, access, disposition, options, attributes, lease_key=lease_key, durable=durable
+        )
+
+    def reclaim(
+        self, path: str, durable: Durable, options: int, lease_key: bytes | None
+    ) -> CreateResult:
+        """DH2C: take back the durable handle ``durable`` of a lost connection (same
+        client GUID, same CreateGuid, the lease it held), which the server kept open for
+        us: its share modes, lease and position in the file's opens are the same. A
+        ServerStatusError when the server has it no more (expired, closed, a restart)."""
+        assert durable.file_id is not None
+        return self._create(
+            path,
+            _READ_ATTRIBUTES,  # ignored: the handle keeps the access it was opened with
+            1,
+            options,
+            lease_key=lease_key if self.leases else None,
+            security=self.settings.acl_modes,
+            durable=durable,
+        )
 
     def _create(
         self,
@@ -607,14 +681,10 @@ class SmbTree:
         *,
         lease_key: bytes | None = None,
         security: bool = False,
+        durable: Durable | None = None,
     ) -> CreateResult:
         request = _create_request(
-            path,
-            access,
-            disposition,
-            options,
-            attributes,
-            lease_key=lease_key,
+            path, access, disposition, options, attributes, lease_key=lease_key, durable=durable
         )
         messages = [request, self._query_all(_RELATED_FILE_ID)]
         if security:
@@ -635,6 +705,7 @@ class SmbTree:
             reply["create_action"].get_value() == _FILE_CREATED,
             descriptor,
             bool(access & _WRITE_DAC),
+            _durable_guid(reply, durable),
         )
 
     def close(self, file_id: bytes) -> None:

@@ -79,6 +79,8 @@ from ._client import (
     LEASE_READ,
     LEASE_WRITE,
     STATUS_CANNOT_DELETE,
+    CreateResult,
+    Durable,
     LeaseBreak,
     ServerStatusError,
     SmbTree,
@@ -145,6 +147,8 @@ class _Handle:
     lease_key: bytes | None = None
     # It may set the DACL (-o modes=acl): chmod goes through it.
     write_dac: bool = False
+    # The CreateGuid of a durable handle: after a reconnect it is reclaimed, not reopened.
+    create_guid: bytes | None = None
     # Set once the server has closed the file id (or its connection is gone).
     gone: trio.Event = field(default_factory=trio.Event)
 
@@ -193,6 +197,9 @@ class SmbMiniRdr(MiniRdrDispatch):
         # Files replaced while open (_replace_open_file), under their hidden names until
         # their last holder closes them: listings leave them out.
         self._aside: set[str] = set()
+        # The client GUID of every connection of this mount: leases and durable
+        # handles belong to it, and are reclaimed under it after a reconnect.
+        self._client_guid = uuid.uuid4()
         self._uid = os.getuid()
         self._gid = os.getgid()
         # Lease breaks arrive on smbprotocol's reader thread and are handed to the loop.
@@ -324,7 +331,7 @@ class SmbMiniRdr(MiniRdrDispatch):
         if old is not None:
             await self._run(old.disconnect)
         on_break = self._lease_break_received if self._settings.leases else None
-        tree = SmbTree(self._settings, on_break)
+        tree = SmbTree(self._settings, on_break, self._client_guid)
         await self._run(tree.connect)
         if not tree.encrypted:
             log.info("%s: messages are signed, not encrypted", self._settings.unc)
@@ -376,16 +383,18 @@ class SmbMiniRdr(MiniRdrDispatch):
             if not isinstance(fcb.context, bytes):
                 fcb.context = uuid.uuid4().bytes  # the file's lease key, for all its opens
             lease_key = fcb.context
-        created = await self._run(
-            functools.partial(
-                tree.create,
-                self._remote(fcb.path),
-                access,
-                int(params.disposition),
-                int(params.options),
-                lease_key=lease_key,
+        created = await self._reclaimed(tree, srv_open, int(params.options), lease_key)
+        if created is None:
+            created = await self._run(
+                functools.partial(
+                    tree.create,
+                    self._remote(fcb.path),
+                    access,
+                    int(params.disposition),
+                    int(params.options),
+                    lease_key=lease_key,
+                )
             )
-        )
         if created.lease_state is not None and not created.lease_state & LEASE_WRITE:
             # Another client has the file open: writes go to the server as they come.
             srv_open.flags |= SrvOpenFlags.SRVOPEN_FLAG_DONTUSE_WRITE_CACHING
@@ -401,6 +410,7 @@ class SmbMiniRdr(MiniRdrDispatch):
             write_through,
             lease_key if created.lease_state is not None else None,
             created.write_dac,
+            created.create_guid,
         )
         self._handles.add(handle)
         srv_open.context = handle
@@ -411,6 +421,30 @@ class SmbMiniRdr(MiniRdrDispatch):
             info = await self._run(tree.set_security, created.file_id, mode, created.security)
         rx_context.irp.attributes = await self._attributes_of(self._remote(fcb.path), info)
         return NtStatus.STATUS_SUCCESS
+
+    async def _reclaimed(
+        self, tree: SmbTree, srv_open: SrvOpen, options: int, lease_key: bytes | None
+    ) -> CreateResult | None:
+        """After a reconnect the core reopens every handle (FILE_OPEN by name, as RDBSS
+        reopens on a new connection); a durable one is taken back instead (DH2C): the
+        server kept it open with its lease, so the file was never closed by us, no
+        other client's open was let in by our absence, and the replayed writes go to
+        the same handle. None where it was not durable or the server has it no more
+        (expired, a restarted server): then it is opened anew."""
+        old = srv_open.context
+        if not isinstance(old, _Handle) or old.create_guid is None or old.tree is tree:
+            return None
+        path = self._remote(srv_open.fcb.path)
+        durable = Durable(old.create_guid, old.file_id)
+        try:
+            created: CreateResult = await self._run(
+                tree.reclaim, path, durable, options, lease_key
+            )
+        except ServerStatusError as exc:
+            log.info("%s: durable handle not reclaimed (%s): opening it anew", path, exc.message)
+            return None
+        log.info("%s: durable handle reclaimed after the reconnect", path)
+        return dataclasses.replace(created, write_dac=old.write_dac)
 
     @_entry
     async def close_srv_open(self, rx_context: RxContext) -> NtStatus:
@@ -788,6 +822,8 @@ class SmbMiniRdr(MiniRdrDispatch):
         async def entry(index: int, name: str, info: FileInfo) -> None:
             path = f"{directory}\\{name}" if directory else name
             if self._settings is not None and self._settings.acl_modes:
+                # A listing carries no ACLs, and nothing tells whether one read before
+                # still holds (Samba's ChangeTime is the mtime: a chmod leaves it).
                 permissions = await self._run(self.tree.permissions, path)
                 info = dataclasses.replace(info, permissions=permissions)
             attributes = await self._attributes_of(path, info)

@@ -76,6 +76,32 @@ def test_concurrent_writers_with_a_cut_land_every_byte(
     assert outcome.exact, outcome
 
 
+@pytest.mark.expect_log(*RECONNECTS)
+def test_a_file_open_across_a_cut_keeps_its_durable_handle(
+    smbd: LoopbackSmbd, proxy: FaultProxy, share: Path, mount: MountFactory
+) -> None:
+    """The server keeps a durable handle of a lost connection open for its client, and
+    rxfs takes it back (DH2C) instead of opening the file again: the server sees one
+    open across the cut, still holding its lease, and every byte lands through it."""
+    mnt = _mount_through(mount, smbd, proxy, share)
+    data = os.urandom(4 * 1024 * 1024)
+    half = len(data) // 2
+    with open(mnt / "kept", "wb") as file:
+        file.write(data[:half])
+        file.flush()
+        os.fsync(file.fileno())
+        (before,) = smbd.opens(share / "kept")
+        assert proxy.cut_all() >= 1
+        file.write(data[half:])
+        file.flush()
+        os.fsync(file.fileno())  # goes out on a new connection, through the old handle
+        (after,) = smbd.opens(share / "kept")
+    assert after["opened_at"] == before["opened_at"], (before, after)
+    assert after["lease"]["text"] == before["lease"]["text"] == "RWH"
+    assert (share / "kept").read_bytes() == data
+    assert smbd.opens(share / "kept") == []
+
+
 @pytest.fixture
 def own_smbd() -> Iterator[LoopbackSmbd]:
     """A server of this test's own: it is restarted under the mount."""

@@ -16,6 +16,7 @@ shares belong to root); ``user_login`` is the non-root test account, for permiss
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -28,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import pytest
 from rxfs.minirdr.sftp.loopback import ensure_test_account
@@ -115,6 +117,22 @@ class LoopbackSmbd:
         """``mount_options`` as one ``-o`` value."""
         return ",".join(f"{k}={v}" for k, v in self.mount_options(account).items())
 
+    def opens(self, path: Path) -> list[dict[str, Any]]:
+        """The server's own record of the opens of the file at ``path`` (``smbstatus -L
+        --json``): one entry per open handle, with its ``opened_at``, ``lease`` ..."""
+        done = subprocess.run(
+            ["smbstatus", "-s", str(self.base / "smb.conf"), "-L", "--json"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise SmbdError(f"smbstatus failed: {done.stderr.strip()}")
+        files = json.loads(done.stdout).get("open_files", {})
+        return list(files.get(str(path), {}).get("opens", {}).values())
+
     def log_text(self) -> str:
         logs = sorted((self.base / "log").glob("*"))
         return "\n".join(p.read_text(errors="replace") for p in logs if p.is_file())
@@ -155,6 +173,12 @@ class LoopbackSmbd:
     mangled names = no
     create mask = 0644
     directory mask = 0755
+    # Durable handles (SMB3), which rxfs reclaims after a reconnect: Samba grants them
+    # only where its own records of opens, share modes and locks are the whole truth.
+    durable handles = yes
+    kernel oplocks = no
+    kernel share modes = no
+    posix locking = no
 {self.extra_global}
 [{SHARE}]
     path = {self.root}
