@@ -18,6 +18,7 @@ the core turns it into the request's status and logs its message.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 from rxfs.rdbss.ntstatus import NtStatus
@@ -61,6 +62,13 @@ class MiniRdrDispatch:
     description: ClassVar[str] = ""
     capabilities: ClassVar[Capability] = Capability.NONE
     option_names: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def capabilities_for(cls, options: Mapping[str, str]) -> Capability:
+        """What a mount with these ``-o`` options has: ``capabilities`` (what a mount
+        without options has) unless an option of the backend's own turns a feature on
+        or off, as smb://'s ``-o modes=acl`` adds CHMOD. The conformance kit asks this."""
+        return cls.capabilities
 
     # -- lifetime --------------------------------------------------------------------
 

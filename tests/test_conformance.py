@@ -109,11 +109,21 @@ def test_smb_passes_the_kit(smbd: LoopbackSmbd) -> None:
     kit = smbd.root / "kit"
     kit.mkdir()
     counts, output = assert_passes(smbd.url("kit"), smbd.options())
-    # Modes are NT ACLs (-o modes=acl); no uid <-> SID mapping (chown) and no atomic
-    # append (Samba refuses SMB2's write-at-end offset): undeclared, skipped, said why.
-    assert counts.get("skipped") == 3, output
-    for missing in ("CHOWN", "APPEND"):
+    # Plain SMB2 has no mode (-o modes=fixed, the default), no uid <-> SID mapping
+    # (chown) and no atomic append (Samba refuses SMB2's write-at-end offset): those
+    # are undeclared, skipped, and say why.
+    assert counts.get("skipped") == 5, output
+    for missing in ("CHMOD", "CHOWN", "APPEND"):
         assert f"smb:// does not declare Capability.{missing}" in output
+    assert list(kit.iterdir()) == []
+
+
+def test_smb_with_acl_modes_passes_the_mode_tests_too(smbd: LoopbackSmbd) -> None:
+    kit = smbd.root / "kit-acl"
+    kit.mkdir()
+    counts, output = assert_passes(smbd.url("kit-acl"), f"{smbd.options()},modes=acl")
+    assert counts.get("skipped") == 3, output
+    assert "Capability.CHMOD" not in output
     assert list(kit.iterdir()) == []
 
 

@@ -11,14 +11,15 @@ when the server has replied, honouring the cancel protocol of docs/plugins.md §
 Errors: the server's NTSTATUS is the answer (the mapping is the identity, in
 ``_client.nt_status_of``); the front end turns it into an errno with its one table.
 
-Plain SMB2 has no POSIX mode, owner or symlinks. Modes (``-o modes=acl``, the default)
-live in the file's NT ACL, which Samba maps to and from the POSIX mode (``_acl``; what
-mount.cifs's cifsacl does): a create's mode and chmod set the DACL, and every stat
-reads it in the same compound; a listing reads each entry's DACL, one compound per
-entry, in parallel. With ``-o modes=fixed`` a file shows 0644 and a directory 0755
-(read-only files without their write bits), as mount.cifs shows them by default, and
-chmod changes only the read-only attribute (the owner's write bit). Files show as the
-mounting user's; chown to anyone else is EOPNOTSUPP (no uid <-> SID mapping here).
+Plain SMB2 has no POSIX mode, owner or symlinks. By default (``-o modes=fixed``) a file
+shows 0644 and a directory 0755 (read-only files without their write bits), as
+mount.cifs shows them by default, and chmod changes only the read-only attribute (the
+owner's write bit). With ``-o modes=acl`` (mount.cifs's cifsacl) modes live in the
+file's NT ACL, which Samba maps to and from the POSIX mode (``_acl``): a create's mode
+and chmod set the DACL, and every stat reads it in the same compound; but a listing
+carries no ACLs, so each listed entry costs a compound of its own (a cold ``ls -lR``
+is ten times slower): hence not the default. Files show as the mounting user's; chown
+to anyone else is EOPNOTSUPP (no uid <-> SID mapping here).
 Symlinks are Minshall-French symlink files (``-o mfsymlinks``, on by default).
 
 Where Windows semantics differ from POSIX, the entries bridge what they can: a rename
@@ -46,7 +47,7 @@ import os
 import secrets
 import stat
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -85,7 +86,7 @@ from ._client import (
     ServerStatusError,
     SmbTree,
 )
-from ._settings import SMB_OPTIONS, SmbSettings
+from ._settings import DEFAULT_MODES, SMB_OPTIONS, SmbSettings
 from ._wire import (
     ATTRIBUTE_NORMAL,
     ATTRIBUTE_READONLY,
@@ -177,7 +178,6 @@ class SmbMiniRdr(MiniRdrDispatch):
     capabilities = (
         Capability.SYMLINKS
         | Capability.HARDLINKS
-        | Capability.CHMOD
         | Capability.POSIX_RENAME
         | Capability.REMOTE_FSYNC
         | Capability.TIMES
@@ -185,6 +185,13 @@ class SmbMiniRdr(MiniRdrDispatch):
         | Capability.PERSISTENT
     )
     option_names: ClassVar[dict[str, str]] = dict(SMB_OPTIONS)
+
+    @classmethod
+    def capabilities_for(cls, options: Mapping[str, str]) -> Capability:
+        """-o modes=acl keeps modes (CHMOD); the default, -o modes=fixed, does not."""
+        if options.get("modes", DEFAULT_MODES).lower() == "acl":
+            return cls.capabilities | Capability.CHMOD
+        return cls.capabilities
 
     def __init__(self) -> None:
         self._device: RxDevice | None = None

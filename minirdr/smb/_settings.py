@@ -27,10 +27,19 @@ from rxfs.minirdr import (
     parse_seconds,
 )
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_TIMEOUT", "SMB_OPTIONS", "Encryption", "SmbSettings"]
+__all__ = [
+    "DEFAULT_MODES",
+    "DEFAULT_PORT",
+    "DEFAULT_TIMEOUT",
+    "SMB_OPTIONS",
+    "Encryption",
+    "SmbSettings",
+]
 
 DEFAULT_PORT = 445
 DEFAULT_TIMEOUT = 30.0
+# -o modes: fixed, since acl costs a request per listed file (minirdr/smb/_minirdr.py).
+DEFAULT_MODES = "fixed"
 
 
 class Encryption(enum.Enum):
@@ -55,10 +64,10 @@ SMB_OPTIONS = {
     "leases": "yes (default): ask for SMB3 leases, and cache a file's writes only while "
     "its write lease is held (a break sends them before the other client's open goes on); "
     "no: none (writes are cached until close or fsync, as on sftp://)",
-    "modes": "acl (default): POSIX permissions as the file's NT ACL (owner, group and "
+    "modes": "fixed (default): every file 0644 and directory 0755, chmod sets only the "
+    "read-only attribute; acl: POSIX permissions as the file's NT ACL (owner, group and "
     "Everyone), as mount.cifs's cifsacl keeps them and Samba maps them to the mode: "
-    "create modes and chmod are kept; fixed: every file 0644 and directory 0755, chmod "
-    "sets only the read-only attribute (no ACL requests)",
+    "create modes and chmod are kept, at a request per listed file",
     "mfsymlinks": "yes (default): symlinks as Minshall-French symlink files, as mount.cifs's "
     "mfsymlinks and macOS make them; no: symlinks are EOPNOTSUPP",
 }
@@ -80,7 +89,7 @@ class SmbSettings:
     timeout: float
     mf_symlinks: bool = True
     leases: bool = True
-    acl_modes: bool = True
+    acl_modes: bool = False
     password: str = field(repr=False, default="")
 
     @property
@@ -126,7 +135,7 @@ class SmbSettings:
             )
         except OptionError as exc:
             raise _invalid(str(exc)) from None
-        modes = options.get("modes", "acl").lower()
+        modes = options.get("modes", DEFAULT_MODES).lower()
         if modes not in ("acl", "fixed"):
             raise _invalid(f"{option_what('modes', options.get('modes'))}: expected acl or fixed")
         file_values = _read_credentials(options["credentials"]) if "credentials" in options else {}

@@ -33,9 +33,10 @@ class MountError(RuntimeError):
     """The mount did not come up, or did not go away cleanly; the message says why."""
 
 
-def backend_capabilities(url: str) -> Capability:
-    """What the backend serving ``url`` declares (``MiniRdrDispatch.capabilities``)."""
-    return load_backend(urlsplit(url).scheme).capabilities
+def backend_capabilities(url: str, options: Mapping[str, str] | None = None) -> Capability:
+    """What the backend serving ``url`` declares for a mount with ``options``
+    (``MiniRdrDispatch.capabilities_for``)."""
+    return load_backend(urlsplit(url).scheme).capabilities_for(options or {})
 
 
 def _unescape(mountinfo_field: str) -> str:
@@ -124,7 +125,7 @@ def start_mount(url: str, options: Mapping[str, str] | None = None) -> MountedBa
     """Mount ``url`` on a new temporary directory; returns once the kernel lists it."""
     if shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"):
         raise MountError("FUSE is missing: the kit needs /dev/fuse and fusermount3 (fuse3)")
-    capabilities = backend_capabilities(url)
+    capabilities = backend_capabilities(url, options)
     path = Path(tempfile.mkdtemp(prefix="rxfs-conformance-"))
     log = path.with_name(path.name + ".log")
     argv = [*_rxfs_command(), "mount", "-f", url, str(path)]

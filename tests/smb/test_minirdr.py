@@ -369,7 +369,7 @@ async def test_a_read_only_file_is_unlinked_as_posix_wants(
     assert not (share / "ro").exists()
 
 
-# -- modes as NT ACLs (-o modes=acl, the default) --------------------------------------
+# -- modes as NT ACLs (-o modes=acl) -----------------------------------------------------
 
 
 async def _listed_modes(device: RxDevice, path: str) -> dict[str, int]:
@@ -393,7 +393,7 @@ async def test_modes_are_read_from_and_kept_in_the_files_acl(
     (share / "server").write_bytes(b"x")
     (share / "server").chmod(0o751)
     # No directory cache: each listing asks the server.
-    async with mounted(smbd, share, dir_timeout="0") as (device, _):
+    async with mounted(smbd, share, modes="acl", dir_timeout="0") as (device, _):
         status, attrs = await stat_path(device, "/server")
         assert status == NtStatus.STATUS_SUCCESS and attrs is not None
         assert attrs.mode & 0o777 == 0o751
@@ -416,9 +416,9 @@ async def test_modes_are_read_from_and_kept_in_the_files_acl(
         assert await _listed_modes(device, "/") == {"server": 0o705, "made": 0o640}
     assert _effective_mode(share / "server") == 0o705
     assert _effective_mode(share / "made") == 0o600
-    async with mounted(smbd, share) as (device, _):
+    async with mounted(smbd, share, modes="acl") as (device, _):
         assert await _listed_modes(device, "/") == {"server": 0o705, "made": 0o640}
-    async with mounted(smbd, share, modes="fixed") as (device, _):
+    async with mounted(smbd, share) as (device, _):  # -o modes=fixed, the default
         assert await _listed_modes(device, "/") == {"server": 0o644, "made": 0o644}
 
 
@@ -428,7 +428,7 @@ async def test_another_users_file_it_may_not_read_shows_the_default_mode(
 ) -> None:
     (share / "private").write_bytes(b"secret")
     (share / "private").chmod(0o600)
-    async with mounted(smbd, share, account=smbd.user_login) as (device, _):
+    async with mounted(smbd, share, account=smbd.user_login, modes="acl") as (device, _):
         status, attrs = await stat_path(device, "/private")
         assert status == NtStatus.STATUS_SUCCESS and attrs is not None
         # READ_CONTROL is refused: the stat is made again without the DACL.
