@@ -25,6 +25,12 @@ callback from the reader thread; ``ack_lease_break`` answers it (Samba holds the
 client's open until then, 35 s at most). Every open shares read, write and delete,
 which is what POSIX programs expect of a file system.
 
+Durable handles (SMB 3): an open that asks for a lease asks for a durable handle v2
+with it (a CreateGuid of its own; Samba grants one only with a handle lease), and
+``CreateResult.create_guid`` says whether it got one. ``reclaim`` takes such a handle
+back on a new connection (DURABLE_HANDLE_RECONNECT_V2). Both need the connection's
+client GUID to be the same on every connection: the mount passes its own.
+
 Modes (``SmbSettings.acl_modes``): opens and stats ask for the file's security
 descriptor in the same compound (QUERY_INFO SECURITY, which needs READ_CONTROL on the
 open: a file whose DACL grants us nothing is opened again without it, and shows the

@@ -35,6 +35,11 @@ writes (SRVOPEN_FLAG_DONTUSE_WRITE_CACHING). A break goes to the core's
 ``RxDevice.change_buffering_state`` (which sends what this mount holds of the file and
 has the kernel write back and drop its pages), and is acknowledged after it: the other
 client's open returns when this mount's bytes are on the server.
+
+Reconnects: the core reconnects (``create_srv_call``, under the mount's one client GUID)
+and reopens every open handle through ``create``; a durable one is reclaimed there
+(``_reclaimed``), with its lease, and only a handle the server no longer has, or never
+made durable, is opened anew by name.
 """
 
 from __future__ import annotations
