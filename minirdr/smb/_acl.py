@@ -103,8 +103,10 @@ def _mask_of(bits: int) -> int:
 def _sid_at(buffer: bytes, offset: int) -> bytes | None:
     if not offset:
         return None
-    count = buffer[offset + 1]
-    return bytes(buffer[offset : offset + 8 + 4 * count])
+    end = offset + 8 + 4 * buffer[offset + 1]
+    if end > len(buffer):
+        raise ValueError(f"a SID at {offset} runs past the end ({len(buffer)})")
+    return bytes(buffer[offset:end])
 
 
 def parse_security_descriptor(buffer: bytes) -> SecurityDescriptor:
@@ -116,8 +118,8 @@ def parse_security_descriptor(buffer: bytes) -> SecurityDescriptor:
         offset = dacl_at + _ACL_HEADER.size
         for _ in range(count):
             kind, flags, size, mask = _ACE_HEADER.unpack_from(buffer, offset)
-            if size < _ACE_HEADER.size:
-                raise ValueError(f"an ACE of {size} bytes")
+            if size < _ACE_HEADER.size or offset + size > len(buffer):
+                raise ValueError(f"an ACE of {size} bytes at {offset} of {len(buffer)}")
             raw = bytes(buffer[offset : offset + size])
             sid = raw[_ACE_HEADER.size :] if kind in (_ALLOWED, _DENIED) else b""
             aces.append(Ace(kind, flags, mask, sid, raw))
