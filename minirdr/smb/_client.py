@@ -894,9 +894,10 @@ class SmbTree:
                 raise reply
         return _with_permissions(self._parse_query(replies[-2]), _security_of(replies[-1]))
 
-    def set_security(self, file_id: bytes, mode: int, descriptor: SecurityDescriptor) -> FileInfo:
-        """The mode of a file just made (``descriptor`` is what it got): one round trip."""
-        return self._set_mode(file_id, FileInfo(0, 0, 0, 0, 0, 0), descriptor, mode)
+    def set_mode_of_new(self, created: CreateResult, mode: int) -> FileInfo:
+        """The mode of a file just made, through its handle: the attributes and the
+        descriptor came with the open, so one round trip."""
+        return self._set_mode(created.file_id, created.info, created.security, mode)
 
     def set_info_by_path(
         self, path: str, access: int, info_class: int, buffer: bytes, options: int = 0

@@ -430,7 +430,7 @@ class SmbMiniRdr(MiniRdrDispatch):
         mode = params.file_mode & 0o777
         if created.created and created.security is not None and info.permissions != mode:
             # The mode it was made with, as its DACL (Samba gave it the share's).
-            info = await self._run(tree.set_security, created.file_id, mode, created.security)
+            info = await self._run(tree.set_mode_of_new, created, mode)
         rx_context.irp.attributes = await self._attributes_of(self._remote(fcb.path), info)
         return NtStatus.STATUS_SUCCESS
 

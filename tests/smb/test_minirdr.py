@@ -423,6 +423,34 @@ async def test_modes_are_read_from_and_kept_in_the_files_acl(
 
 
 @trio_test
+async def test_a_file_made_read_only_takes_its_creators_writes(
+    smbd: LoopbackSmbd, share: Path
+) -> None:
+    """open(O_CREAT | O_WRONLY, 0444) returns a descriptor that writes (git's objects,
+    cp of a read-only file), though the mode set at the create makes the file read-only
+    (its DACL, and the read-only attribute)."""
+    async with mounted(smbd, share, modes="acl") as (device, _):
+        made = Irp(
+            IrpMj.IRP_MJ_CREATE,
+            CreateParameters(
+                AccessMask.FILE_WRITE_DATA,
+                CreateDisposition.FILE_CREATE,
+                CreateOptions.FILE_NON_DIRECTORY_FILE,
+                file_mode=0o444,
+            ),
+            file_name="/ro",
+        )
+        assert (await device.dispatch(made)).status == NtStatus.STATUS_SUCCESS
+        assert made.file_object is not None
+        assert (await write(device, made.file_object, 0, b"written")).information == 7
+        assert await close(device, made.file_object) == NtStatus.STATUS_SUCCESS
+        status, attrs = await stat_path(device, "/ro")
+        assert status == NtStatus.STATUS_SUCCESS and attrs is not None
+        assert attrs.mode & 0o777 == 0o444
+    assert (share / "ro").read_bytes() == b"written"
+
+
+@trio_test
 async def test_another_users_file_it_may_not_read_shows_the_default_mode(
     smbd: LoopbackSmbd, share: Path
 ) -> None:
