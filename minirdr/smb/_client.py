@@ -863,21 +863,30 @@ class SmbTree:
         """chmod: the DACL's owner, group and Everyone ACEs as ``mode`` says, and the
         read-only attribute as its owner write bit (as without ``acl_modes``); through
         ``file_id`` (an open with WRITE_DAC) when given, else by name. Two round trips:
-        read the attributes and the descriptor, then set what changed (and read back)."""
+        read the attributes and the descriptor (by name: open), then set what changed
+        and read back (by name: and close)."""
         if file_id is not None:
             info, descriptor = self._query_both(file_id)
             return self._set_mode(file_id, info, descriptor, mode)
         access = _READ_ATTRIBUTES | _WRITE_ATTRIBUTES | _READ_CONTROL | _WRITE_DAC
         opened = self._create(path, access, 1, 0, security=True)
-        try:
-            return self._set_mode(opened.file_id, opened.info, opened.security, mode)
-        finally:
-            self._close_quietly(opened.file_id)
+        return self._set_mode(opened.file_id, opened.info, opened.security, mode, close=True)
 
     def _set_mode(
-        self, file_id: bytes, info: FileInfo, descriptor: SecurityDescriptor | None, mode: int
+        self,
+        file_id: bytes,
+        info: FileInfo,
+        descriptor: SecurityDescriptor | None,
+        mode: int,
+        *,
+        close: bool = False,
     ) -> FileInfo:
+        """Set the DACL and the read-only attribute, read both back, and with ``close``
+        close the handle, in one compound (its requests name the handle: each runs,
+        whatever the others answer, so the close does too)."""
         if descriptor is None:
+            if close:
+                self._close_quietly(file_id)
             raise NtStatusError(
                 NtStatus.STATUS_ACCESS_DENIED, "the file's security descriptor is unreadable"
             )
@@ -888,11 +897,20 @@ class SmbTree:
             attributes |= ATTRIBUTE_READONLY if readonly else 0
             basic = pack_basic(attributes=attributes or ATTRIBUTE_NORMAL)
             requests.append(_set_info_request(file_id, _FILE_BASIC_INFORMATION, basic))
-        replies = self._exchange([*requests, self._query_all(file_id), _query_security(file_id)])
-        for reply in replies[:-1]:
+        sets = len(requests)
+        requests += [self._query_all(file_id), _query_security(file_id)]
+        if close:
+            closing = SMB2CloseRequest()
+            closing["file_id"] = file_id
+            requests.append(closing)
+        replies = self._exchange(requests)
+        if close and isinstance(replies[-1], NtStatusError):
+            log.debug("closing a handle: %s", replies[-1].message)
+        for reply in replies[: sets + 1]:  # the sets and the attributes read back
             if isinstance(reply, NtStatusError):
                 raise reply
-        return _with_permissions(self._parse_query(replies[-2]), _security_of(replies[-1]))
+        queried, sd = replies[sets], replies[sets + 1]
+        return _with_permissions(self._parse_query(queried), _security_of(sd))
 
     def set_mode_of_new(self, created: CreateResult, mode: int) -> FileInfo:
         """The mode of a file just made, through its handle: the attributes and the

@@ -636,9 +636,10 @@ class SmbMiniRdr(MiniRdrDispatch):
             if info.delete_file:
                 await self._delete(path)
             return NtStatus.STATUS_SUCCESS
+        fresh: FileInfo | None = None
         if isinstance(info, FileBasicInformation):
             handles = self._open_handles(rx_context)
-            await self._set_basic(rx_context.fcb.path, handle, info, handles)
+            fresh = await self._set_basic(rx_context.fcb.path, handle, info, handles)
         elif isinstance(info, FileEndOfFileInformation):
             await self._set_info(
                 path, handle, _END_OF_FILE_INFORMATION, pack_end_of_file(info.end_of_file)
@@ -658,7 +659,8 @@ class SmbMiniRdr(MiniRdrDispatch):
                 _LINK_INFORMATION,
                 pack_rename(self._remote(info.new_name), info.replace_if_exists),
             )
-        fresh = await self._stat_via(path, handle)
+        if fresh is None:
+            fresh = await self._stat_via(path, handle)
         rx_context.irp.attributes = await self._attributes_of(path, fresh)
         return NtStatus.STATUS_SUCCESS
 
@@ -709,21 +711,23 @@ class SmbMiniRdr(MiniRdrDispatch):
         handle: _Handle | None,
         info: FileBasicInformation,
         handles: list[_Handle],
-    ) -> None:
+    ) -> FileInfo | None:
         """Times as FILETIMEs; a mode as the DACL (-o modes=acl, through one of the
         file's ``handles`` that may set it: a chmod by name would break our own lease)
         and the owner's write bit as the read-only attribute; with -o modes=fixed only
-        that bit, since plain SMB2 has no other place for a mode."""
+        that bit, since plain SMB2 has no other place for a mode. Returns the file's
+        attributes where a chmod read them back and nothing changed after it."""
         if (info.uid is not None and info.uid != self._uid) or (
             info.gid is not None and info.gid != self._gid
         ):
             raise NtStatusError(NtStatus.STATUS_NOT_SUPPORTED, "no owners over plain SMB2")
         path = self._remote(core_path)
         attributes = 0
+        changed: FileInfo | None = None
         assert self._settings is not None
         if info.mode is not None and self._settings.acl_modes:
             own = next((h for h in handles if h.write_dac and h.tree is self._tree), None)
-            await self._run(
+            changed = await self._run(
                 self.tree.set_mode, path, info.mode & 0o777, own.file_id if own else None
             )
         elif info.mode is not None:
@@ -743,6 +747,8 @@ class SmbMiniRdr(MiniRdrDispatch):
             await self._set_info(
                 path, handle, _BASIC_INFORMATION, pack_basic(atime, mtime, 0, attributes)
             )
+            return None
+        return changed
 
     async def _rename(self, old: str, new: str, replace: bool) -> None:
         if old == new:
