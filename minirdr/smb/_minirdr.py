@@ -18,8 +18,8 @@ owner's write bit). With ``-o modes=acl`` (mount.cifs's cifsacl) modes live in t
 file's NT ACL, which Samba maps to and from the POSIX mode (``_acl``): a create's mode
 and chmod set the DACL, and every stat reads it in the same compound; but a listing
 carries no ACLs, so each listed entry costs a compound of its own (a cold ``ls -lR``
-is ten times slower): hence not the default. Files show as the mounting user's; chown
-to anyone else is EOPNOTSUPP (no uid <-> SID mapping here).
+is five to seven times slower, README): hence not the default. Files show as the
+mounting user's; chown to anyone else is EOPNOTSUPP (no uid <-> SID mapping here).
 Symlinks are Minshall-French symlink files (``-o mfsymlinks``, on by default).
 
 Where Windows semantics differ from POSIX, the entries bridge what they can: a rename
