@@ -533,6 +533,25 @@ class SmbTree:
         self._grow_credits()
         self.leases = self._hooked and self._connection.dialect >= Dialects.SMB_3_0_0
 
+    def describe(self) -> dict[str, object]:
+        """How this connection talks to the server, for ``rxfs status``: fields only,
+        no request (it is called on the trio loop)."""
+        transport = getattr(self._connection, "transport", None)
+        dialect = self._connection.dialect
+        return {
+            "state": "up"
+            if self._tree is not None and transport and transport.connected
+            else "down",
+            "server": f"{self.settings.host}:{self.settings.port}",
+            "share": self.settings.unc,
+            "dialect": None
+            if dialect is None
+            else f"{dialect >> 8}.{dialect >> 4 & 15}.{dialect & 15}",
+            "encrypted": self.encrypted,
+            "signed": self._session is not None and self._session.signing_key is not None,
+            "leases": self.leases,
+        }
+
     def _grow_credits(self) -> None:
         """Ask for a window of credits up front, so that parallel requests (a 1 MiB write
         takes 16) need not wait for each other's replies to earn them."""

@@ -225,6 +225,17 @@ class SmbMiniRdr(MiniRdrDispatch):
             raise NtStatusError(NtStatus.STATUS_CONNECTION_DISCONNECTED, "not connected")
         return self._tree
 
+    def transport_status(self) -> dict[str, object]:
+        """The SMB connection, with the handles the server holds for us (docs/status.md)."""
+        if self._tree is None:
+            return {"transport": "smb", "connections": []}
+        held = [handle for handle in self._handles if not handle.gone.is_set()]
+        counts = {
+            "open_files": len(held),
+            "durable_files": sum(handle.create_guid is not None for handle in held),
+        }
+        return {"transport": "smb", "connections": [{**self._tree.describe(), **counts}]}
+
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """A blocking smbprotocol call, in one of our worker threads."""
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)

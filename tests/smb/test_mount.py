@@ -9,15 +9,17 @@ import itertools
 import os
 import pwd
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import rxfs_argv
+from tests.conftest import Rxfs, rxfs_argv
 from tests.support.checklogs import LOST_BYTES
 from tests.support.smbd import LoopbackSmbd
+from tests.test_status import status_of
 
 if TYPE_CHECKING:
     from tests.conftest import MountFactory
@@ -181,3 +183,31 @@ def test_rename_over_a_file_held_open_replaces_it(
     assert mounted_names == ["target"]
     assert [p.name for p in share.iterdir()] == ["target"]
     assert (share / "target").read_bytes() == b"new content"
+
+
+def test_status_names_the_connection_and_the_handles_it_holds(
+    smbd: LoopbackSmbd, share: Path, mount: MountFactory, rxfs: Rxfs
+) -> None:
+    mounted = mount(_url(smbd, share), smbd.mount_options())
+    with (mounted.path / "held").open("wb") as held:
+        held.write(b"x")
+        held.flush()
+        (connection,) = status_of(rxfs, mounted.path)["transport"]["connections"]
+    assert connection == {
+        "state": "up",
+        "server": f"127.0.0.1:{smbd.port}",
+        "share": connection["share"],
+        "dialect": "3.1.1",
+        "encrypted": True,
+        "signed": True,
+        "leases": True,
+        "open_files": connection["open_files"],
+        "durable_files": connection["durable_files"],
+    }
+    assert connection["share"].endswith("\\share")
+    assert connection["open_files"] >= 1 and connection["durable_files"] >= 1
+    # The core closes in the background: the server's handle goes soon after close(2).
+    deadline = time.monotonic() + 10
+    while status_of(rxfs, mounted.path)["transport"]["connections"][0]["open_files"]:
+        assert time.monotonic() < deadline, "the handle is still open 10 s after close"
+        time.sleep(0.1)
