@@ -276,8 +276,19 @@ class _Notification:
         self._received(self.response)
 
 
-class _Replies(dict[int, Any]):
-    """smbprotocol's ``outstanding_requests``, answering for the notification id."""
+class _Requests(dict[int, Any]):
+    """smbprotocol's ``outstanding_requests``, whose ``values()`` is a snapshot: when the
+    connection dies, its reader thread walks them while our threads still add and
+    remove requests, and a live view raised "dictionary changed size during iteration"
+    in that thread (a traceback in the mount's log; seen in a server-restart test)."""
+
+    def values(self) -> list[Any]:  # type: ignore[override]
+        # list() of a dict copies in C, under the GIL: no other thread runs meanwhile.
+        return list(super().values())
+
+
+class _Replies(_Requests):
+    """``_Requests`` that also answers for the notification id (lease breaks)."""
 
     def __init__(self, received: Callable[[Any], None]) -> None:
         super().__init__()
@@ -426,6 +437,8 @@ class SmbTree:
         self._hooked = on_lease_break is not None and _install_break_hook(
             self._connection, self._notified
         )
+        if type(self._connection.outstanding_requests) is dict:
+            self._connection.outstanding_requests = _Requests()
 
     def _notified(self, header: Any) -> None:
         """A server notification, on smbprotocol's reader thread: never raise here."""

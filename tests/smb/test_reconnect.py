@@ -172,3 +172,17 @@ def test_a_login_that_gets_no_answer_ends_at_the_deadline(
     assert caught.value.status == NtStatus.STATUS_IO_TIMEOUT
     assert "did not answer within 2 s" in caught.value.message
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("leases", [True, False])
+def test_the_reader_thread_may_walk_requests_while_others_add_them(leases: bool) -> None:
+    """When the connection dies, smbprotocol's reader thread walks the outstanding
+    requests while our threads go on adding theirs: that walk must not raise
+    "dictionary changed size during iteration" (a traceback in the mount's log)."""
+    settings = SmbSettings.parse(urlsplit("smb://127.0.0.1:1/share"), {"username": "nobody"})
+    tree = SmbTree(settings, (lambda _brk: None) if leases else None)
+    table = tree._connection.outstanding_requests
+    table[1] = "sent"
+    for _ in table.values():
+        table[2] = "sent meanwhile by another thread"
+    assert set(table) == {1, 2}
