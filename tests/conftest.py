@@ -31,6 +31,10 @@ from tests.support.checklogs import (  # noqa: F401
     unexpected_lines,
 )
 
+# One loopback smbd for the whole session, for tests/smb, tests/integration's smb://
+# target and the conformance run alike: each starts its own directory of the share.
+from tests.support.smbd import smbd  # noqa: F401
+
 RXFS = Path(sys.executable).with_name("rxfs")
 MOUNT_TIMEOUT = 15.0
 EXIT_TIMEOUT = 15.0

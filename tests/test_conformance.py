@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
 
-from tests.support.smbd import LoopbackSmbd, smbd
+from tests.support.smbd import LoopbackSmbd
 
 if TYPE_CHECKING:
     from conftest import Rxfs
@@ -66,9 +66,6 @@ def assert_passes(url: str, *options: str) -> tuple[dict[str, int], str]:
     assert counts.get("passed", 0) >= MIN_TESTS, output
     assert "failed" not in counts and "errors" not in counts, output
     return counts, output
-
-
-__all__ = ["smbd"]
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,17 @@
-"""End-to-end fixtures: a real FUSE mount of sftp:// on a loopback OpenSSH sshd.
+"""End-to-end fixtures: real FUSE mounts of sftp:// on a loopback OpenSSH sshd and of
+smb:// on a loopback Samba smbd.
 
-``target`` is parametrized on sftp:// (the one that matters) and memory:// (cheap, and a
+``target`` is parametrized on sftp:// (the one that matters), smb:// (the second real
+mini-redirector, on the session's smbd of tests/conftest.py) and memory:// (cheap, and a
 reference for the same tests). Each test mounts a fresh directory of its own, so tests
 never see each other's files; ``target.server`` is that directory on the server side,
 where the tests check the bytes that landed. memory:// has no server directory: there the
 checks read back through the mount instead.
 
 The sshd fixtures of tests/support/sshd.py are imported here to be visible in this
-directory, which so has servers of its own (once per session). Missing FUSE or sshd
+directory, which so has servers of its own (once per session). Missing FUSE, sshd or smbd
 fails the tests: the mount helper of tests/conftest.py fails without FUSE, LoopbackSshd
-raises without sshd.
+and LoopbackSmbd raise without their servers.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pytest
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
 
 from tests.integration.integration_support import Target
+from tests.support.smbd import LoopbackSmbd
 from tests.support.sshd import sshd, sshd_user
 
 if TYPE_CHECKING:
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["sshd", "sshd_user"]
 
-BACKENDS = ("sftp", "memory")
+BACKENDS = ("sftp", "smb", "memory")
 _test_dirs = itertools.count()
 
 
@@ -53,16 +56,25 @@ def mount_sftp(mount: MountFactory, server: LoopbackSshd, **options: str) -> Tar
     return Target("sftp", mounted.path, mounted, path)
 
 
-@pytest.fixture(params=BACKENDS)
+def mount_smb(mount: MountFactory, server: LoopbackSmbd, **options: str) -> Target:
+    path = server.fresh_dir()
+    mounted = mount(server.url(path.name), {**server.mount_options(), **options})
+    return Target("smb", mounted.path, mounted, path)
+
+
+@pytest.fixture
 def target(request: pytest.FixtureRequest, mount: MountFactory) -> Iterator[Target]:
-    """A fresh mounted directory on each backend; the server side is removed after."""
+    """A fresh mounted directory on each backend (pytest_generate_tests below); the
+    server side is removed after."""
     backend: str = request.param
     if backend == "memory":
         mounted = mount("memory://")
         yield Target("memory", mounted.path, mounted, None)
         return
-    server: LoopbackSshd = request.getfixturevalue("sshd")
-    result = mount_sftp(mount, server)
+    if backend == "smb":
+        result = mount_smb(mount, request.getfixturevalue("smbd"))
+    else:
+        result = mount_sftp(mount, request.getfixturevalue("sshd"))
     yield result
     remove_server_dir(result)
 
@@ -82,6 +94,26 @@ def remove_server_dir(target: Target) -> None:
     target.mount.wait_exit()
     assert target.server is not None
     shutil.rmtree(target.server, ignore_errors=True)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``target`` runs on every backend of BACKENDS, but smb:// where the test is marked
+    ``not_on_smb(reason)``; a test's own parametrize of ``target`` decides for itself."""
+    if "target" not in metafunc.fixturenames or _parametrizes_target(metafunc.definition):
+        return
+    left_out = metafunc.definition.get_closest_marker("not_on_smb")
+    if left_out is not None and "README.md" not in "".join(map(str, left_out.args)):
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: not_on_smb needs a reason")
+    backends = [b for b in BACKENDS if not (left_out and b == "smb")]
+    metafunc.parametrize("target", backends, indirect=True)
+
+
+def _parametrizes_target(definition: pytest.Function) -> bool:
+    for mark in definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        if "target" in (names.replace(" ", "").split(",") if isinstance(names, str) else names):
+            return True
+    return False
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -9,10 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rxfs.minirdr.smb._wire import MF_SYMLINK_SIZE, parse_mf_symlink
+
 if TYPE_CHECKING:
     from tests.conftest import Mount
 
 MIB = 1 << 20
+# README.md, "### smb://": what plain SMB2 cannot carry. Tests that need one of these
+# leave smb:// out; they name the reason with this.
+SMB_KEEPS_NO_MODES = 'README.md "### smb://": plain SMB2 keeps no POSIX modes or owners'
 
 
 @dataclass
@@ -33,6 +38,25 @@ class Target:
         assert self.server is not None, f"{self.backend}:// has no server directory"
         return self.server / relative
 
+    @property
+    def keeps_modes(self) -> bool:
+        """False on smb://: SMB2 stores no POSIX mode (README.md, "### smb://")."""
+        return self.backend != "smb"
+
+    def landed_tree(self, relative: str) -> dict[str, tuple[str, int, str]]:
+        """``tree_digest`` of what landed: on smb:// a symlink is a Minshall-French
+        symlink file on the server (README.md, "### smb://"), read as the link it is."""
+        return tree_digest(self.landed(relative), mf_symlinks=self.backend == "smb")
+
+    def server_readlink(self, relative: str) -> str:
+        """The target of the symlink ``relative`` as the server stores it."""
+        path = self.server_path(relative)
+        if self.backend != "smb":
+            return os.readlink(path)
+        link = parse_mf_symlink(path.read_bytes())
+        assert link is not None, f"{path} is no Minshall-French symlink file"
+        return link
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -42,8 +66,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def tree_digest(root: Path) -> dict[str, tuple[str, int, str]]:
-    """{relative path: (kind, size, sha256 or link target)} for every entry under root."""
+def tree_digest(root: Path, *, mf_symlinks: bool = False) -> dict[str, tuple[str, int, str]]:
+    """{relative path: (kind, size, sha256 or link target)} for every entry under root;
+    with ``mf_symlinks``, a Minshall-French symlink file counts as its link."""
     result: dict[str, tuple[str, int, str]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -53,9 +78,17 @@ def tree_digest(root: Path) -> dict[str, tuple[str, int, str]]:
                 result[relative] = ("link", 0, os.readlink(path))
             elif path.is_dir():
                 result[relative] = ("dir", 0, "")
+            elif mf_symlinks and (link := _mf_symlink(path)) is not None:
+                result[relative] = ("link", 0, link)
             else:
                 result[relative] = ("file", path.stat().st_size, sha256_file(path))
     return result
+
+
+def _mf_symlink(path: Path) -> str | None:
+    if path.stat().st_size != MF_SYMLINK_SIZE:
+        return None
+    return parse_mf_symlink(path.read_bytes())
 
 
 def run(argv: list[str], *, cwd: Path | None = None, timeout: float = 120) -> str:

@@ -6,7 +6,7 @@ through descriptors kept open, whose names are unlinked or renamed away under th
 a handful of names. Each operation is applied to both trees and its outcome (the value
 returned or the errno) compared step by step; stat compares type, size, mode and mtime
 (to within MTIME_SLACK: the two trees are changed a moment apart, and SFTP v3 stores
-whole seconds). When an example ends, both trees, and for sftp:// the server's directory,
+whole seconds). When an example ends, both trees, and the server's directory (sftp://, smb://),
 must hold the same names, types, sizes and bytes. One mount serves every example: the
 trees are emptied in between, never remounted.
 """
@@ -30,6 +30,7 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     consumes,
     invariant,
+    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -199,6 +200,9 @@ def make_machine(target: Target, local: Path) -> type[RuleBasedStateMachine]:
                 f"mount: {describe(actual)}, local: {describe(expected)}"
             )
 
+        # smb:// keeps no mode, only the read-only attribute, which binds root too (README.md,
+        # "### smb://"): where a local root writes to a 0444 file, the mount says EACCES.
+        @precondition(lambda _: target.keeps_modes)
         @rule(name=NAMES, mode=MODES)
         def chmod(self, name: str, mode: int) -> None:
             self.both(lambda root: lambda: os.chmod(root / name, mode))
@@ -292,9 +296,9 @@ def make_machine(target: Target, local: Path) -> type[RuleBasedStateMachine]:
                 # The kernel sends RELEASE after close() returns: the hidden name of a
                 # file unlinked while open goes a moment later.
                 deadline = time.monotonic() + RELEASE_WAIT
-                while tree_digest(target.server) != expected and time.monotonic() < deadline:
+                while target.landed_tree("") != expected and time.monotonic() < deadline:
                     time.sleep(0.05)
-                assert tree_digest(target.server) == expected
+                assert target.landed_tree("") == expected
 
     return MountVersusLocal
 

@@ -4,9 +4,7 @@ the hook into smbprotocol that receives breaks, with its fail-safe."""
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 import uuid
 from pathlib import Path
 
@@ -20,15 +18,6 @@ from tests.support.smbd import LoopbackSmbd
 from tests.unit._harness import close, open_file, trio_test_within, write
 
 trio_test = trio_test_within(60)
-_numbers = itertools.count(1)
-
-
-@pytest.fixture
-def share(smbd: LoopbackSmbd) -> Path:
-    path = smbd.root / f"b{os.getpid()}-{next(_numbers)}"
-    path.mkdir()
-    path.chmod(0o777)
-    return path
 
 
 @trio_test

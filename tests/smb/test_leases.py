@@ -9,7 +9,6 @@ page cache until it closes the file (as on sftp://).
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 import time
@@ -25,20 +24,11 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.fuse
 
-_numbers = itertools.count(1)
 # Samba waits this long for an acknowledgement that never comes; an open that returns
 # well within it was let through by one.
 _UNACKNOWLEDGED_BREAK = 35.0
 _OPEN_TIMEOUT = 20.0
 _DATA = b"written through the first mount, the file still open\n" * 300
-
-
-@pytest.fixture
-def share(smbd: LoopbackSmbd) -> Path:
-    path = smbd.root / f"l{os.getpid()}-{next(_numbers)}"
-    path.mkdir()
-    path.chmod(0o777)
-    return path
 
 
 def _two_mounts(

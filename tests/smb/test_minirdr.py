@@ -10,7 +10,6 @@ tmpfs, another client's exclusive open.
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import subprocess
 import uuid
@@ -60,16 +59,6 @@ from tests.unit._harness import (
 DEADLINE = 60
 MIB = 1024 * 1024
 trio_test = trio_test_within(DEADLINE)
-_numbers = itertools.count(1)
-
-
-@pytest.fixture
-def share(smbd: LoopbackSmbd) -> Path:
-    """A fresh directory of the share, open to every account, for one test."""
-    path = smbd.root / f"t{os.getpid()}-{next(_numbers)}"
-    path.mkdir()
-    path.chmod(0o777)
-    return path
 
 
 @asynccontextmanager

@@ -5,7 +5,6 @@ APIs through FUSE, the errno the server's NTSTATUS becomes, and what a refused m
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import pwd
 import subprocess
@@ -25,16 +24,6 @@ if TYPE_CHECKING:
     from tests.conftest import MountFactory
 
 pytestmark = pytest.mark.fuse
-
-_numbers = itertools.count(1)
-
-
-@pytest.fixture
-def share(smbd: LoopbackSmbd) -> Path:
-    path = smbd.root / f"m{os.getpid()}-{next(_numbers)}"
-    path.mkdir()
-    path.chmod(0o777)
-    return path
 
 
 def _url(smbd: LoopbackSmbd, share: Path) -> str:

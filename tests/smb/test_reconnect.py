@@ -4,7 +4,6 @@ replays the writes."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import subprocess
@@ -32,20 +31,11 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.fuse
 
-_numbers = itertools.count(1)
-
 
 @pytest.fixture
 def proxy(smbd: LoopbackSmbd) -> Iterator[FaultProxy]:
     with FaultProxy(("127.0.0.1", smbd.port)) as running:
         yield running
-
-
-@pytest.fixture
-def share(smbd: LoopbackSmbd) -> Path:
-    path = smbd.root / f"r{os.getpid()}-{next(_numbers)}"
-    path.mkdir()
-    return path
 
 
 def _mount_through(

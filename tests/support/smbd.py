@@ -16,6 +16,7 @@ shares belong to root); ``user_login`` is the non-root test account, for permiss
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -45,6 +46,7 @@ _BIND_ATTEMPTS = 3
 # Shares every server offers: a writable one, and one Samba refuses writes to.
 SHARE = "share"
 READ_ONLY_SHARE = "readonly"
+_test_dirs = itertools.count(1)
 
 
 # catia's "unix char:windows char" pairs for the Services for Macintosh mapping: control
@@ -132,6 +134,13 @@ class LoopbackSmbd:
             raise SmbdError(f"smbstatus failed: {done.stderr.strip()}")
         files = json.loads(done.stdout).get("open_files", {})
         return list(files.get(str(path), {}).get("opens", {}).values())
+
+    def fresh_dir(self, prefix: str = "t") -> Path:
+        """A new empty directory of the share for one test, writable by both accounts."""
+        path = self.root / f"{prefix}{os.getpid()}-{next(_test_dirs)}"
+        path.mkdir()
+        path.chmod(0o777)
+        return path
 
     def log_text(self) -> str:
         logs = sorted((self.base / "log").glob("*"))
