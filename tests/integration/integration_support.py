@@ -15,9 +15,6 @@ if TYPE_CHECKING:
     from tests.conftest import Mount
 
 MIB = 1 << 20
-# README.md, "### smb://": what plain SMB2 cannot carry. Tests that need one of these
-# leave smb:// out; they name the reason with this.
-SMB_KEEPS_NO_MODES = 'README.md "### smb://": plain SMB2 keeps no POSIX modes or owners'
 
 
 @dataclass
@@ -40,22 +37,14 @@ class Target:
 
     @property
     def keeps_modes(self) -> bool:
-        """False on smb://: SMB2 stores no POSIX mode (README.md, "### smb://")."""
+        """False on smb:// (mounted with its default -o modes=fixed): plain SMB2 stores
+        no POSIX mode (README.md, "### smb://")."""
         return self.backend != "smb"
 
     def landed_tree(self, relative: str) -> dict[str, tuple[str, int, str]]:
         """``tree_digest`` of what landed: on smb:// a symlink is a Minshall-French
         symlink file on the server (README.md, "### smb://"), read as the link it is."""
         return tree_digest(self.landed(relative), mf_symlinks=self.backend == "smb")
-
-    def server_readlink(self, relative: str) -> str:
-        """The target of the symlink ``relative`` as the server stores it."""
-        path = self.server_path(relative)
-        if self.backend != "smb":
-            return os.readlink(path)
-        link = parse_mf_symlink(path.read_bytes())
-        assert link is not None, f"{path} is no Minshall-French symlink file"
-        return link
 
 
 def sha256_file(path: Path) -> str:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -200,8 +201,9 @@ def make_machine(target: Target, local: Path) -> type[RuleBasedStateMachine]:
                 f"mount: {describe(actual)}, local: {describe(expected)}"
             )
 
-        # smb:// keeps no mode, only the read-only attribute, which binds root too (README.md,
-        # "### smb://"): where a local root writes to a 0444 file, the mount says EACCES.
+        # smb:// (-o modes=fixed) keeps no mode, only the read-only attribute, which binds
+        # root too (README.md, "### smb://"): where a local root writes to a 0444 file,
+        # the mount says EACCES.
         @precondition(lambda _: target.keeps_modes)
         @rule(name=NAMES, mode=MODES)
         def chmod(self, name: str, mode: int) -> None:
@@ -303,6 +305,7 @@ def make_machine(target: Target, local: Path) -> type[RuleBasedStateMachine]:
     return MountVersusLocal
 
 
+@pytest.mark.ordinary_tool
 def test_random_operations_match_a_local_directory(target: Target, tmp_path: Path) -> None:
     """RXFS_MODEL_EXAMPLES / RXFS_MODEL_STEPS make it longer, within the 180 s watchdog
     that tests/conftest.py puts on every mount."""

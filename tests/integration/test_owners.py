@@ -20,7 +20,7 @@ import pytest
 from rxfs.minirdr.sftp.loopback import LoopbackSshd
 
 from tests.integration.conftest import fresh_server_dir, mount_sftp, remove_server_dir
-from tests.integration.integration_support import SMB_KEEPS_NO_MODES, Target
+from tests.integration.integration_support import Target
 
 if TYPE_CHECKING:
     from tests.conftest import MountFactory, Rxfs
@@ -133,7 +133,6 @@ def test_memory_gives_new_files_to_their_caller(
 # -- one file, several names ----------------------------------------------------------------
 
 
-@pytest.mark.not_on_smb(SMB_KEEPS_NO_MODES)
 def test_chmod_and_chown_through_one_link_show_through_the_other(target: Target) -> None:
     first, second = target.mnt / "a", target.mnt / "b"
     first.write_bytes(b"x")

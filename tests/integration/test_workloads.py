@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 TREE_FILES = 1100
 # The heavy workloads run on the real servers only: memory:// adds time, not coverage.
+# cp -r, dd and tar are ordinary-tool tests of issue 15: smb:// runs them too.
 real_servers = pytest.mark.parametrize("target", ["sftp", "smb"], indirect=True)
 sftp_only = pytest.mark.parametrize("target", ["sftp"], indirect=True)
 TREE_MAX_SIZE = 64 * 1024
@@ -91,6 +92,7 @@ def test_tar_extracts_a_seeded_tree(target: Target, tmp_path: Path) -> None:
         assert os.stat(target.landed("tree/private.bin")).st_mode & 0o777 == 0o600
 
 
+@pytest.mark.ordinary_tool
 def test_git_init_add_commit_and_fsck(target: Target) -> None:
     repo = target.mnt / "repo"
     repo.mkdir()
@@ -117,6 +119,7 @@ def test_git_init_add_commit_and_fsck(target: Target) -> None:
         assert run([*git, "rev-parse", "HEAD"], cwd=server_repo) == head
 
 
+@pytest.mark.ordinary_tool
 def test_editor_save_writes_temp_fsyncs_and_renames_over(target: Target) -> None:
     original = target.mnt / "notes.txt"
     original.write_bytes(b"first version\n" * 100)
@@ -141,6 +144,7 @@ def test_editor_save_writes_temp_fsyncs_and_renames_over(target: Target) -> None
         assert sorted(os.listdir(target.server)) == ["notes.txt"]
 
 
+@pytest.mark.ordinary_tool
 def test_two_processes_append_and_no_line_is_lost(target: Target) -> None:
     log = target.mnt / "log"
     log.touch()
@@ -162,6 +166,7 @@ def test_two_processes_append_and_no_line_is_lost(target: Target) -> None:
         assert len(content) == sum(len(line) + 1 for line in expected)
 
 
+@pytest.mark.ordinary_tool
 def test_python_o_append_writers_interleave_whole_records(target: Target) -> None:
     path = target.mnt / "records"
     records = 200
