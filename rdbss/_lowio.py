@@ -121,6 +121,10 @@ def _low_io_completion(rx_context: RxContext) -> None:
         else:
             end = rw.byte_offset + written
         fcb.file_size = max(fcb.file_size, end)
+        if not rw.flags & LowIoReadWriteFlags.LOWIO_READWRITEFLAG_PAGING_IO:
+            # Sent as written, not held here (O_APPEND, O_DIRECT, no write caching):
+            # the server stamped a new mtime, which the cached attributes lack.
+            fcb.attributes_time = 0.0
     release_fcb_resource(rx_context)
 
 

@@ -623,12 +623,16 @@ class SmbMiniRdr(MiniRdrDispatch):
 
     @_entry
     async def query_file_info(self, rx_context: RxContext) -> NtStatus:
-        """QUERY_INFO on the open handle, else CREATE + QUERY_INFO + CLOSE by name."""
+        """QUERY_INFO on the open handle, else CREATE + QUERY_INFO + CLOSE by name, once
+        the closes in flight of the file landed: Samba (as Windows) shows the write
+        time a handle had at its open until it closes (or 2 s after its first write),
+        and the core closes handles after close(2) returned."""
         assert rx_context.fcb is not None
         handle = self._handle(rx_context)
         if handle is not None and handle.tree is self._tree:
             info = await self._run(handle.tree.query, handle.file_id)
         else:
+            await self._closes_done(rx_context.fcb.path)
             info = await self._run(self.tree.stat, self._remote(rx_context.fcb.path))
         rx_context.irp.attributes = await self._attributes_of(
             self._remote(rx_context.fcb.path), info

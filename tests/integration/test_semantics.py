@@ -528,3 +528,19 @@ def test_mtime_follows_writes_like_make_expects(target: Target) -> None:
         for name in ("older", "newer"):
             seen = int((target.mnt / name).stat().st_mtime)
             assert seen == int(os.stat(target.server_path(name)).st_mtime)
+
+
+def test_stat_right_after_an_append_shows_its_mtime(target: Target) -> None:
+    """An O_APPEND write goes to the server as the program makes it, past the kernel's
+    page cache: the server stamps the mtime, and no cache here may answer the one from
+    before (make compares the times right after a tool closed its output)."""
+    past = 1_000_000_000
+    path = target.mnt / "log"
+    path.write_bytes(b"old")
+    os.utime(path, (past, past))
+    before = time.time()
+    with path.open("ab") as file:
+        file.write(b" and new")
+    assert path.stat().st_mtime >= before - 1
+    assert os.stat(target.landed("log")).st_mtime >= before - 1
+    assert target.landed("log").read_bytes() == b"old and new"

@@ -200,3 +200,28 @@ def test_status_names_the_connection_and_the_handles_it_holds(
     while status_of(rxfs, mounted.path)["transport"]["connections"][0]["open_files"]:
         assert time.monotonic() < deadline, "the handle is still open 10 s after close"
         time.sleep(0.1)
+
+
+def test_stat_right_after_close_shows_the_write(
+    smbd: LoopbackSmbd, share: Path, mount: MountFactory
+) -> None:
+    """Samba (as Windows) shows the write time a handle had at its open until 2 s
+    after its first write or until the handle closes, and the handle closes after
+    close(2) returned (FUSE's RELEASE is asynchronous): a stat in between saw the
+    time from before the write."""
+    mounted = mount(_url(smbd, share), smbd.mount_options())
+    past = 1_000_000_000
+    stale = []
+    for index in range(40):
+        path = mounted.path / f"f{index}"
+        path.write_bytes(b"old")
+        os.utime(path, (past, past))
+        before = time.time()
+        with path.open("ab") as file:
+            file.write(b" and new")
+        if path.stat().st_mtime < before - 1:
+            stale.append(index)
+    assert stale == []
+    for index in range(40):
+        assert (share / f"f{index}").read_bytes() == b"old and new"
+        assert os.stat(share / f"f{index}").st_mtime > past
