@@ -398,7 +398,10 @@ class SmbMiniRdr(MiniRdrDispatch):
         writable = bool(wanted & _WRITES)
         access = int(wanted) | _READ_ATTRIBUTES | _SYNCHRONIZE
         if writable:
-            access |= _WRITE_ATTRIBUTES
+            # An O_APPEND open asks for FILE_APPEND_DATA alone, but POSIX lets it
+            # ftruncate, which Samba allows only with FILE_WRITE_DATA; its writes are
+            # placed at the end here anyway (lowio_write), not by the server.
+            access |= _WRITE_ATTRIBUTES | AccessMask.FILE_WRITE_DATA
         if params.options & CreateOptions.FILE_DIRECTORY_FILE:
             access |= _FILE_LIST_DIRECTORY
         lease_key = None

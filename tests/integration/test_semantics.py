@@ -88,6 +88,21 @@ def test_truncate_up_zero_fills_and_down_cuts(target: Target) -> None:
 
 
 @pytest.mark.ordinary_tool
+def test_ftruncate_through_an_o_append_descriptor(target: Target) -> None:
+    """POSIX lets an O_APPEND descriptor truncate its file; SMB's append-only access
+    (FILE_APPEND_DATA) does not, and smb:// said EACCES."""
+    fd = os.open(target.mnt / "log", os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"x" * 100)
+        os.ftruncate(fd, 10)
+        os.write(fd, b"tail")
+        os.ftruncate(fd, 5000)
+    finally:
+        os.close(fd)
+    assert target.landed("log").read_bytes() == b"x" * 10 + b"tail" + bytes(5000 - 14)
+
+
+@pytest.mark.ordinary_tool
 def test_ftruncate_on_an_open_descriptor_with_pending_writes(target: Target) -> None:
     path = target.mnt / "ft"
     with path.open("w+b") as file:
