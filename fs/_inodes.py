@@ -94,6 +94,9 @@ class InodeTable:
         # names that may be one file the mount cannot tell is one (linked on the
         # server; SFTP v3 has no inode numbers).
         self._by_signature: dict[tuple[int, int], set[InodeT]] = {}
+        # Renumbered inodes the kernel still holds, which it opens by their former
+        # name (former_path): few, so that a rename can carry those names along.
+        self._renumbered: set[InodeT] = set()
 
     def path_of(self, inode: int) -> str | None:
         """The path of ``inode``; None once the name is gone (unlinked) or unknown."""
@@ -198,6 +201,7 @@ class InodeTable:
         self.unlink(path)
         if old is not None:
             self._by_inode[old].former = path
+            self._renumbered.add(old)
         return self.inode_of(path)
 
     def former_path(self, inode: int) -> str | None:
@@ -356,9 +360,19 @@ class InodeTable:
             paths = self._by_inode[inode].paths
             paths[paths.index(path)] = new_path
             self._add_path(new_path, inode)
+        # A renumbered inode is still the file the kernel's dentry, which this rename
+        # moves, leads to: it is opened by its former name, which moves too.
+        prefix = old.rstrip("/") + "/"
+        for inode in self._renumbered:
+            entry = self._by_inode[inode]
+            if entry.former is not None and (
+                entry.former == old or entry.former.startswith(prefix)
+            ):
+                entry.former = new + entry.former[len(old) :]
 
     def _forget_entry(self, inode: InodeT, entry: _Inode) -> None:
         del self._by_inode[inode]
+        self._renumbered.discard(inode)
         self._unfile(inode, entry)
         for path in entry.paths:
             if self._by_path.get(path) == inode:

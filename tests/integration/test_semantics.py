@@ -88,6 +88,24 @@ def test_truncate_up_zero_fills_and_down_cuts(target: Target) -> None:
 
 
 @pytest.mark.ordinary_tool
+def test_a_log_renamed_while_appended_to_opens_under_its_new_name(target: Target) -> None:
+    """logrotate's way: rename the log while its writer appends. On smb:// the next
+    open of the new name said ENOENT: the kernel opened the inode the append had
+    renumbered, by the name it had before the rename."""
+    fd = os.open(target.mnt / "log", os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"first\n")
+        os.rename(target.mnt / "log", target.mnt / "log.1")
+        os.write(fd, b"second\n")
+    finally:
+        os.close(fd)
+    with (target.mnt / "log.1").open("r+b") as rotated:
+        assert rotated.read() == b"first\nsecond\n"
+    assert sorted(os.listdir(target.mnt)) == ["log.1"]
+    assert target.landed("log.1").read_bytes() == b"first\nsecond\n"
+
+
+@pytest.mark.ordinary_tool
 def test_ftruncate_through_an_o_append_descriptor(target: Target) -> None:
     """POSIX lets an O_APPEND descriptor truncate its file; SMB's append-only access
     (FILE_APPEND_DATA) does not, and smb:// said EACCES."""
