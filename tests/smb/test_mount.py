@@ -102,10 +102,14 @@ def _mount_once(argv: list[str], stdin: str = "") -> subprocess.CompletedProcess
     )
 
 
-def test_password_stdin_logs_in(smbd: LoopbackSmbd, share: Path, tmp_path: Path) -> None:
+# user= is mount.cifs's spelling of username= (mount(8)'s own user flag has no value).
+@pytest.mark.parametrize("login", ["username=root", "user=root"])
+def test_password_stdin_logs_in(
+    smbd: LoopbackSmbd, share: Path, tmp_path: Path, login: str
+) -> None:
     where = tmp_path / "mnt"
     where.mkdir()
-    argv = rxfs_argv("mount", _url(smbd, share), str(where), "-o", "username=root,password_stdin")
+    argv = rxfs_argv("mount", _url(smbd, share), str(where), "-o", f"{login},password_stdin")
     done = _mount_once(argv, smbd.admin.password + "\n")
     assert done.returncode == 0, done.stderr
     try:
