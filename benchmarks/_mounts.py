@@ -8,7 +8,6 @@ points; nothing looks a process up by name.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -249,30 +248,6 @@ def option_string(options: Mapping[str, str | None]) -> str:
     return ",".join(
         name if value is None else f"{name}={value}" for name, value in options.items()
     )
-
-
-def smb_sessions(config: Path) -> list[dict[str, str]]:
-    """The smbd's sessions as smbstatus sees them: dialect (smbstatus's name, e.g.
-    SMB3_11), encryption and signing cipher ("-" for none), the client's address."""
-    done = subprocess.run(
-        ["smbstatus", f"--configfile={config}", "--brief", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise BenchmarkError(f"smbstatus exited {done.returncode}: {done.stderr.strip()}")
-    sessions = json.loads(done.stdout).get("sessions", {}).values()
-    return [
-        {
-            "client": session["hostname"],
-            "dialect": session["session_dialect"],
-            "encryption": session["encryption"]["cipher"] or "-",
-            "signing": session["signing"]["cipher"] or "-",
-        }
-        for session in sessions
-    ]
 
 
 def is_mounted(path: Path) -> bool:

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
@@ -49,7 +49,6 @@ from ._mounts import (
     mount,
     option_string,
     rxfs_command,
-    smb_sessions,
     ssh_helper_marker,
     sshfs_command,
     unmount,
@@ -259,7 +258,7 @@ def workloads(sizes: Sizes) -> list[Workload]:
     small_bytes = sizes.small_count * sizes.small_max
     latency_small_bytes = sizes.latency_small_count * sizes.small_max
     lat = f"{LATENCY * 1000:g} ms each way"
-    return [
+    on_sftp = [
         Workload(
             "seq_write_1m",
             f"write {_size(sizes.seq_1m)} in 1 MiB blocks, fsync, close",
@@ -340,35 +339,14 @@ def workloads(sizes: Sizes) -> list[Workload]:
             lambda b, t, tag: b.small_write(t, tag, b.latency_files),
             timeout(latency_small_bytes, sizes.latency_small_count),
         ),
-        # On the loopback smbd, the same three as above with the same sizes and bytes.
-        Workload(
-            "smb_seq_write_1m",
-            f"write {_size(sizes.seq_1m)} in 1 MiB blocks, fsync, close",
-            "MiB/s",
-            False,
-            lambda b, t, tag: b.sequential_write(t, tag, b.sizes.seq_1m, MIB),
-            timeout(sizes.seq_1m),
-            "smb",
-        ),
-        Workload(
-            "smb_small_files",
-            f"create {sizes.small_count} files of 0-64 KiB",
-            "files/s",
-            False,
-            lambda b, t, tag: b.small_write(t, tag, b.files),
-            timeout(small_bytes, sizes.small_count),
-            "smb",
-        ),
-        Workload(
-            "smb_seq_read",
-            f"read {_size(sizes.read)} in 1 MiB blocks (uncached)",
-            "MiB/s",
-            False,
-            lambda b, t, tag: b.sequential_read(t, tag),
-            timeout(sizes.read),
-            "smb",
-        ),
     ]
+    # On the loopback smbd, three of them again, with the same sizes and bytes.
+    on_smb = [
+        replace(w, key=f"smb_{w.key}", protocol="smb")
+        for w in on_sftp
+        if w.key in ("seq_write_1m", "small_files", "seq_read")
+    ]
+    return [*on_sftp, *on_smb]
 
 
 def _size(nbytes: int) -> str:
@@ -939,8 +917,7 @@ def mount_smb(
     rxfs_label = target_label("rxfs", False, "smb")
     targets[rxfs_label] = mounts.start_smb("rxfs", rxfs_label, {})
     log(f"mounted {rxfs_label} at {targets[rxfs_label].path}")
-    config = smbd.base / "smb.conf"
-    sessions = smb_sessions(config)
+    sessions = _sessions(smbd)
     if len(sessions) != 1:
         raise BenchmarkError(f"smbd has {len(sessions)} sessions with rxfs alone mounted")
     info: dict[str, object] = {
@@ -963,12 +940,19 @@ def mount_smb(
             reason = str(exc)
         else:
             log(f"mounted {cifs_label} at {targets[cifs_label].path}")
-            others = [s for s in smb_sessions(config) if s["client"] != sessions[0]["client"]]
+            others = [s for s in _sessions(smbd) if s["client"] != sessions[0]["client"]]
             info["cifs_session"] = others[0] if others else "unknown"
     info["cifs_unavailable"] = reason
     if reason is not None:
         log(f"kernel CIFS not measured: {reason}; rxfs smb:// runs alone")
     return info
+
+
+def _sessions(smbd: LoopbackSmbd) -> list[dict[str, str]]:
+    try:
+        return smbd.sessions()
+    except SmbdError as exc:
+        raise BenchmarkError(str(exc)) from None
 
 
 def _first_line(argv: list[str]) -> str:

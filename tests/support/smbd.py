@@ -122,8 +122,26 @@ class LoopbackSmbd:
     def opens(self, path: Path) -> list[dict[str, Any]]:
         """The server's own record of the opens of the file at ``path`` (``smbstatus -L
         --json``): one entry per open handle, with its ``opened_at``, ``lease`` ..."""
+        files = self._status("-L").get("open_files", {})
+        return list(files.get(str(path), {}).get("opens", {}).values())
+
+    def sessions(self) -> list[dict[str, str]]:
+        """The server's sessions (``smbstatus --brief --json``): dialect (smbstatus's
+        name, e.g. SMB3_11), encryption and signing cipher ("-" for none), the client's
+        address."""
+        return [
+            {
+                "client": session["hostname"],
+                "dialect": session["session_dialect"],
+                "encryption": session["encryption"]["cipher"] or "-",
+                "signing": session["signing"]["cipher"] or "-",
+            }
+            for session in self._status("--brief").get("sessions", {}).values()
+        ]
+
+    def _status(self, *args: str) -> dict[str, Any]:
         done = subprocess.run(
-            ["smbstatus", "-s", str(self.base / "smb.conf"), "-L", "--json"],
+            ["smbstatus", "-s", str(self.base / "smb.conf"), *args, "--json"],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -131,9 +149,9 @@ class LoopbackSmbd:
             check=False,
         )
         if done.returncode != 0:
-            raise SmbdError(f"smbstatus failed: {done.stderr.strip()}")
-        files = json.loads(done.stdout).get("open_files", {})
-        return list(files.get(str(path), {}).get("opens", {}).values())
+            raise SmbdError(f"smbstatus exited {done.returncode}: {done.stderr.strip()}")
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
 
     def fresh_dir(self, prefix: str = "t") -> Path:
         """A new empty directory of the share for one test, writable by both accounts."""
