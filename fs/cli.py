@@ -88,11 +88,10 @@ def split_options(
     kernel_flags = {name for name in options if name in KERNEL_FLAGS}
     try:
         for name, value in options.items():
-            if name == "user" and value and "username" in minirdr.option_names:
-                # mount.cifs's user=NAME (mount(8)'s own user flag has no value).
-                backend.setdefault("username", value)
-                continue
-            if name in KERNEL_FLAGS or ignored_by_rxfs(name):
+            # A name mount(8) takes without a value (user) may be a backend's option with
+            # one (mount.cifs's user=NAME).
+            taken_by_backend = bool(value) and name in minirdr.option_names
+            if name in KERNEL_FLAGS or (ignored_by_rxfs(name) and not taken_by_backend):
                 continue
             if name in CORE_OPTIONS:
                 core[name] = value

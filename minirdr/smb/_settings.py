@@ -51,8 +51,8 @@ class Encryption(enum.Enum):
 
 
 SMB_OPTIONS = {
-    "username": "the user to log in as (default: the URL's user, else the credentials "
-    "file's); mount(8) takes -o user itself",
+    "username": "the user to log in as (default: the URL's user, else the credentials file's)",
+    "user": "the same as username= (mount.cifs's name; a bare -o user is mount(8)'s)",
     "domain": "the user's domain or workgroup (default: none)",
     "password_stdin": "read the password from the first line of standard input",
     "credentials": "a file of username=, password= and domain= lines, as mount.cifs reads "
@@ -140,7 +140,10 @@ class SmbSettings:
             raise _invalid(f"{option_what('modes', options.get('modes'))}: expected acl or fixed")
         file_values = _read_credentials(options["credentials"]) if "credentials" in options else {}
         user = (
-            options.get("username") or unquote(url.username or "") or file_values.get("username")
+            options.get("username")
+            or options.get("user")
+            or unquote(url.username or "")
+            or file_values.get("username")
         )
         if not user:
             raise _invalid("no user: give smb://user@host/share, -o username= or -o credentials=")
